@@ -1,0 +1,104 @@
+//! The one error type of the crate.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in ringtree.
+///
+/// Errors carry what was expected and where, so a message alone tells what
+/// failed. The enum is `#[non_exhaustive]`: match with a wildcard arm.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The tree cannot take `additional` more leaves: it would exceed
+    /// `N^MAX_DEPTH` leaves.
+    #[error("tree full: {size} leaves + {additional} more exceeds the capacity of {capacity}")]
+    Capacity {
+        /// Leaves in the tree.
+        size: u64,
+        /// Leaves the operation tried to add.
+        additional: u64,
+        /// The most leaves this tree type can hold (`N^MAX_DEPTH`, saturated at `u64::MAX`).
+        capacity: u64,
+    },
+    /// A depth beyond the tree type's `MAX_DEPTH` was requested or found.
+    #[error("depth {depth} exceeds the maximum depth {max_depth}")]
+    Depth {
+        /// The depth seen.
+        depth: usize,
+        /// The tree type's `MAX_DEPTH`.
+        max_depth: usize,
+    },
+    /// A batch insert was given no leaves.
+    #[error("empty batch: insert_many needs at least one leaf")]
+    EmptyBatch,
+    /// A leaf index at or past the tree's size.
+    #[error("leaf index {index} out of range for a tree of {size} leaves")]
+    IndexOutOfRange {
+        /// The index asked for.
+        index: u64,
+        /// The tree's size.
+        size: u64,
+    },
+    /// A consistency proof was asked for an old size that is zero or larger
+    /// than the tree.
+    #[error("invalid old size {old_size} for a consistency proof from a tree of {size} leaves")]
+    InvalidOldSize {
+        /// The old size asked for.
+        old_size: u64,
+        /// The tree's size.
+        size: u64,
+    },
+    /// A proof did not verify.
+    #[error("proof rejected: {0}")]
+    InvalidProof(&'static str),
+    /// Bytes could not be decoded (a proof, a record, a header).
+    #[error("cannot decode {what} at byte {offset}: {reason}")]
+    Decode {
+        /// What was being decoded.
+        what: &'static str,
+        /// Byte offset in the input where decoding failed.
+        offset: usize,
+        /// What was expected.
+        reason: String,
+    },
+    /// An I/O operation failed.
+    #[error("I/O error on {path}: {source}", path = path.display())]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// On-disk data is damaged.
+    #[error("corruption in {file} at offset {offset}: {reason}", file = file.display())]
+    Corruption {
+        /// The damaged file.
+        file: PathBuf,
+        /// Byte offset of the damage in that file.
+        offset: u64,
+        /// What was expected and what was found.
+        reason: String,
+    },
+    /// The log failed to write or sync earlier; nothing at or after the
+    /// failure is durable and the tree refuses further writes until reopened.
+    #[error("log poisoned at offset {offset} by an earlier I/O failure: {reason}")]
+    Poisoned {
+        /// Log position from which nothing is durable.
+        offset: u64,
+        /// The original failure.
+        reason: String,
+    },
+    /// Another handle or process holds the directory's lock.
+    #[error("directory {} is locked by another process or handle", .0.display())]
+    Locked(PathBuf),
+    /// The tree was closed.
+    #[error("tree is closed")]
+    Closed,
+    /// A configuration value is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

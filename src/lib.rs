@@ -1,0 +1,46 @@
+//! # ringtree
+//!
+//! A persistent, append-only, n-ary Lean Incremental Merkle Tree (LeanIMT).
+//!
+//! This release holds the in-memory core: [`LeanImt`], its copy-on-write
+//! [`Snapshot`]s, and strictly verified inclusion ([`Proof`]) and consistency
+//! ([`ConsistencyProof`]) proofs.
+//!
+//! ## Hashing
+//!
+//! A parent of a group of `2 <= k <= N` children is `H(c0 ‖ c1 ‖ … ‖ c(k-1))`
+//! over the raw 32-byte children, no prefix or tag; a group of one child is
+//! lifted unchanged; leaves are stored as given; the root of a one-leaf tree
+//! is that leaf and an empty tree has no root. With [`Blake3`] the roots are
+//! byte-identical to rotortree 0.20's for every arity and size.
+//!
+//! ## Quick start
+//!
+//! ```
+//! use ringtree::{Blake3, LeanImt};
+//!
+//! let mut tree = LeanImt::<Blake3, 4, 32>::new(Blake3);
+//! let leaves: Vec<[u8; 32]> = (0..1000u32).map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes()).collect();
+//! let root = tree.insert_many(&leaves)?;
+//!
+//! let snap = tree.snapshot();
+//! let proof = snap.proof(123)?;
+//! proof.verify_at(&Blake3, &root, 1000)?; // the leaf is at 123 in the tree (root, 1000)
+//!
+//! let old_root = {
+//!     let mut old = LeanImt::<Blake3, 4, 32>::new(Blake3);
+//!     old.insert_many(&leaves[..400])?
+//! };
+//! snap.consistency_proof(400)?.verify_at(&Blake3, &old_root, 400, &root, 1000)?;
+//! # Ok::<(), ringtree::Error>(())
+//! ```
+
+mod error;
+mod hash;
+mod proof;
+mod tree;
+
+pub use error::{Error, Result};
+pub use hash::{Blake3, Hash, Hasher};
+pub use proof::{ConsistencyProof, Proof};
+pub use tree::{LeanImt, Snapshot};

@@ -1,0 +1,532 @@
+//! Inclusion and consistency proofs: generation from a [`Snapshot`], strict
+//! verification, and a stable byte encoding.
+//!
+//! Owns the proof formats and the verification rule; reads a snapshot's
+//! nodes and nothing else.
+//!
+//! **Shape is never taken from the proof.** The tree hashes children with no
+//! domain separation, so an internal node can pose as a leaf of a shallower
+//! tree if a verifier trusts the shape a proof claims. The verifier here
+//! derives, from `(leaf_index, tree_size)` alone, how many siblings each level
+//! has and where the path node sits among them, and rejects any proof that
+//! does not match. A tree's root does not commit to its size, so the size
+//! must be trusted too: [`Proof::verify_at`] and
+//! [`ConsistencyProof::verify_at`] check it against the size the caller
+//! trusts (e.g. from the same signed tree head as the root); `verify` trusts
+//! the size recorded in the proof.
+
+use crate::error::{Error, Result};
+use crate::hash::{Hash, Hasher};
+use crate::tree::Snapshot;
+
+const PROOF_MAGIC: [u8; 4] = *b"RTIP";
+const CONSISTENCY_MAGIC: [u8; 4] = *b"RTCP";
+const PROOF_VERSION: u8 = 1;
+/// magic 4 + version 1 + arity 4 + index/old size 8 + size 8 + leaf 32 + count 4
+const HEADER_LEN: usize = 4 + 1 + 4 + 8 + 8 + 32 + 4;
+
+/// One level of a path: the group the path node sits in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Step {
+    /// First node of the group.
+    start: u64,
+    /// Children in the group (1 = lifted, no hash).
+    len: usize,
+    /// Position of the path node in the group.
+    pos: usize,
+}
+
+/// The path of node `index` up a tree whose level 0 has `len` nodes: one
+/// [`Step`] per level below the root.
+fn path(arity: usize, mut index: u64, mut len: u64) -> impl Iterator<Item = Step> {
+    let n = arity as u64;
+    std::iter::from_fn(move || {
+        if len <= 1 {
+            return None;
+        }
+        let group = index / n;
+        let start = group * n;
+        let step = Step {
+            start,
+            len: (len - start).min(n) as usize,
+            pos: (index - start) as usize,
+        };
+        index = group;
+        len = len.div_ceil(n);
+        Some(step)
+    })
+}
+
+/// Siblings along the path of leaf `index` in a tree of `size` leaves: what
+/// an inclusion proof of `index`, or a consistency proof from `index + 1`
+/// leaves, carries.
+fn sibling_count(arity: usize, index: u64, size: u64) -> usize {
+    path(arity, index, size).map(|s| s.len - 1).sum()
+}
+
+fn check_arity(arity: usize) -> Result<()> {
+    if arity < 2 || arity > u32::MAX as usize {
+        return Err(Error::InvalidProof("arity must be at least 2"));
+    }
+    Ok(())
+}
+
+/// An inclusion proof: leaf `leaf_index` of the tree of `tree_size` leaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proof {
+    arity: usize,
+    leaf_index: u64,
+    tree_size: u64,
+    leaf: Hash,
+    /// Per level from the leaves up, the other members of the path node's
+    /// group in order (none where the group has one member).
+    siblings: Vec<Hash>,
+}
+
+impl Proof {
+    /// The tree's arity.
+    pub fn arity(&self) -> usize {
+        self.arity
+    }
+    /// Index of the proved leaf.
+    pub fn leaf_index(&self) -> u64 {
+        self.leaf_index
+    }
+    /// Size of the tree the proof is for.
+    pub fn tree_size(&self) -> u64 {
+        self.tree_size
+    }
+    /// The proved leaf's value.
+    pub fn leaf(&self) -> Hash {
+        self.leaf
+    }
+    /// The sibling hashes, level by level from the leaves up.
+    pub fn siblings(&self) -> &[Hash] {
+        &self.siblings
+    }
+
+    /// Checks that the proof leads from its leaf to `trusted_root` along the
+    /// path its `(leaf_index, tree_size)` dictates.
+    ///
+    /// The size is the proof's own claim; when you know the size the root
+    /// belongs to, use [`verify_at`](Self::verify_at).
+    pub fn verify<H: Hasher>(&self, hasher: &H, trusted_root: &Hash) -> Result<()> {
+        check_arity(self.arity)?;
+        if self.tree_size == 0 || self.leaf_index >= self.tree_size {
+            return Err(Error::InvalidProof("leaf index outside the tree"));
+        }
+        let mut sibs = self.siblings.iter();
+        let mut cur = self.leaf;
+        let mut group: Vec<Hash> = Vec::with_capacity(self.arity);
+        for step in path(self.arity, self.leaf_index, self.tree_size) {
+            if step.len == 1 {
+                continue;
+            }
+            group.clear();
+            for i in 0..step.len {
+                if i == step.pos {
+                    group.push(cur);
+                } else {
+                    group.push(
+                        *sibs
+                            .next()
+                            .ok_or(Error::InvalidProof("too few siblings for the tree's shape"))?,
+                    );
+                }
+            }
+            cur = hasher.hash_children(&group);
+        }
+        if sibs.next().is_some() {
+            return Err(Error::InvalidProof(
+                "too many siblings for the tree's shape",
+            ));
+        }
+        if &cur != trusted_root {
+            return Err(Error::InvalidProof("root mismatch"));
+        }
+        Ok(())
+    }
+
+    /// [`verify`](Self::verify), and checks that the proof is for a tree of
+    /// `trusted_size` leaves.
+    pub fn verify_at<H: Hasher>(
+        &self,
+        hasher: &H,
+        trusted_root: &Hash,
+        trusted_size: u64,
+    ) -> Result<()> {
+        if self.tree_size != trusted_size {
+            return Err(Error::InvalidProof(
+                "tree size differs from the trusted size",
+            ));
+        }
+        self.verify(hasher, trusted_root)
+    }
+
+    /// The stable encoding (little-endian):
+    /// `"RTIP" | version u8 = 1 | arity u32 | leaf_index u64 | tree_size u64 |
+    /// leaf [32] | sibling count u32 | siblings [32] ...`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode(
+            PROOF_MAGIC,
+            self.arity,
+            self.leaf_index,
+            self.tree_size,
+            &self.leaf,
+            &self.siblings,
+        )
+    }
+
+    /// Decodes [`to_bytes`](Self::to_bytes) output; rejects a wrong magic,
+    /// version, arity, index, length or a sibling count that does not match
+    /// the shape `(leaf_index, tree_size)` dictates.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let d = decode(PROOF_MAGIC, "inclusion proof", bytes)?;
+        if d.a >= d.b {
+            return Err(decode_err(
+                "inclusion proof",
+                9,
+                format!("leaf index {} not below tree size {}", d.a, d.b),
+            ));
+        }
+        let expect = sibling_count(d.arity, d.a, d.b);
+        if d.siblings.len() != expect {
+            return Err(decode_err(
+                "inclusion proof",
+                HEADER_LEN - 4,
+                format!("{} siblings, the shape needs {expect}", d.siblings.len()),
+            ));
+        }
+        Ok(Self {
+            arity: d.arity,
+            leaf_index: d.a,
+            tree_size: d.b,
+            leaf: d.leaf,
+            siblings: d.siblings,
+        })
+    }
+}
+
+/// A consistency proof: the tree of `old_size` leaves is a prefix of the tree
+/// of `new_size` leaves.
+///
+/// It carries the last old leaf and, along that leaf's path in the new tree,
+/// every other member of each group: the ones left of the path (shared by
+/// both trees) and the ones right of it (new). From these the verifier
+/// recomputes both roots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsistencyProof {
+    arity: usize,
+    old_size: u64,
+    new_size: u64,
+    last_leaf: Hash,
+    siblings: Vec<Hash>,
+}
+
+impl ConsistencyProof {
+    /// The tree's arity.
+    pub fn arity(&self) -> usize {
+        self.arity
+    }
+    /// Size of the older tree.
+    pub fn old_size(&self) -> u64 {
+        self.old_size
+    }
+    /// Size of the newer tree.
+    pub fn new_size(&self) -> u64 {
+        self.new_size
+    }
+
+    /// Checks that the tree with root `old_root` of `old_size()` leaves is a
+    /// prefix of the tree with root `new_root` of `new_size()` leaves.
+    pub fn verify<H: Hasher>(&self, hasher: &H, old_root: &Hash, new_root: &Hash) -> Result<()> {
+        check_arity(self.arity)?;
+        if self.old_size == 0 || self.old_size > self.new_size {
+            return Err(Error::InvalidProof("old size must be in 1..=new size"));
+        }
+        let n = self.arity as u64;
+        let mut sibs = self.siblings.iter();
+        let mut old = self.last_leaf;
+        let mut new = self.last_leaf;
+        let mut old_len = self.old_size;
+        let mut group: Vec<Hash> = Vec::with_capacity(self.arity);
+        let too_few = || Error::InvalidProof("too few siblings for the trees' shapes");
+        for step in path(self.arity, self.old_size - 1, self.new_size) {
+            if step.len > 1 {
+                group.clear();
+                for _ in 0..step.pos {
+                    group.push(*sibs.next().ok_or_else(too_few)?);
+                }
+                if old_len > 1 && step.pos > 0 {
+                    // In the old tree the path node is the last of its group.
+                    group.push(old);
+                    old = hasher.hash_children(&group);
+                    group.pop();
+                }
+                group.push(new);
+                for _ in step.pos + 1..step.len {
+                    group.push(*sibs.next().ok_or_else(too_few)?);
+                }
+                new = hasher.hash_children(&group);
+            }
+            old_len = old_len.div_ceil(n);
+        }
+        if sibs.next().is_some() {
+            return Err(Error::InvalidProof(
+                "too many siblings for the trees' shapes",
+            ));
+        }
+        if &old != old_root {
+            return Err(Error::InvalidProof("old root mismatch"));
+        }
+        if &new != new_root {
+            return Err(Error::InvalidProof("new root mismatch"));
+        }
+        Ok(())
+    }
+
+    /// [`verify`](Self::verify), and checks both sizes against the ones the
+    /// caller trusts.
+    pub fn verify_at<H: Hasher>(
+        &self,
+        hasher: &H,
+        old_root: &Hash,
+        old_size: u64,
+        new_root: &Hash,
+        new_size: u64,
+    ) -> Result<()> {
+        if self.old_size != old_size || self.new_size != new_size {
+            return Err(Error::InvalidProof(
+                "tree sizes differ from the trusted sizes",
+            ));
+        }
+        self.verify(hasher, old_root, new_root)
+    }
+
+    /// The stable encoding (little-endian):
+    /// `"RTCP" | version u8 = 1 | arity u32 | old_size u64 | new_size u64 |
+    /// last old leaf [32] | sibling count u32 | siblings [32] ...`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode(
+            CONSISTENCY_MAGIC,
+            self.arity,
+            self.old_size,
+            self.new_size,
+            &self.last_leaf,
+            &self.siblings,
+        )
+    }
+
+    /// Decodes [`to_bytes`](Self::to_bytes) output, with the same checks as
+    /// [`Proof::from_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let d = decode(CONSISTENCY_MAGIC, "consistency proof", bytes)?;
+        if d.a == 0 || d.a > d.b {
+            return Err(decode_err(
+                "consistency proof",
+                9,
+                format!("old size {} not in 1..={}", d.a, d.b),
+            ));
+        }
+        let expect = sibling_count(d.arity, d.a - 1, d.b);
+        if d.siblings.len() != expect {
+            return Err(decode_err(
+                "consistency proof",
+                HEADER_LEN - 4,
+                format!("{} siblings, the shape needs {expect}", d.siblings.len()),
+            ));
+        }
+        Ok(Self {
+            arity: d.arity,
+            old_size: d.a,
+            new_size: d.b,
+            last_leaf: d.leaf,
+            siblings: d.siblings,
+        })
+    }
+}
+
+fn encode(magic: [u8; 4], arity: usize, a: u64, b: u64, leaf: &Hash, siblings: &[Hash]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + 32 * siblings.len());
+    out.extend_from_slice(&magic);
+    out.push(PROOF_VERSION);
+    out.extend_from_slice(&(arity as u32).to_le_bytes());
+    out.extend_from_slice(&a.to_le_bytes());
+    out.extend_from_slice(&b.to_le_bytes());
+    out.extend_from_slice(leaf);
+    out.extend_from_slice(&(siblings.len() as u32).to_le_bytes());
+    out.extend_from_slice(siblings.as_flattened());
+    out
+}
+
+struct Decoded {
+    arity: usize,
+    a: u64,
+    b: u64,
+    leaf: Hash,
+    siblings: Vec<Hash>,
+}
+
+fn decode_err(what: &'static str, offset: usize, reason: String) -> Error {
+    Error::Decode {
+        what,
+        offset,
+        reason,
+    }
+}
+
+fn decode(magic: [u8; 4], what: &'static str, bytes: &[u8]) -> Result<Decoded> {
+    if bytes.len() < HEADER_LEN {
+        return Err(decode_err(
+            what,
+            bytes.len(),
+            format!("{} bytes, the header needs {HEADER_LEN}", bytes.len()),
+        ));
+    }
+    if bytes[..4] != magic {
+        return Err(decode_err(what, 0, format!("bad magic {:?}", &bytes[..4])));
+    }
+    if bytes[4] != PROOF_VERSION {
+        return Err(decode_err(what, 4, format!("unknown version {}", bytes[4])));
+    }
+    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().expect("4 bytes"));
+    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().expect("8 bytes"));
+    let arity = u32_at(5) as usize;
+    if arity < 2 {
+        return Err(decode_err(
+            what,
+            5,
+            format!("arity {arity}, must be at least 2"),
+        ));
+    }
+    let (a, b) = (u64_at(9), u64_at(17));
+    let leaf: Hash = bytes[25..57].try_into().expect("32 bytes");
+    let count = u32_at(57) as usize;
+    let body = &bytes[HEADER_LEN..];
+    if body.len() != count.saturating_mul(32) {
+        return Err(decode_err(
+            what,
+            HEADER_LEN,
+            format!(
+                "{count} siblings need {} bytes, found {}",
+                count.saturating_mul(32),
+                body.len()
+            ),
+        ));
+    }
+    let siblings = body.as_chunks::<32>().0.to_vec();
+    Ok(Decoded {
+        arity,
+        a,
+        b,
+        leaf,
+        siblings,
+    })
+}
+
+impl Snapshot {
+    /// Every other member of each group along leaf `index`'s path.
+    fn path_siblings(&self, index: u64) -> Vec<Hash> {
+        let size = self.size();
+        let mut siblings = Vec::with_capacity(sibling_count(self.arity(), index, size));
+        for (d, step) in path(self.arity(), index, size).enumerate() {
+            let level = self.level(d);
+            for i in (0..step.len).filter(|&i| i != step.pos) {
+                siblings.push(level.get(step.start + i as u64));
+            }
+        }
+        siblings
+    }
+
+    /// An inclusion proof of leaf `index`.
+    pub fn proof(&self, index: u64) -> Result<Proof> {
+        let size = self.size();
+        if index >= size {
+            return Err(Error::IndexOutOfRange { index, size });
+        }
+        Ok(Proof {
+            arity: self.arity(),
+            leaf_index: index,
+            tree_size: size,
+            leaf: self.level(0).get(index),
+            siblings: self.path_siblings(index),
+        })
+    }
+
+    /// A proof that the tree of its first `old_size` leaves is a prefix of
+    /// this one (`1 <= old_size <= size`).
+    pub fn consistency_proof(&self, old_size: u64) -> Result<ConsistencyProof> {
+        let size = self.size();
+        if old_size == 0 || old_size > size {
+            return Err(Error::InvalidOldSize { old_size, size });
+        }
+        Ok(ConsistencyProof {
+            arity: self.arity(),
+            old_size,
+            new_size: size,
+            last_leaf: self.level(0).get(old_size - 1),
+            siblings: self.path_siblings(old_size - 1),
+        })
+    }
+}
+
+#[cfg(feature = "serde")]
+mod serde_impl {
+    //! Proofs serialize as their stable byte encoding: a hex string in
+    //! human-readable formats, bytes otherwise.
+    use super::{ConsistencyProof, Proof};
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    fn to_hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn from_hex(s: &str) -> Option<Vec<u8>> {
+        if s.len() % 2 != 0 {
+            return None;
+        }
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+            .collect()
+    }
+
+    fn ser<S: Serializer>(bytes: Vec<u8>, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&to_hex(&bytes))
+        } else {
+            s.serialize_bytes(&bytes)
+        }
+    }
+
+    fn de<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            from_hex(&s).ok_or_else(|| D::Error::custom("proof: invalid hex"))
+        } else {
+            Vec::<u8>::deserialize(d)
+        }
+    }
+
+    impl Serialize for Proof {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            ser(self.to_bytes(), s)
+        }
+    }
+    impl<'de> Deserialize<'de> for Proof {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            Proof::from_bytes(&de(d)?).map_err(D::Error::custom)
+        }
+    }
+    impl Serialize for ConsistencyProof {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            ser(self.to_bytes(), s)
+        }
+    }
+    impl<'de> Deserialize<'de> for ConsistencyProof {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            ConsistencyProof::from_bytes(&de(d)?).map_err(D::Error::custom)
+        }
+    }
+}

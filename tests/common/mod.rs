@@ -1,0 +1,52 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use ringtree::Hash;
+
+/// A small deterministic generator (splitmix64).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// Leaf `i`: a fixed pseudo-random 32-byte value.
+pub fn leaf(i: u64) -> Hash {
+    *blake3::hash(&i.to_le_bytes()).as_bytes()
+}
+
+pub fn leaves(range: std::ops::Range<u64>) -> Vec<Hash> {
+    range.map(leaf).collect()
+}
+
+/// The root by the definition, recomputed from all leaves: parents of groups
+/// of 2+ children are BLAKE3 of the concatenation, single children lift.
+pub fn naive_root(arity: usize, leaves: &[Hash]) -> Option<Hash> {
+    let mut level = leaves.to_vec();
+    if level.is_empty() {
+        return None;
+    }
+    while level.len() > 1 {
+        level = level
+            .chunks(arity)
+            .map(|g| {
+                if g.len() == 1 {
+                    g[0]
+                } else {
+                    *blake3::hash(g.as_flattened()).as_bytes()
+                }
+            })
+            .collect();
+    }
+    Some(level[0])
+}
