@@ -13,7 +13,9 @@
 //! must be trusted too: [`Proof::verify_at`] and
 //! [`ConsistencyProof::verify_at`] check it against the size the caller
 //! trusts (e.g. from the same signed tree head as the root); `verify` trusts
-//! the size recorded in the proof.
+//! the size recorded in the proof. Likewise the arity is part of what a proof
+//! states (a two-leaf tree has the same root for every arity): check
+//! [`Proof::arity`] against the tree's when it matters.
 
 use crate::error::{Error, Result};
 use crate::hash::{Hash, Hasher};
@@ -117,7 +119,7 @@ impl Proof {
         }
         let mut sibs = self.siblings.iter();
         let mut cur = self.leaf;
-        let mut group: Vec<Hash> = Vec::with_capacity(self.arity);
+        let mut group: Vec<Hash> = Vec::with_capacity(self.arity.min(self.siblings.len() + 1));
         for step in path(self.arity, self.leaf_index, self.tree_size) {
             if step.len == 1 {
                 continue;
@@ -249,7 +251,7 @@ impl ConsistencyProof {
         let mut old = self.last_leaf;
         let mut new = self.last_leaf;
         let mut old_len = self.old_size;
-        let mut group: Vec<Hash> = Vec::with_capacity(self.arity);
+        let mut group: Vec<Hash> = Vec::with_capacity(self.arity.min(self.siblings.len() + 1));
         let too_few = || Error::InvalidProof("too few siblings for the trees' shapes");
         for step in path(self.arity, self.old_size - 1, self.new_size) {
             if step.len > 1 {
