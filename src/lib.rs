@@ -35,6 +35,8 @@
 //! # Ok::<(), ringtree::Error>(())
 //! ```
 
+#![deny(missing_docs)]
+
 mod error;
 mod hash;
 mod proof;

@@ -66,6 +66,56 @@ fn sibling_count(arity: usize, index: u64, size: u64) -> usize {
     path(arity, index, size).map(|s| s.len - 1).sum()
 }
 
+/// The members of one group while verifying: on the stack up to 16, the
+/// usual arities; grows on the heap only as siblings actually arrive, so an
+/// untrusted arity never sizes an allocation.
+struct GroupBuf {
+    stack: [Hash; 16],
+    len: usize,
+    heap: Vec<Hash>,
+}
+
+impl GroupBuf {
+    fn new() -> Self {
+        Self {
+            stack: [[0; 32]; 16],
+            len: 0,
+            heap: Vec::new(),
+        }
+    }
+    fn clear(&mut self) {
+        self.len = 0;
+        self.heap.clear();
+    }
+    fn push(&mut self, h: Hash) {
+        if self.len < 16 {
+            self.stack[self.len] = h;
+        } else {
+            if self.heap.is_empty() {
+                self.heap.extend_from_slice(&self.stack);
+            }
+            self.heap.push(h);
+        }
+        self.len += 1;
+    }
+    fn pop(&mut self) {
+        self.len -= 1;
+        if self.len >= 16 {
+            self.heap.pop();
+        }
+        if self.len == 16 {
+            self.heap.clear();
+        }
+    }
+    fn as_slice(&self) -> &[Hash] {
+        if self.len <= 16 {
+            &self.stack[..self.len]
+        } else {
+            &self.heap
+        }
+    }
+}
+
 fn check_arity(arity: usize) -> Result<()> {
     if arity < 2 || arity > u32::MAX as usize {
         return Err(Error::InvalidProof("arity must be at least 2"));
@@ -119,7 +169,7 @@ impl Proof {
         }
         let mut sibs = self.siblings.iter();
         let mut cur = self.leaf;
-        let mut group: Vec<Hash> = Vec::with_capacity(self.arity.min(self.siblings.len() + 1));
+        let mut group = GroupBuf::new();
         for step in path(self.arity, self.leaf_index, self.tree_size) {
             if step.len == 1 {
                 continue;
@@ -136,7 +186,7 @@ impl Proof {
                     );
                 }
             }
-            cur = hasher.hash_children(&group);
+            cur = hasher.hash_children(group.as_slice());
         }
         if sibs.next().is_some() {
             return Err(Error::InvalidProof(
@@ -251,7 +301,7 @@ impl ConsistencyProof {
         let mut old = self.last_leaf;
         let mut new = self.last_leaf;
         let mut old_len = self.old_size;
-        let mut group: Vec<Hash> = Vec::with_capacity(self.arity.min(self.siblings.len() + 1));
+        let mut group = GroupBuf::new();
         let too_few = || Error::InvalidProof("too few siblings for the trees' shapes");
         for step in path(self.arity, self.old_size - 1, self.new_size) {
             if step.len > 1 {
@@ -262,14 +312,14 @@ impl ConsistencyProof {
                 if old_len > 1 && step.pos > 0 {
                     // In the old tree the path node is the last of its group.
                     group.push(old);
-                    old = hasher.hash_children(&group);
+                    old = hasher.hash_children(group.as_slice());
                     group.pop();
                 }
                 group.push(new);
                 for _ in step.pos + 1..step.len {
                     group.push(*sibs.next().ok_or_else(too_few)?);
                 }
-                new = hasher.hash_children(&group);
+                new = hasher.hash_children(group.as_slice());
             }
             old_len = old_len.div_ceil(n);
         }
@@ -485,7 +535,7 @@ mod serde_impl {
     }
 
     fn from_hex(s: &str) -> Option<Vec<u8>> {
-        if s.len() % 2 != 0 {
+        if !s.len().is_multiple_of(2) {
             return None;
         }
         (0..s.len())

@@ -63,8 +63,8 @@ fn run<const N: usize>(ops: &[Op]) {
     for (snap, size, root) in snaps {
         assert_eq!(snap.size(), size as u64);
         assert_eq!(snap.root(), root);
-        for i in 0..size {
-            assert_eq!(snap.leaf(i as u64).unwrap(), model[i]);
+        for (i, l) in model[..size].iter().enumerate() {
+            assert_eq!(snap.leaf(i as u64).unwrap(), *l);
         }
         if let Some(root) = root {
             let last = size as u64 - 1;

@@ -54,6 +54,8 @@ fn inclusion_proofs_verify() {
     inclusion_for::<5>();
     inclusion_for::<8>();
     inclusion_for::<16>();
+    inclusion_for::<20>();
+    inclusion_for::<33>();
 }
 
 /// Flipping any bit pattern in any byte of an encoded proof gets it rejected,
@@ -245,6 +247,8 @@ fn consistency_proofs_verify_and_reject_tampering() {
     consistency_for::<5>(15);
     consistency_for::<8>(18);
     consistency_for::<16>(116);
+    consistency_for::<17>(117);
+    consistency_for::<40>(140);
 }
 
 #[test]

@@ -16,6 +16,7 @@
 //! are never copied. Readers of a snapshot only ever look at sealed chunks
 //! below their own sealed count, which the writer never touches again.
 
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use crate::hash::Hash;
@@ -33,10 +34,12 @@ const SEGMENTS: usize = 48;
 /// Append-only, lock-free directory of sealed chunks.
 ///
 /// One writer appends (through `&self`); any number of readers read entries
-/// they know to be set. Segments double in size and never move, so an entry's
-/// address is stable for the directory's life.
+/// below a count they got from the writer (through a clone of the level, so
+/// the entry was stored before they saw the count). Segments double in size
+/// and never move, so an entry's address is stable for the directory's life.
+/// Each entry owns one strong count of its chunk's `Arc`.
 pub(crate) struct ChunkDir {
-    segments: [OnceLock<Box<[OnceLock<Arc<Chunk>>]>>; SEGMENTS],
+    segments: [OnceLock<Box<[AtomicPtr<Chunk>]>>; SEGMENTS],
 }
 
 impl ChunkDir {
@@ -53,40 +56,113 @@ impl ChunkDir {
         (k, i - FIRST * ((1 << k) - 1))
     }
 
+    #[inline]
+    fn slot(&self, i: usize) -> Option<&AtomicPtr<Chunk>> {
+        let (k, off) = Self::locate(i);
+        self.segments[k].get().map(|seg| &seg[off])
+    }
+
     /// Sets entry `i`. Each entry is set once, by the single writer.
     fn set(&self, i: usize, chunk: Arc<Chunk>) {
         let (k, off) = Self::locate(i);
-        let seg =
-            self.segments[k].get_or_init(|| (0..FIRST << k).map(|_| OnceLock::new()).collect());
-        let fresh = seg[off].set(chunk).is_ok();
-        debug_assert!(fresh, "chunk {i} sealed twice");
+        let seg = self.segments[k].get_or_init(|| {
+            (0..FIRST << k)
+                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+                .collect()
+        });
+        debug_assert!(
+            seg[off].load(Ordering::Relaxed).is_null(),
+            "chunk {i} sealed twice"
+        );
+        // A plain release store: a locked swap would stall on the chunk's
+        // just-written bytes.
+        seg[off].store(Arc::into_raw(chunk).cast_mut(), Ordering::Release);
+    }
+
+    /// The pointer of entry `i`, which the caller knows was set.
+    #[inline]
+    fn ptr(&self, i: usize) -> *const Chunk {
+        let p = self
+            .slot(i)
+            .map_or(std::ptr::null_mut(), |s| s.load(Ordering::Acquire));
+        assert!(
+            !p.is_null(),
+            "sealed chunk {i} below the sealed count is always set"
+        );
+        p
     }
 
     /// Entry `i`, which the caller knows was set.
     #[inline]
     fn get(&self, i: usize) -> &Chunk {
-        let (k, off) = Self::locate(i);
-        self.segments[k]
-            .get()
-            .and_then(|seg| seg[off].get())
-            .expect("sealed chunk below the sealed count is always set")
+        // SAFETY: `ptr` is non-null (checked), so it came from
+        // `Arc::into_raw` in `set`; the directory holds that strong count
+        // until it drops, and entries are never replaced, so the chunk lives
+        // at least as long as `&self`. Chunks are never written once sealed.
+        unsafe { &*self.ptr(i) }
+    }
+
+    /// A new strong reference to entry `i`, which the caller knows was set.
+    fn get_arc(&self, i: usize) -> Arc<Chunk> {
+        let p = self.ptr(i);
+        // SAFETY: `p` came from `Arc::into_raw` and the directory still holds
+        // its strong count (see `get`), so adding one more is sound.
+        unsafe {
+            Arc::increment_strong_count(p);
+            Arc::from_raw(p)
+        }
+    }
+}
+
+impl Drop for ChunkDir {
+    fn drop(&mut self) {
+        for seg in self.segments.iter_mut().filter_map(OnceLock::get_mut) {
+            for slot in seg.iter_mut() {
+                let p = *slot.get_mut();
+                if !p.is_null() {
+                    // SAFETY: `p` came from `Arc::into_raw` in `set` and this
+                    // is the one place that gives its strong count back.
+                    drop(unsafe { Arc::from_raw(p) });
+                }
+            }
+        }
     }
 }
 
 fn zeroed_chunk() -> Arc<Chunk> {
-    Arc::new([[0u8; 32]; CHUNK_LEN])
+    // SAFETY: all-zero bytes are a valid `[[u8; 32]; CHUNK_LEN]`.
+    unsafe { Arc::<Chunk>::new_zeroed().assume_init() }
 }
 
 /// A level as seen by the writer or by a snapshot (the same data: a snapshot
 /// is a clone).
-#[derive(Clone)]
 pub(crate) struct Level {
     dir: Arc<ChunkDir>,
     /// Chunks in `dir` this view may read.
     sealed: usize,
     /// Nodes `[sealed * CHUNK_LEN, len)`.
     tail: Arc<Chunk>,
+    /// Set whenever `tail` may have another owner (every clone of the level
+    /// sets it on both sides); cleared once the writer made `tail` unique.
+    /// Saves the locked read-modify-write of `Arc::make_mut` on every write,
+    /// which stalls on the bytes just written.
+    tail_shared: AtomicBool,
     len: u64,
+}
+
+impl Clone for Level {
+    fn clone(&self) -> Self {
+        // Relaxed: a clone (through `&self`) never runs concurrently with a
+        // write (through `&mut self`); the borrow already orders them.
+        self.tail_shared.store(true, Ordering::Relaxed);
+        Self {
+            dir: self.dir.clone(),
+            sealed: self.sealed,
+            tail: self.tail.clone(),
+            tail_shared: AtomicBool::new(true),
+            len: self.len,
+        }
+    }
 }
 
 impl Level {
@@ -95,6 +171,7 @@ impl Level {
             dir: Arc::new(ChunkDir::new()),
             sealed: 0,
             tail: zeroed_chunk(),
+            tail_shared: AtomicBool::new(false),
             len: 0,
         }
     }
@@ -132,6 +209,20 @@ impl Level {
         }
     }
 
+    /// The tail, made unique first if a clone may share it.
+    #[inline]
+    fn tail_mut(&mut self) -> &mut Chunk {
+        if *self.tail_shared.get_mut() {
+            Arc::make_mut(&mut self.tail);
+            *self.tail_shared.get_mut() = false;
+        }
+        // SAFETY: `tail_shared` is false, so no clone of `tail` was made since
+        // `make_mut` above (or `seal`, or `new`) left this `Arc` the only one:
+        // every path that clones it (`Clone`, `fork`) sets the flag first.
+        // `&mut self` excludes other borrows of this level.
+        unsafe { &mut *Arc::as_ptr(&self.tail).cast_mut() }
+    }
+
     /// Writes `hashes` at `start..`, where `start` is `len` (append) or
     /// `len - 1` (rewrite the last node, then append): only the last node of a
     /// level ever changes.
@@ -143,7 +234,7 @@ impl Level {
         if start < self.len {
             // Rewrite the last node, which is always in the tail.
             let off = (start - self.tail_start()) as usize;
-            Arc::make_mut(&mut self.tail)[off] = hashes[0];
+            self.tail_mut()[off] = hashes[0];
             hashes = &hashes[1..];
         }
         while !hashes.is_empty() {
@@ -153,7 +244,7 @@ impl Level {
                 used = 0;
             }
             let n = hashes.len().min(CHUNK_LEN - used);
-            Arc::make_mut(&mut self.tail)[used..used + n].copy_from_slice(&hashes[..n]);
+            self.tail_mut()[used..used + n].copy_from_slice(&hashes[..n]);
             self.len += n as u64;
             hashes = &hashes[n..];
         }
@@ -167,7 +258,7 @@ impl Level {
             self.seal();
             used = 0;
         }
-        Arc::make_mut(&mut self.tail)[used] = h;
+        self.tail_mut()[used] = h;
         self.len += 1;
     }
 
@@ -176,12 +267,13 @@ impl Level {
     pub(crate) fn set_last(&mut self, h: Hash) {
         debug_assert!(self.len > 0);
         let off = (self.len - 1 - self.tail_start()) as usize;
-        Arc::make_mut(&mut self.tail)[off] = h;
+        self.tail_mut()[off] = h;
     }
 
     /// Moves the full tail into the directory and starts a new one.
     fn seal(&mut self) {
         let full = std::mem::replace(&mut self.tail, zeroed_chunk());
+        *self.tail_shared.get_mut() = false;
         self.dir.set(self.sealed, full);
         self.sealed += 1;
     }
@@ -191,18 +283,14 @@ impl Level {
     pub(crate) fn fork(&self) -> Self {
         let dir = ChunkDir::new();
         for c in 0..self.sealed {
-            let (k, off) = ChunkDir::locate(c);
-            let chunk = self.dir.segments[k]
-                .get()
-                .and_then(|s| s[off].get())
-                .expect("sealed")
-                .clone();
-            dir.set(c, chunk);
+            dir.set(c, self.dir.get_arc(c));
         }
+        self.tail_shared.store(true, Ordering::Relaxed);
         Self {
             dir: Arc::new(dir),
             sealed: self.sealed,
             tail: self.tail.clone(),
+            tail_shared: AtomicBool::new(true),
             len: self.len,
         }
     }
