@@ -39,10 +39,14 @@
 
 mod error;
 mod hash;
+pub mod io;
 mod proof;
 mod tree;
+pub mod wal;
 
 pub use error::{Error, Result};
 pub use hash::{Blake3, Hash, Hasher};
+pub use io::IoBackend;
 pub use proof::{ConsistencyProof, Proof};
 pub use tree::{LeanImt, Snapshot};
+pub use wal::{Durable, FlushPolicy, Log, LogConfig};

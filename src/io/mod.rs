@@ -1,0 +1,151 @@
+//! The storage layer: one trait over the files the WAL and checkpoints use,
+//! with an io_uring backend, a threaded fallback, and a simulated disk for
+//! tests.
+//!
+//! Owns every system call the crate makes on data files; nothing above it
+//! touches a file directly. Calls are blocking and made from the crate's own
+//! threads (the committer, recovery, checkpoints), never from an async task.
+
+use std::io;
+use std::path::Path;
+
+pub mod sim;
+mod threaded;
+#[cfg(target_os = "linux")]
+mod uring;
+
+pub use sim::SimStorage;
+pub use threaded::ThreadedStorage;
+#[cfg(target_os = "linux")]
+pub use uring::UringStorage;
+
+/// Which I/O backend a tree uses, or should use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IoBackend {
+    /// io_uring when it can be set up, else the threaded fallback.
+    #[default]
+    Auto,
+    /// io_uring (linked write + fdatasync on a ring the library owns).
+    Uring,
+    /// `pwrite` + `fdatasync` from a plain thread.
+    Threaded,
+    /// The in-memory simulated disk (tests).
+    Simulated,
+}
+
+impl std::fmt::Display for IoBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IoBackend::Auto => "auto",
+            IoBackend::Uring => "io_uring",
+            IoBackend::Threaded => "threaded",
+            IoBackend::Simulated => "simulated",
+        })
+    }
+}
+
+/// A file opened through a [`Storage`].
+///
+/// Writes are all-or-error: a short write is retried inside, and an error
+/// means an unknown part of the data may have reached the file.
+pub trait StorageFile: Send + Sync {
+    /// Current length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Reads at `off` into `buf`; returns fewer bytes only at end of file.
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes the concatenation of `bufs` at `off`.
+    fn write_at(&self, off: u64, bufs: &[&[u8]]) -> io::Result<()>;
+    /// `fdatasync`: every completed write is on stable storage when it
+    /// returns Ok. After an error nothing about unsynced data is known, and
+    /// the call must not be retried.
+    fn sync_data(&self) -> io::Result<()>;
+    /// [`write_at`](Self::write_at) then [`sync_data`](Self::sync_data);
+    /// io_uring links the two into one submission.
+    fn write_sync(&self, off: u64, bufs: &[&[u8]]) -> io::Result<()> {
+        self.write_at(off, bufs)?;
+        self.sync_data()
+    }
+    /// Extends the file to `len` bytes of written zeros (not a sparse hole
+    /// nor unwritten extents: later writes and fdatasyncs then have no
+    /// metadata to change) and syncs it. Never shrinks.
+    fn allocate_zeroed(&self, len: u64) -> io::Result<()> {
+        const STEP: usize = 1 << 20;
+        let zeros = vec![0u8; STEP];
+        let mut at = self.len()?;
+        while at < len {
+            let n = (len - at).min(STEP as u64) as usize;
+            self.write_at(at, &[&zeros[..n]])?;
+            at += n as u64;
+        }
+        self.sync_data()
+    }
+}
+
+/// The files and directories of one tree.
+pub trait Storage: Send + Sync + 'static {
+    /// Which backend this is.
+    fn backend(&self) -> IoBackend;
+    /// Opens `path` for reading and writing, creating it (empty) if `create`.
+    fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn StorageFile>>;
+    /// Creates `path` and its parents.
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Makes the directory's entries (creations, renames, removals) durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// File names (not paths) in `dir`, sorted.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Removes a file.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Renames a file, replacing `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Whether `path` exists.
+    fn exists(&self, path: &Path) -> bool;
+}
+
+/// The storage for `choice`, resolving [`IoBackend::Auto`].
+///
+/// The environment variable `RINGTREE_IO=uring|threaded` overrides `choice`.
+/// `Auto` takes io_uring when a ring can be set up and falls back to the
+/// threaded backend when it cannot (`EPERM` under Docker's default seccomp
+/// profile, `ENOSYS` on old or restricted kernels, `EINVAL`), logging why.
+pub fn open_storage(choice: IoBackend) -> crate::Result<std::sync::Arc<dyn Storage>> {
+    use std::sync::Arc;
+    let choice = match std::env::var("RINGTREE_IO") {
+        Ok(v) => match v.as_str() {
+            "uring" | "io_uring" => IoBackend::Uring,
+            "threaded" => IoBackend::Threaded,
+            "auto" | "" => choice,
+            other => {
+                return Err(crate::Error::Config(format!(
+                    "RINGTREE_IO={other}: expected uring, threaded or auto"
+                )));
+            }
+        },
+        Err(_) => choice,
+    };
+    match choice {
+        IoBackend::Threaded => Ok(Arc::new(ThreadedStorage)),
+        #[cfg(target_os = "linux")]
+        IoBackend::Uring => UringStorage::new().map(|s| Arc::new(s) as Arc<dyn Storage>).map_err(|e| {
+            crate::Error::Config(format!("io_uring backend requested but unavailable: {e}"))
+        }),
+        #[cfg(target_os = "linux")]
+        IoBackend::Auto => match UringStorage::new() {
+            Ok(s) => {
+                tracing::info!("I/O backend: io_uring");
+                Ok(Arc::new(s))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "io_uring unavailable; using the threaded I/O backend");
+                Ok(Arc::new(ThreadedStorage))
+            }
+        },
+        #[cfg(not(target_os = "linux"))]
+        IoBackend::Auto => Ok(Arc::new(ThreadedStorage)),
+        #[cfg(not(target_os = "linux"))]
+        IoBackend::Uring => Err(crate::Error::Config("io_uring needs Linux".into())),
+        IoBackend::Simulated => Err(crate::Error::Config(
+            "the simulated disk is chosen by passing a SimStorage, not by IoBackend".into(),
+        )),
+    }
+}

@@ -1,0 +1,103 @@
+//! The threaded fallback: plain `pwrite` + `fdatasync` system calls, made
+//! from whichever crate thread calls them (the committer thread for the WAL).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::{IoBackend, Storage, StorageFile};
+
+/// Files through ordinary blocking system calls.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThreadedStorage;
+
+/// A file of [`ThreadedStorage`] (also used by the io_uring backend for
+/// everything off the hot path).
+pub(crate) struct StdFile(pub(crate) File);
+
+impl StdFile {
+    pub(crate) fn open(path: &Path, create: bool) -> io::Result<Self> {
+        OpenOptions::new().read(true).write(true).create(create).truncate(false).open(path).map(StdFile)
+    }
+}
+
+impl StorageFile for StdFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+
+    fn read_at(&self, mut off: u64, mut buf: &mut [u8]) -> io::Result<usize> {
+        let mut total = 0;
+        while !buf.is_empty() {
+            match self.0.read_at(buf, off) {
+                Ok(0) => break,
+                Ok(n) => {
+                    total += n;
+                    off += n as u64;
+                    buf = &mut buf[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(total)
+    }
+
+    fn write_at(&self, mut off: u64, bufs: &[&[u8]]) -> io::Result<()> {
+        for b in bufs {
+            self.0.write_all_at(b, off)?;
+            off += b.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+impl Storage for ThreadedStorage {
+    fn backend(&self) -> IoBackend {
+        IoBackend::Threaded
+    }
+    fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn StorageFile>> {
+        Ok(Box::new(StdFile::open(path, create)?))
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        sync_dir(path)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        list(dir)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+}
+
+pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+pub(crate) fn list(dir: &Path) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            if let Some(n) = e.file_name().to_str() {
+                names.push(n.to_owned());
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}

@@ -1,0 +1,186 @@
+//! The io_uring backend: the WAL's write and its fdatasync go to the kernel
+//! as one linked submission (`IOSQE_IO_LINK`), so a group commit costs one
+//! `io_uring_enter` that waits for both.
+//!
+//! Built on the `io-uring` crate rather than tokio-uring: tokio-uring has no
+//! linked submissions and submits only when its runtime parks, which measured
+//! 96 µs p50 for write + `sync_data` against 63 µs for a linked pair and
+//! 56 µs for plain `pwrite` + `fdatasync` on the same file. The ring is owned
+//! by the library and used from its own threads; no future of it is exposed.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use io_uring::{IoUring, opcode, squeue, types};
+
+use super::threaded::{StdFile, list, sync_dir};
+use super::{IoBackend, Storage, StorageFile};
+
+/// Files whose writes and syncs go through an io_uring.
+#[derive(Clone)]
+pub struct UringStorage {
+    ring: Arc<Mutex<IoUring>>,
+}
+
+impl std::fmt::Debug for UringStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UringStorage")
+    }
+}
+
+impl UringStorage {
+    /// Sets up a ring; fails where io_uring is unavailable (`ENOSYS`) or
+    /// forbidden (`EPERM`, e.g. Docker's default seccomp profile).
+    pub fn new() -> io::Result<Self> {
+        let ring = IoUring::new(64)?;
+        Ok(Self { ring: Arc::new(Mutex::new(ring)) })
+    }
+}
+
+struct UringFile {
+    file: StdFile,
+    ring: Arc<Mutex<IoUring>>,
+}
+
+const WRITE: u64 = 1;
+const SYNC: u64 = 2;
+
+impl UringFile {
+    /// Submits `entries` (linked in order) and waits for all completions;
+    /// returns each one's result by user data.
+    fn run(&self, entries: &[squeue::Entry], results: &mut [i32; 3]) -> io::Result<()> {
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let mut sq = ring.submission();
+            for e in entries {
+                // SAFETY: every buffer and iovec an entry points to lives on
+                // the caller's stack until this function returns, and it
+                // returns only after reaping every completion it submitted.
+                unsafe { sq.push(e) }.map_err(|_| io::Error::other("io_uring submission queue full"))?;
+            }
+        }
+        let mut done = 0;
+        while done < entries.len() {
+            match ring.submit_and_wait(entries.len() - done) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+            for cqe in ring.completion() {
+                results[cqe.user_data() as usize] = cqe.result();
+                done += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn fd(&self) -> types::Fd {
+        types::Fd(self.file.0.as_raw_fd())
+    }
+
+    fn iovecs(bufs: &[&[u8]]) -> Vec<libc::iovec> {
+        bufs.iter()
+            .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() })
+            .collect()
+    }
+}
+
+fn total(bufs: &[&[u8]]) -> usize {
+    bufs.iter().map(|b| b.len()).sum()
+}
+
+/// Finishes a short write with plain system calls.
+fn finish_write(file: &StdFile, off: u64, bufs: &[&[u8]], mut done: usize) -> io::Result<()> {
+    let mut at = off;
+    for b in bufs {
+        let skip = done.min(b.len());
+        done -= skip;
+        if skip < b.len() {
+            file.write_at(at + skip as u64, &[&b[skip..]])?;
+        }
+        at += b.len() as u64;
+    }
+    Ok(())
+}
+
+fn check(res: i32) -> io::Result<usize> {
+    if res < 0 { Err(io::Error::from_raw_os_error(-res)) } else { Ok(res as usize) }
+}
+
+impl StorageFile for UringFile {
+    fn len(&self) -> io::Result<u64> {
+        self.file.len()
+    }
+
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read_at(off, buf)
+    }
+
+    fn write_at(&self, off: u64, bufs: &[&[u8]]) -> io::Result<()> {
+        let iov = Self::iovecs(bufs);
+        let e = opcode::Writev::new(self.fd(), iov.as_ptr(), iov.len() as u32).offset(off).build().user_data(WRITE);
+        let mut res = [0; 3];
+        self.run(&[e], &mut res)?;
+        let n = check(res[WRITE as usize])?;
+        if n < total(bufs) {
+            finish_write(&self.file, off, bufs, n)?;
+        }
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        let e = opcode::Fsync::new(self.fd()).flags(types::FsyncFlags::DATASYNC).build().user_data(SYNC);
+        let mut res = [0; 3];
+        self.run(&[e], &mut res)?;
+        check(res[SYNC as usize]).map(drop)
+    }
+
+    fn write_sync(&self, off: u64, bufs: &[&[u8]]) -> io::Result<()> {
+        let iov = Self::iovecs(bufs);
+        let w = opcode::Writev::new(self.fd(), iov.as_ptr(), iov.len() as u32)
+            .offset(off)
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(WRITE);
+        let s = opcode::Fsync::new(self.fd()).flags(types::FsyncFlags::DATASYNC).build().user_data(SYNC);
+        let mut res = [0; 3];
+        self.run(&[w, s], &mut res)?;
+        let n = check(res[WRITE as usize])?;
+        if n < total(bufs) {
+            // A short write severs the link: the sync was cancelled and
+            // never ran, so finishing the write and syncing now is no retry.
+            finish_write(&self.file, off, bufs, n)?;
+            return self.sync_data();
+        }
+        check(res[SYNC as usize]).map(drop)
+    }
+}
+
+impl Storage for UringStorage {
+    fn backend(&self) -> IoBackend {
+        IoBackend::Uring
+    }
+    fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn StorageFile>> {
+        Ok(Box::new(UringFile { file: StdFile::open(path, create)?, ring: self.ring.clone() }))
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        sync_dir(path)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        list(dir)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        std::fs::rename(from, to)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+}

@@ -1,0 +1,313 @@
+//! The committer: one thread that turns published frames into durable ones.
+//!
+//! Owns the segment files while the log is open (and a helper thread that
+//! prepares the next segment ahead of time). Loop: find the contiguous run of
+//! published frames, write it and fdatasync it (one linked submission on
+//! io_uring), advance the durable watermark, wake the futures it covers.
+//! While a sync runs, new frames pile up and form the next group. A failed
+//! write or sync poisons the log from the first byte not known durable; the
+//! committer never retries a sync.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{Ordering, fence};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::format::{FRAME_HEADER, FrameHeader, Kind, SEGMENT_HEADER, SegmentHeader, frame_crc, header_word, segment_name};
+use super::{Failure, FlushPolicy, Shared, LogConfig, header_bytes};
+use crate::error::{Error, Result};
+use crate::io::{Storage, StorageFile};
+
+/// Creates segment files ahead of need on its own thread: header, then
+/// written zeros to the full size, synced, renamed into place, directory
+/// synced. So the committer's fdatasyncs never allocate or change metadata.
+struct Preparer {
+    requests: Option<mpsc::Sender<u64>>,
+    state: Arc<(Mutex<PrepState>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Preparer {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread after its current segment.
+        self.requests = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Default)]
+struct PrepState {
+    ready: HashSet<u64>,
+    failed: Option<String>,
+}
+
+/// Makes segment `seq` exist, complete, under its final name.
+pub(crate) fn prepare_segment(storage: &dyn Storage, dir: &Path, seq: u64, size: u64) -> std::io::Result<()> {
+    let path = dir.join(segment_name(seq));
+    if storage.exists(&path) {
+        return Ok(());
+    }
+    let tmp = dir.join(format!("{}.tmp", segment_name(seq)));
+    if storage.exists(&tmp) {
+        storage.remove(&tmp)?;
+    }
+    let f = storage.open(&tmp, true)?;
+    f.write_at(0, &[&SegmentHeader { seq, size }.encode()])?;
+    f.allocate_zeroed(size)?;
+    drop(f);
+    storage.rename(&tmp, &path)?;
+    storage.sync_dir(dir)
+}
+
+impl Preparer {
+    fn start(storage: Arc<dyn Storage>, dir: PathBuf, size: u64) -> Self {
+        let (tx, rx) = mpsc::channel::<u64>();
+        let state: Arc<(Mutex<PrepState>, Condvar)> = Arc::default();
+        let st = state.clone();
+        let thread = std::thread::Builder::new()
+            .name("ringtree-segments".into())
+            .spawn(move || {
+                for seq in rx {
+                    let r = prepare_segment(&*storage, &dir, seq, size);
+                    let (m, cv) = &*st;
+                    let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
+                    match r {
+                        Ok(()) => {
+                            s.ready.insert(seq);
+                        }
+                        Err(e) => s.failed = Some(format!("preparing WAL segment {seq}: {e}")),
+                    }
+                    cv.notify_all();
+                }
+            })
+            .expect("spawn segment preparer thread");
+        Self { requests: Some(tx), state, thread: Some(thread) }
+    }
+
+    fn request(&self, seq: u64) {
+        if let Some(r) = &self.requests {
+            let _ = r.send(seq);
+        }
+    }
+
+    fn wait(&self, seq: u64) -> std::result::Result<(), String> {
+        let (m, cv) = &*self.state;
+        let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if s.ready.remove(&seq) {
+                return Ok(());
+            }
+            if let Some(f) = &s.failed {
+                return Err(f.clone());
+            }
+            s = cv.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+pub(crate) struct Committer {
+    shared: Arc<Shared>,
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+    policy: FlushPolicy,
+    spin: Duration,
+    preparer: Preparer,
+    /// The segment being written: (seq, file).
+    current: Option<(u64, Box<dyn StorageFile>)>,
+    /// Sequences asked of the preparer and not yet waited for.
+    requested: HashSet<u64>,
+}
+
+impl Committer {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        storage: Arc<dyn Storage>,
+        dir: PathBuf,
+        config: &LogConfig,
+        segment_size: u64,
+    ) -> Result<Self> {
+        let preparer = Preparer::start(storage.clone(), dir.clone(), segment_size);
+        let mut c = Self {
+            shared,
+            storage,
+            dir,
+            policy: config.flush,
+            spin: config.spin,
+            preparer,
+            current: None,
+            requested: HashSet::new(),
+        };
+        // The segment the log continues in must exist before the first
+        // append is acknowledged; prepare it now so open reports failures.
+        let seq = c.shared.mark.durable() / c.shared.seg_data;
+        prepare_segment(&*c.storage, &c.dir, seq, segment_size).map_err(|e| Error::Io {
+            path: c.dir.join(segment_name(seq)),
+            source: e,
+        })?;
+        c.open_segment(seq).map_err(|reason| Error::Io {
+            path: c.dir.join(segment_name(seq)),
+            source: std::io::Error::other(reason),
+        })?;
+        Ok(c)
+    }
+
+    fn open_segment(&mut self, seq: u64) -> std::result::Result<(), String> {
+        if self.current.as_ref().is_some_and(|(s, _)| *s == seq) {
+            return Ok(());
+        }
+        let path = self.dir.join(segment_name(seq));
+        if !self.storage.exists(&path) {
+            if !self.requested.remove(&seq) {
+                self.preparer.request(seq);
+            }
+            self.preparer.wait(seq)?;
+        } else {
+            self.requested.remove(&seq);
+        }
+        let f = self.storage.open(&path, false).map_err(|e| format!("opening {}: {e}", path.display()))?;
+        self.current = Some((seq, f));
+        // Keep the next segment ready.
+        let next = seq + 1;
+        if !self.storage.exists(&self.dir.join(segment_name(next))) && self.requested.insert(next) {
+            self.preparer.request(next);
+        }
+        Ok(())
+    }
+
+    /// Moves `scan` over published frames, stopping at an unpublished one or
+    /// at a segment boundary.
+    fn advance_scan(&self, mut scan: u64) -> u64 {
+        loop {
+            let h = self.shared.ring.header(scan);
+            if h == [0; 8] {
+                return scan;
+            }
+            let len = FrameHeader::decode(h).map_or(FRAME_HEADER, |f| f.len());
+            scan += len;
+            if scan % self.shared.seg_data == 0 {
+                return scan;
+            }
+        }
+    }
+
+    /// Appends a commit frame naming the group start when nothing else is
+    /// reserved past `scan` and it fits in the segment; returns the new scan.
+    fn commit_marker(&self, group_start: u64, scan: u64) -> u64 {
+        let s = &*self.shared;
+        let len = FRAME_HEADER + 8;
+        let used = scan % s.seg_data;
+        if used == 0 || used + len > s.seg_data || scan + len - s.freed.load(Ordering::Acquire) > s.ring.cap() {
+            return scan;
+        }
+        if s.reserved.compare_exchange(scan, scan + len, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            return scan;
+        }
+        let payload = group_start.to_le_bytes();
+        // SAFETY: `[scan, scan + len)` was just reserved by this thread.
+        unsafe { s.ring.write(scan + FRAME_HEADER, &payload) };
+        let w = header_word(Kind::Commit, 8);
+        s.ring.publish(scan, header_bytes(w, frame_crc(scan, w, &[&payload])));
+        scan + len
+    }
+
+    fn wants_sync(&self, synced: u64, scan: u64, last: Instant, stopping: bool) -> bool {
+        if scan <= synced {
+            return false;
+        }
+        let asked = self.shared.flush_to.load(Ordering::Acquire) > synced;
+        match self.policy {
+            FlushPolicy::GroupCommit => true,
+            FlushPolicy::Interval(d) => asked || stopping || last.elapsed() >= d,
+            FlushPolicy::Manual => asked || stopping,
+        }
+    }
+
+    /// Writes and syncs `[synced, end)`, all in one segment.
+    fn commit(&mut self, synced: u64, end: u64) -> std::result::Result<(), String> {
+        let seq = synced / self.shared.seg_data;
+        self.open_segment(seq)?;
+        let (_, file) = self.current.as_ref().expect("segment open");
+        let off = SEGMENT_HEADER + synced % self.shared.seg_data;
+        // SAFETY: every frame in `[synced, end)` was found published by
+        // `advance_scan`/`commit_marker` on this thread, and the range is
+        // not handed back (`freed`) before these slices are dropped.
+        let bufs = unsafe { self.shared.ring.slices(synced, end) };
+        file.write_sync(off, &bufs).map_err(|e| {
+            format!("{} at file offset {off}: {e}", self.dir.join(segment_name(seq)).display())
+        })
+    }
+
+    pub(crate) fn run(mut self) {
+        let s = self.shared.clone();
+        let mut synced = s.mark.durable();
+        let mut scan = synced;
+        let mut last = Instant::now();
+        loop {
+            scan = self.advance_scan(scan);
+            let stopping = s.stop.load(Ordering::Acquire);
+            if self.wants_sync(synced, scan, last, stopping) {
+                if scan % s.seg_data != 0 {
+                    scan = self.commit_marker(synced, scan);
+                }
+                let end = scan;
+                if let Err(reason) = self.commit(synced, end) {
+                    tracing::error!(offset = synced, %reason, "WAL write or sync failed; log poisoned");
+                    s.mark.fail(Failure::Poisoned { offset: synced, reason });
+                    s.wake_space();
+                    return;
+                }
+                // SAFETY: the slices of this range were dropped in `commit`.
+                unsafe { s.ring.zero(synced, end) };
+                s.freed.store(end, Ordering::Release);
+                s.syncs.fetch_add(1, Ordering::Relaxed);
+                s.mark.advance(end);
+                s.wake_space();
+                synced = end;
+                last = Instant::now();
+                continue;
+            }
+            if stopping && s.reserved.load(Ordering::Acquire) == synced {
+                return;
+            }
+            self.idle(synced, scan, last, stopping);
+        }
+    }
+
+    /// Waits for work: spins briefly (a record often follows right after a
+    /// commit wakes its writer), then parks until an appender unparks it.
+    fn idle(&self, synced: u64, scan: u64, last: Instant, stopping: bool) {
+        let s = &*self.shared;
+        let work = || {
+            s.ring.header(scan) != [0; 8]
+                || s.stop.load(Ordering::Acquire) != stopping
+                || (scan > synced && s.flush_to.load(Ordering::Acquire) > synced)
+        };
+        if stopping {
+            // Appenders are finishing reserved frames: wait for them.
+            std::thread::yield_now();
+            return;
+        }
+        let t0 = Instant::now();
+        while t0.elapsed() < self.spin {
+            if work() {
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        s.sleeping.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if !work() {
+            match self.policy {
+                FlushPolicy::Interval(d) if scan > synced => {
+                    std::thread::park_timeout(d.saturating_sub(last.elapsed()));
+                }
+                _ => std::thread::park(),
+            }
+        }
+        s.sleeping.store(false, Ordering::Relaxed);
+    }
+}

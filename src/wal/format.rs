@@ -1,0 +1,218 @@
+//! Byte layout of WAL segments and frames (see `docs/FORMAT.md`).
+//!
+//! Owns encoding and decoding of segment headers and frame headers; does no
+//! I/O.
+
+use crate::error::Error;
+use std::path::Path;
+
+/// Bytes reserved for a segment header; frames start after it.
+pub(crate) const SEGMENT_HEADER: u64 = 4096;
+/// Bytes of the header that are used (the rest of the 4 KiB is zero).
+const HEADER_USED: usize = 44;
+const SEGMENT_MAGIC: [u8; 8] = *b"RTWALSEG";
+/// Format version of segments and frames.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// Frames are 8-byte aligned; a frame is an 8-byte header and its payload
+/// padded to 8 bytes.
+pub(crate) const FRAME_HEADER: u64 = 8;
+/// Largest payload a frame's 24-bit length field can describe.
+pub(crate) const MAX_PAYLOAD: u64 = (1 << 24) - 1;
+
+/// Frame kinds, the top byte of the frame header's first word. Each kind
+/// carries the format version in its low nibble.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A record for the layer above (the tree's leaves).
+    Record,
+    /// Filler: skipped by recovery; its payload is not checksummed. Fills
+    /// the end of a segment where the next frame does not fit (the log goes
+    /// on in the next segment) and stands in for an abandoned reservation.
+    Pad,
+    /// Written by the committer at the end of a group: payload is the LSN
+    /// where the group starts (u64 LE). Lets recovery tell a torn tail from
+    /// damage before it.
+    Commit,
+}
+
+impl Kind {
+    const fn tag(self) -> u8 {
+        match self {
+            Kind::Record => 0xA1,
+            Kind::Pad => 0xB1,
+            Kind::Commit => 0xC1,
+        }
+    }
+    fn from_tag(tag: u8) -> Option<Kind> {
+        match tag {
+            0xA1 => Some(Kind::Record),
+            0xB1 => Some(Kind::Pad),
+            0xC1 => Some(Kind::Commit),
+            _ => None,
+        }
+    }
+}
+
+/// On-disk size of a frame with `payload` bytes.
+#[inline]
+pub(crate) const fn frame_len(payload: u64) -> u64 {
+    FRAME_HEADER + payload.div_ceil(8) * 8
+}
+
+/// The first header word: kind tag (top byte) and payload length (24 bits).
+#[inline]
+pub(crate) fn header_word(kind: Kind, payload: u64) -> u32 {
+    debug_assert!(payload <= MAX_PAYLOAD);
+    (u32::from(kind.tag()) << 24) | payload as u32
+}
+
+/// The frame checksum: CRC-32C over the frame's LSN (u64 LE), its header
+/// word (u32 LE) and its payload (without padding). The LSN makes a frame
+/// valid only at the position it was written for, so a stale frame left in a
+/// recycled segment, or one from before a cut tail, never passes.
+#[inline]
+pub(crate) fn frame_crc(lsn: u64, word: u32, payload: &[&[u8]]) -> u32 {
+    let mut crc = crc32c::crc32c(&lsn.to_le_bytes());
+    crc = crc32c::crc32c_append(crc, &word.to_le_bytes());
+    for p in payload {
+        crc = crc32c::crc32c_append(crc, p);
+    }
+    crc
+}
+
+/// A decoded frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FrameHeader {
+    pub kind: Kind,
+    pub payload: u64,
+    pub crc: u32,
+}
+
+impl FrameHeader {
+    /// Decodes the 8 header bytes (`None` for an unknown kind).
+    pub(crate) fn decode(b: [u8; 8]) -> Option<Self> {
+        let word = u32::from_le_bytes(b[..4].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(b[4..].try_into().expect("4 bytes"));
+        Some(Self { kind: Kind::from_tag((word >> 24) as u8)?, payload: u64::from(word & 0x00FF_FFFF), crc })
+    }
+    pub(crate) fn word(&self) -> u32 {
+        header_word(self.kind, self.payload)
+    }
+    pub(crate) fn len(&self) -> u64 {
+        frame_len(self.payload)
+    }
+}
+
+/// The header of one segment file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SegmentHeader {
+    /// Sequence number: segment `seq` holds LSNs `[seq * data, (seq + 1) * data)`
+    /// where `data = size - SEGMENT_HEADER`.
+    pub seq: u64,
+    /// Total file size in bytes.
+    pub size: u64,
+}
+
+impl SegmentHeader {
+    pub(crate) fn data_len(&self) -> u64 {
+        self.size - SEGMENT_HEADER
+    }
+    pub(crate) fn base_lsn(&self) -> u64 {
+        self.seq * self.data_len()
+    }
+
+    /// `magic [8] | version u32 | header len u32 | seq u64 | base LSN u64 |
+    /// size u64 | crc32c of the previous 40 bytes u32`, then zeros to 4 KiB.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(SEGMENT_HEADER as usize);
+        b.extend_from_slice(&SEGMENT_MAGIC);
+        b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b.extend_from_slice(&(SEGMENT_HEADER as u32).to_le_bytes());
+        b.extend_from_slice(&self.seq.to_le_bytes());
+        b.extend_from_slice(&self.base_lsn().to_le_bytes());
+        b.extend_from_slice(&self.size.to_le_bytes());
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        debug_assert_eq!(b.len(), HEADER_USED);
+        b.resize(SEGMENT_HEADER as usize, 0);
+        b
+    }
+
+    /// Decodes and checks a header read from `file`.
+    pub(crate) fn decode(file: &Path, b: &[u8]) -> Result<Self, Error> {
+        let bad = |offset: u64, reason: String| Error::Corruption { file: file.to_path_buf(), offset, reason };
+        if b.len() < HEADER_USED {
+            return Err(bad(0, format!("segment header is {} bytes, expected {HEADER_USED}", b.len())));
+        }
+        if b[..8] != SEGMENT_MAGIC {
+            return Err(bad(0, format!("bad segment magic {:02x?}", &b[..8])));
+        }
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+        let crc = crc32c::crc32c(&b[..40]);
+        if crc != u32_at(40) {
+            return Err(bad(40, format!("segment header checksum {:#010x}, computed {crc:#010x}", u32_at(40))));
+        }
+        if u32_at(8) != FORMAT_VERSION {
+            return Err(bad(8, format!("unsupported segment format version {}", u32_at(8))));
+        }
+        if u64::from(u32_at(12)) != SEGMENT_HEADER {
+            return Err(bad(12, format!("segment header length {}, expected {SEGMENT_HEADER}", u32_at(12))));
+        }
+        let h = SegmentHeader { seq: u64_at(16), size: u64_at(32) };
+        if h.size <= SEGMENT_HEADER || h.size % 8 != 0 {
+            return Err(bad(32, format!("segment size {} invalid", h.size)));
+        }
+        if h.seq.checked_mul(h.data_len()) != Some(u64_at(24)) {
+            return Err(bad(24, format!("base LSN {} does not match sequence {} and size {}", u64_at(24), h.seq, h.size)));
+        }
+        Ok(h)
+    }
+}
+
+/// File name of segment `seq`.
+pub(crate) fn segment_name(seq: u64) -> String {
+    format!("{seq:020}.wal")
+}
+
+/// Sequence number from a segment file name.
+pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".wal")?;
+    if digits.len() != 20 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_header_round_trip_and_damage() {
+        let h = SegmentHeader { seq: 7, size: 1 << 20 };
+        let b = h.encode();
+        assert_eq!(b.len(), SEGMENT_HEADER as usize);
+        assert_eq!(SegmentHeader::decode(Path::new("x"), &b).unwrap(), h);
+        for i in 0..HEADER_USED {
+            let mut m = b.clone();
+            m[i] ^= 0x04;
+            assert!(SegmentHeader::decode(Path::new("x"), &m).is_err(), "byte {i}");
+        }
+    }
+
+    #[test]
+    fn frame_header_and_names() {
+        let w = header_word(Kind::Record, 40);
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&w.to_le_bytes());
+        b[4..].copy_from_slice(&9u32.to_le_bytes());
+        let h = FrameHeader::decode(b).unwrap();
+        assert_eq!((h.kind, h.payload, h.crc, h.len()), (Kind::Record, 40, 9, 48));
+        assert!(FrameHeader::decode([0; 8]).is_none());
+        assert_eq!(parse_segment_name(&segment_name(42)), Some(42));
+        assert_eq!(parse_segment_name("42.wal"), None);
+        assert_ne!(frame_crc(0, w, &[b"abc"]), frame_crc(8, w, &[b"abc"]));
+    }
+}

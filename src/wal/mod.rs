@@ -1,0 +1,419 @@
+//! The write-ahead log: lock-free reserve-then-write appends, a committer
+//! thread that group-commits with one fdatasync in flight, and durability
+//! futures.
+//!
+//! Owns the `wal/` directory of a tree (segment files) and the log buffer.
+//! Talks to files only through [`Storage`](crate::io::Storage).
+//!
+//! Positions in the log are LSNs: byte offsets in one logical stream.
+//! Segment `s` of data size `d` holds LSNs `[s*d, (s+1)*d)`, after a 4 KiB
+//! header. An append reserves `[lsn, lsn + len)` with one compare-and-swap,
+//! copies its frame into the ring buffer at that position outside any lock,
+//! and publishes the frame header last. The committer writes the contiguous
+//! run of published frames to the segment file, syncs it, advances the
+//! durable watermark and wakes every future it covers.
+
+mod committer;
+mod durable;
+pub(crate) mod format;
+mod recovery;
+mod ring;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::thread::{JoinHandle, Thread};
+use std::time::Duration;
+
+pub use durable::Durable;
+pub(crate) use durable::{Failure, Watermark};
+use format::{FRAME_HEADER, Kind, MAX_PAYLOAD, frame_crc, frame_len, header_word};
+use ring::Ring;
+
+use crate::error::{Error, Result};
+use crate::io::Storage;
+
+/// When the committer syncs the log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FlushPolicy {
+    /// Sync as soon as there is data, one fdatasync in flight; records that
+    /// arrive meanwhile form the next group. No timer: the group size adapts
+    /// to the load.
+    #[default]
+    GroupCommit,
+    /// Sync at most once per interval (and on `flush`).
+    Interval(Duration),
+    /// Sync only on `flush` (and on close).
+    Manual,
+}
+
+/// Settings of the log.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct LogConfig {
+    /// Bytes per segment file, header included (a multiple of 4 KiB; default
+    /// 64 MiB). Segments are created ahead of need, filled with written
+    /// zeros, so an fdatasync never has metadata to write. An existing log
+    /// keeps the size it was created with.
+    pub segment_size: u64,
+    /// Bytes of the log buffer (a power of two; default 16 MiB). Bounds the
+    /// memory of records not yet written out; appends wait when it is full.
+    /// One record is at most half of it.
+    pub buffer_capacity: u64,
+    /// When to sync.
+    pub flush: FlushPolicy,
+    /// How long the committer spins looking for new records before it
+    /// sleeps (default 50 µs): shortens the path of a writer that appends
+    /// right after its previous append became durable.
+    pub spin: Duration,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            segment_size: 64 << 20,
+            buffer_capacity: 16 << 20,
+            flush: FlushPolicy::GroupCommit,
+            spin: Duration::from_micros(50),
+        }
+    }
+}
+
+impl LogConfig {
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.segment_size < 2 * format::SEGMENT_HEADER || self.segment_size % format::SEGMENT_HEADER != 0 {
+            return Err(Error::Config(format!(
+                "WAL segment size {} must be a multiple of 4096 and at least 8192",
+                self.segment_size
+            )));
+        }
+        if !self.buffer_capacity.is_power_of_two() || self.buffer_capacity < 4096 {
+            return Err(Error::Config(format!(
+                "log buffer capacity {} must be a power of two of at least 4096",
+                self.buffer_capacity
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// State shared by appenders, the committer and durable futures.
+pub(crate) struct Shared {
+    ring: Ring,
+    /// LSNs per segment.
+    seg_data: u64,
+    /// Next free LSN.
+    reserved: AtomicU64,
+    /// LSNs below this are written out; their ring bytes may be reused.
+    freed: AtomicU64,
+    pub(crate) mark: Arc<Watermark>,
+    /// A sync is requested up to here (`flush`, close).
+    flush_to: AtomicU64,
+    stop: AtomicBool,
+    /// The committer is (about to be) parked; appenders must unpark it.
+    sleeping: AtomicBool,
+    committer: OnceLock<Thread>,
+    /// Appenders waiting for ring space.
+    space: Mutex<Vec<Waker>>,
+    /// Largest frame that fits: min(ring capacity, segment data) / 2.
+    max_frame: u64,
+    /// Groups and records committed (metrics).
+    pub(crate) syncs: AtomicU64,
+}
+
+impl Shared {
+    fn wake_committer(&self) {
+        // Pairs with the committer's fence between setting `sleeping` and
+        // looking for work: one of the two sees the other.
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) {
+            if let Some(t) = self.committer.get() {
+                t.unpark();
+            }
+        }
+    }
+
+    fn wake_space(&self) {
+        let wakers = std::mem::take(&mut *self.space.lock().unwrap_or_else(|e| e.into_inner()));
+        wakers.into_iter().for_each(Waker::wake);
+    }
+}
+
+/// Why a reservation could not be made now.
+#[derive(Debug)]
+pub(crate) enum ReserveError {
+    /// The ring is full: wait for [`Wal::poll_space`], then try again.
+    Full,
+    /// It can never be made.
+    Fatal(Error),
+}
+
+/// A durable, append-only log of records: the write-ahead log of a tree,
+/// usable on its own.
+///
+/// `append` copies a record into the log buffer and returns a [`Durable`]
+/// future; a committer thread writes and fdatasyncs the records in groups
+/// (one fdatasync in flight) and resolves the futures.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use ringtree::io::ThreadedStorage;
+/// use ringtree::wal::{Log, LogConfig};
+///
+/// # async fn demo() -> ringtree::Result<()> {
+/// let log = Log::open(Arc::new(ThreadedStorage), "/tmp/log".as_ref(), &LogConfig::default(), 0, &mut |_lsn, _rec| Ok(()))?;
+/// let durable = log.append(&[b"hello"]).await?;
+/// durable.await?; // on disk
+/// log.close()?;
+/// # Ok(()) }
+/// ```
+pub struct Log {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    dir: PathBuf,
+}
+
+/// A reserved range of the log; [`write`](Reservation::write) fills it.
+/// Dropped unwritten, it becomes filler, so the log never stalls on it.
+pub(crate) struct Reservation<'a> {
+    shared: &'a Shared,
+    lsn: u64,
+    payload: u64,
+    /// Filler from the end of the previous segment, published with the frame.
+    pad: Option<(u64, u64)>,
+    written: bool,
+}
+
+impl Reservation<'_> {
+    /// Copies the payload (the concatenation of `parts`, exactly the reserved
+    /// length) into the log buffer, publishes the frame, and returns the
+    /// future of its durability.
+    pub(crate) fn write(mut self, parts: &[&[u8]]) -> Durable {
+        debug_assert_eq!(parts.iter().map(|p| p.len() as u64).sum::<u64>(), self.payload);
+        let mut at = self.lsn + FRAME_HEADER;
+        for p in parts {
+            // SAFETY: `[lsn, lsn + frame_len)` is reserved by this
+            // reservation and not yet published: only this thread touches it.
+            unsafe { self.shared.ring.write(at, p) };
+            at += p.len() as u64;
+        }
+        let word = header_word(Kind::Record, self.payload);
+        self.publish(word, frame_crc(self.lsn, word, parts));
+        self.written = true;
+        Durable::new(self.lsn + frame_len(self.payload), self.shared.mark.clone())
+    }
+
+    fn publish(&mut self, word: u32, crc: u32) {
+        let ring = &self.shared.ring;
+        if let Some((at, len)) = self.pad.take() {
+            let w = header_word(Kind::Pad, len - FRAME_HEADER);
+            ring.publish(at, header_bytes(w, frame_crc(at, w, &[])));
+        }
+        ring.publish(self.lsn, header_bytes(word, crc));
+        self.shared.wake_committer();
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.written {
+            let w = header_word(Kind::Pad, frame_len(self.payload) - FRAME_HEADER);
+            self.publish(w, frame_crc(self.lsn, w, &[]));
+        }
+    }
+}
+
+fn header_bytes(word: u32, crc: u32) -> [u8; 8] {
+    let mut h = [0u8; 8];
+    h[..4].copy_from_slice(&word.to_le_bytes());
+    h[4..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`, replays every record from
+    /// position `start` on through `replay` (LSN of the record, payload; an
+    /// `Err` stops the open with [`Error::Corruption`] naming the record),
+    /// and starts the committer.
+    ///
+    /// A torn tail of the newest segment is cut; an invalid frame that later
+    /// synced data proves was durable is [`Error::Corruption`].
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        config: &LogConfig,
+        start: u64,
+        replay: &mut dyn FnMut(u64, &[u8]) -> std::result::Result<(), String>,
+    ) -> Result<Self> {
+        config.validate()?;
+        storage.create_dir_all(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?;
+        let rec = recovery::recover(&*storage, dir, config, start, replay)?;
+        let seg_data = rec.segment_size - format::SEGMENT_HEADER;
+        let cap = config.buffer_capacity;
+        let shared = Arc::new(Shared {
+            ring: Ring::new(cap),
+            seg_data,
+            reserved: AtomicU64::new(rec.end),
+            freed: AtomicU64::new(rec.end),
+            mark: Arc::new(Watermark::new(rec.end)),
+            flush_to: AtomicU64::new(rec.end),
+            stop: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
+            committer: OnceLock::new(),
+            space: Mutex::new(Vec::new()),
+            max_frame: (cap.min(seg_data) / 2) & !7,
+            syncs: AtomicU64::new(0),
+        });
+        let committer = committer::Committer::new(shared.clone(), storage, dir.to_path_buf(), config, rec.segment_size)?;
+        let thread = std::thread::Builder::new()
+            .name("ringtree-committer".into())
+            .spawn(move || committer.run())
+            .map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?;
+        let _ = shared.committer.set(thread.thread().clone());
+        Ok(Self { shared, thread: Mutex::new(Some(thread)), dir: dir.to_path_buf() })
+    }
+
+    /// The largest record one append takes, in bytes.
+    pub fn max_payload(&self) -> u64 {
+        (self.shared.max_frame - FRAME_HEADER).min(MAX_PAYLOAD)
+    }
+
+    /// The end of the log: the position the next record gets.
+    pub fn end(&self) -> u64 {
+        self.shared.reserved.load(Ordering::Acquire)
+    }
+
+    /// Every byte of the log below this position is on stable storage.
+    pub fn durable(&self) -> u64 {
+        self.shared.mark.durable()
+    }
+
+    /// Why the log stopped taking appends, if it did.
+    pub fn failure(&self) -> Option<Error> {
+        self.shared.mark.failure().map(Failure::to_error)
+    }
+
+    /// Reserves room for a record of `payload` bytes. One compare-and-swap;
+    /// no lock.
+    pub(crate) fn try_reserve(&self, payload: u64) -> std::result::Result<Reservation<'_>, ReserveError> {
+        let s = &*self.shared;
+        if let Some(f) = s.mark.failure() {
+            return Err(ReserveError::Fatal(f.to_error()));
+        }
+        if payload > self.max_payload() {
+            return Err(ReserveError::Fatal(Error::Config(format!(
+                "record of {payload} bytes exceeds the largest the log takes ({} bytes)",
+                self.max_payload()
+            ))));
+        }
+        let len = frame_len(payload);
+        let mut start = s.reserved.load(Ordering::Relaxed);
+        loop {
+            let used = start % s.seg_data;
+            let (lsn, pad) = if used + len > s.seg_data {
+                let rest = s.seg_data - used;
+                (start + rest, Some((start, rest)))
+            } else {
+                (start, None)
+            };
+            let end = lsn + len;
+            // `start` may be stale (then the CAS fails): saturate.
+            if end.saturating_sub(s.freed.load(Ordering::Acquire)) > s.ring.cap() {
+                return Err(ReserveError::Full);
+            }
+            match s.reserved.compare_exchange_weak(start, end, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Ok(Reservation { shared: s, lsn, payload, pad, written: false }),
+                Err(now) => start = now,
+            }
+        }
+    }
+
+    /// Ready once a reservation of `payload` bytes may fit (or the log
+    /// failed); registers `cx` to be woken when space frees up.
+    pub(crate) fn poll_space(&self, payload: u64, cx: &mut Context<'_>) -> Poll<()> {
+        let s = &*self.shared;
+        // Room for the frame and the worst filler before it (shorter than
+        // the frame) at the end of a segment.
+        let fits = || {
+            let end = s.reserved.load(Ordering::Acquire) + 2 * frame_len(payload);
+            end.saturating_sub(s.freed.load(Ordering::Acquire)) <= s.ring.cap() || s.mark.failure().is_some()
+        };
+        if fits() {
+            return Poll::Ready(());
+        }
+        let mut w = s.space.lock().unwrap_or_else(|e| e.into_inner());
+        if fits() {
+            return Poll::Ready(());
+        }
+        w.push(cx.waker().clone());
+        drop(w);
+        // The committer may be idle in Manual mode with a full ring: ask it
+        // to write (not necessarily sync) so space frees up.
+        s.flush_to.fetch_max(s.reserved.load(Ordering::Acquire), Ordering::AcqRel);
+        s.wake_committer();
+        Poll::Pending
+    }
+
+    /// Appends one record (the concatenation of `parts`), waiting for room
+    /// if the log buffer is full. Returns once the record is in the buffer;
+    /// the returned future resolves when it is on stable storage.
+    pub async fn append(&self, parts: &[&[u8]]) -> Result<Durable> {
+        let payload = parts.iter().map(|p| p.len() as u64).sum();
+        loop {
+            match self.try_reserve(payload) {
+                Ok(r) => return Ok(r.write(parts)),
+                Err(ReserveError::Fatal(e)) => return Err(e),
+                Err(ReserveError::Full) => std::future::poll_fn(|cx| self.poll_space(payload, cx)).await,
+            }
+        }
+    }
+
+    /// Asks for a sync of everything appended so far; the future resolves
+    /// when it is durable.
+    pub fn flush(&self) -> Durable {
+        let s = &*self.shared;
+        let end = s.reserved.load(Ordering::Acquire);
+        s.flush_to.fetch_max(end, Ordering::AcqRel);
+        s.wake_committer();
+        Durable::new(end, s.mark.clone())
+    }
+
+    /// Syncs what was appended, stops the committer and waits for it (a
+    /// blocking call). Every future resolves: Ok if durable, else `Err`.
+    /// Later appends fail with [`Error::Closed`].
+    pub fn close(&self) -> Result<()> {
+        let flushed = self.flush();
+        self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake_committer();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            if t.join().is_err() {
+                self.shared.mark.fail(Failure::Poisoned {
+                    offset: self.shared.mark.durable(),
+                    reason: "committer thread panicked".into(),
+                });
+            }
+        }
+        // Whatever the committer left undone is not durable.
+        self.shared.mark.fail(Failure::Closed);
+        self.shared.wake_space();
+        flushed.wait()
+    }
+
+    /// The directory of the log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Group commits (write + fdatasync) completed so far.
+    pub fn syncs(&self) -> u64 {
+        self.shared.syncs.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
