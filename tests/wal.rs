@@ -31,7 +31,13 @@ fn record(writer: u32, seq: u32) -> Vec<u8> {
     r
 }
 
-fn open(storage: &Arc<dyn Storage>, dir: &Path, cfg: &LogConfig) -> ringtree::Result<(Log, Vec<(u64, Vec<u8>)>)> {
+type Records = Vec<(u64, Vec<u8>)>;
+
+fn open(
+    storage: &Arc<dyn Storage>,
+    dir: &Path,
+    cfg: &LogConfig,
+) -> ringtree::Result<(Log, Records)> {
     let mut got = Vec::new();
     let log = Log::open(storage.clone(), dir, cfg, 0, &mut |lsn, rec| {
         got.push((lsn, rec.to_vec()));
@@ -50,15 +56,30 @@ struct Backend {
 fn backends() -> Vec<Backend> {
     let mut v = Vec::new();
     let t = tempfile::tempdir().unwrap();
-    v.push(Backend { name: "threaded", storage: Arc::new(ThreadedStorage), dir: t.path().join("wal"), _tmp: Some(t) });
+    v.push(Backend {
+        name: "threaded",
+        storage: Arc::new(ThreadedStorage),
+        dir: t.path().join("wal"),
+        _tmp: Some(t),
+    });
     match UringStorage::new() {
         Ok(u) => {
             let t = tempfile::tempdir().unwrap();
-            v.push(Backend { name: "uring", storage: Arc::new(u), dir: t.path().join("wal"), _tmp: Some(t) });
+            v.push(Backend {
+                name: "uring",
+                storage: Arc::new(u),
+                dir: t.path().join("wal"),
+                _tmp: Some(t),
+            });
         }
         Err(e) => eprintln!("io_uring unavailable here ({e}); skipping the uring backend"),
     }
-    v.push(Backend { name: "simulated", storage: Arc::new(SimStorage::new(7)), dir: PathBuf::from("/sim/wal"), _tmp: None });
+    v.push(Backend {
+        name: "simulated",
+        storage: Arc::new(SimStorage::new(7)),
+        dir: PathBuf::from("/sim/wal"),
+        _tmp: None,
+    });
     v
 }
 
@@ -73,7 +94,11 @@ fn concurrent_appenders_every_backend() {
         assert!(replayed.is_empty());
         let log = Arc::new(log);
         let acked = Arc::new(Mutex::new(Vec::new()));
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         const TASKS: u32 = 32;
         const THREADS: u32 = 4;
         const PER: u32 = 150;
@@ -98,7 +123,8 @@ fn concurrent_appenders_every_backend() {
                     std::thread::spawn(move || {
                         let w = TASKS + t;
                         for s in 0..PER {
-                            let d = futures::executor::block_on(log.append(&[&record(w, s)])).unwrap();
+                            let d =
+                                futures::executor::block_on(log.append(&[&record(w, s)])).unwrap();
                             d.wait().unwrap();
                             acked.lock().unwrap().push((w, s));
                         }
@@ -118,7 +144,12 @@ fn concurrent_appenders_every_backend() {
         drop(log);
         let (log2, replayed) = open(&b.storage, &b.dir, &cfg).unwrap();
         let total = ((TASKS + THREADS) * PER) as usize;
-        assert_eq!(replayed.len(), total, "{}: every appended record comes back after a clean close", b.name);
+        assert_eq!(
+            replayed.len(),
+            total,
+            "{}: every appended record comes back after a clean close",
+            b.name
+        );
         let mut next = vec![0u32; (TASKS + THREADS) as usize];
         let mut last_lsn = None;
         for (lsn, rec) in &replayed {
@@ -127,7 +158,11 @@ fn concurrent_appenders_every_backend() {
             let w = u32::from_le_bytes(rec[..4].try_into().unwrap());
             let s = u32::from_le_bytes(rec[4..8].try_into().unwrap());
             assert_eq!(rec, &record(w, s), "{}: record intact", b.name);
-            assert_eq!(next[w as usize], s, "{}: writer {w}'s records in its order", b.name);
+            assert_eq!(
+                next[w as usize], s,
+                "{}: writer {w}'s records in its order",
+                b.name
+            );
             next[w as usize] += 1;
         }
         drop(log2);
@@ -137,22 +172,39 @@ fn concurrent_appenders_every_backend() {
 /// Durable-prefix bound after a crash: the recovered records are exactly the
 /// first k appended (by reservation order), and k covers every record whose
 /// future resolved Ok.
-fn check_bound(appended: &[(u64, Vec<u8>)], acked_upto: u64, recovered: &[(u64, Vec<u8>)], ctx: &str) {
-    assert!(recovered.len() <= appended.len(), "{ctx}: more records than appended");
+fn check_bound(
+    appended: &[(u64, Vec<u8>)],
+    acked_upto: u64,
+    recovered: &[(u64, Vec<u8>)],
+    ctx: &str,
+) {
+    assert!(
+        recovered.len() <= appended.len(),
+        "{ctx}: more records than appended"
+    );
     for (i, (lsn, rec)) in recovered.iter().enumerate() {
         assert_eq!(rec, &appended[i].1, "{ctx}: record {i} differs");
         assert!(*lsn < appended[i].0, "{ctx}: record {i} position");
     }
     let kept_end = recovered.len().checked_sub(1).map_or(0, |i| appended[i].0);
-    assert!(kept_end >= acked_upto, "{ctx}: acknowledged position {acked_upto} lost (recovered up to {kept_end})");
+    assert!(
+        kept_end >= acked_upto,
+        "{ctx}: acknowledged position {acked_upto} lost (recovered up to {kept_end})"
+    );
 }
 
 /// Thousands of seeded schedules of appends, flushes and crashes (torn,
 /// dropped or kept unsynced writes) on the simulated disk.
 #[test]
 fn simulated_crash_schedules() {
-    let schedules: u64 = std::env::var("RINGTREE_SCHEDULES").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
-    let first: u64 = std::env::var("RINGTREE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let schedules: u64 = std::env::var("RINGTREE_SCHEDULES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let first: u64 = std::env::var("RINGTREE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     for seed in first..first + schedules {
         run_schedule(seed);
     }
@@ -177,8 +229,22 @@ fn run_schedule(seed: u64) {
     for round in 0..3 {
         let ctx = format!("seed {seed} round {round} {flush:?}");
         let (log, recovered) = open(&storage, dir, &cfg).unwrap_or_else(|e| {
-            let files: Vec<_> = storage.list(dir).unwrap().iter().map(|n| (n.clone(), sim.live_bytes(&dir.join(n)).map(|b| b.len()), sim.durable_bytes(&dir.join(n)).map(|b| b.len()))).collect();
-            panic!("{ctx}: reopen failed: {e}; files {files:?}; log {:?}", LOG.with(|l| l.borrow().clone()))
+            let files: Vec<_> = storage
+                .list(dir)
+                .unwrap()
+                .iter()
+                .map(|n| {
+                    (
+                        n.clone(),
+                        sim.live_bytes(&dir.join(n)).map(|b| b.len()),
+                        sim.durable_bytes(&dir.join(n)).map(|b| b.len()),
+                    )
+                })
+                .collect();
+            panic!(
+                "{ctx}: reopen failed: {e}; files {files:?}; log {:?}",
+                LOG.with(|l| l.borrow().clone())
+            )
         });
         let mut acked_upto = 0;
         if round > 0 {
@@ -219,14 +285,29 @@ fn run_schedule(seed: u64) {
         // Crash: the process dies (the committer's handles go dead), and the
         // disk keeps a torn, dropped or complete image of unsynced writes.
         let kind = rng.below(3);
-        LOG.with(|l| l.borrow_mut().push(format!("round {round}: {} ops, crash {kind}, durable {}, end {}", ops, log.durable(), log.end())));
+        LOG.with(|l| {
+            l.borrow_mut().push(format!(
+                "round {round}: {} ops, crash {kind}, durable {}, end {}",
+                ops,
+                log.durable(),
+                log.end()
+            ))
+        });
         match kind {
             0 => sim.crash(),
             1 => sim.crash_drop_all(),
             _ => sim.crash_keep_all(),
         }
         if std::env::var("RINGTREE_DEBUG").is_ok() {
-            eprintln!("{ctx}: crash kind {kind}, files {:?}", storage.list(dir).unwrap().iter().map(|n| (n.clone(), sim.live_bytes(&dir.join(n)).map(|b| b.len()))).collect::<Vec<_>>());
+            eprintln!(
+                "{ctx}: crash kind {kind}, files {:?}",
+                storage
+                    .list(dir)
+                    .unwrap()
+                    .iter()
+                    .map(|n| (n.clone(), sim.live_bytes(&dir.join(n)).map(|b| b.len())))
+                    .collect::<Vec<_>>()
+            );
         }
         let _ = log.close();
         drop(log);
@@ -268,14 +349,20 @@ fn io_failures_poison_the_log() {
         let err = log.flush().wait().unwrap_err();
         assert!(matches!(err, Error::Poisoned { .. }), "{fault}: {err}");
         if fault == "enospc" {
-            assert!(err.to_string().contains("No space left"), "ENOSPC named: {err}");
+            assert!(
+                err.to_string().contains("No space left"),
+                "ENOSPC named: {err}"
+            );
         }
         for p in &pending {
             assert!(p.wait().is_err(), "{fault}: pending future must fail");
             assert!(!p.is_durable());
         }
         let later = futures::executor::block_on(log.append(&[&record(0, 99)]));
-        assert!(matches!(later, Err(Error::Poisoned { .. })), "{fault}: later appends fail");
+        assert!(
+            matches!(later, Err(Error::Poisoned { .. })),
+            "{fault}: later appends fail"
+        );
         for d in &durable {
             assert!(d.wait().is_ok(), "already durable stays Ok");
         }
@@ -291,7 +378,11 @@ fn io_failures_poison_the_log() {
         } else {
             // A failed write may have reached the disk in part: some of the
             // unacknowledged records may come back, as a prefix.
-            assert!((10..=20).contains(&replayed.len()), "{fault}: {} records", replayed.len());
+            assert!(
+                (10..=20).contains(&replayed.len()),
+                "{fault}: {} records",
+                replayed.len()
+            );
         }
         for (i, (_, r)) in replayed.iter().enumerate() {
             assert_eq!(r, &record(0, i as u32), "{fault}: a prefix, in order");
@@ -318,11 +409,20 @@ fn torn_tail_is_cut_and_damage_is_reported() {
             log.close().unwrap();
         }
         let segs: Vec<String> = b.storage.list(&b.dir).unwrap();
-        assert!(segs.len() >= 3, "{}: rotated through several segments: {segs:?}", b.name);
+        assert!(
+            segs.len() >= 3,
+            "{}: rotated through several segments: {segs:?}",
+            b.name
+        );
         let (_, all) = open(&b.storage, &b.dir, &cfg).unwrap();
         assert_eq!(all.len(), n as usize);
         let data = 64 * 1024 - 4096;
-        let locate = |lsn: u64| (b.dir.join(format!("{:020}.wal", lsn / data)), 4096 + lsn % data);
+        let locate = |lsn: u64| {
+            (
+                b.dir.join(format!("{:020}.wal", lsn / data)),
+                4096 + lsn % data,
+            )
+        };
         let flip = |path: &Path, off: u64| {
             let f = b.storage.open(path, false).unwrap();
             let mut x = [0u8; 1];
@@ -337,9 +437,17 @@ fn torn_tail_is_cut_and_damage_is_reported() {
         let (p, off) = locate(last_lsn);
         flip(&p, off + 20);
         let (log, got) = open(&b.storage, &b.dir, &cfg).unwrap();
-        assert_eq!(got.len(), n as usize - 1, "{}: torn last record cut", b.name);
+        assert_eq!(
+            got.len(),
+            n as usize - 1,
+            "{}: torn last record cut",
+            b.name
+        );
         // The log goes on from the cut, and the cut stays cut.
-        futures::executor::block_on(log.append(&[&record(2, 0)])).unwrap().wait().unwrap();
+        futures::executor::block_on(log.append(&[&record(2, 0)]))
+            .unwrap()
+            .wait()
+            .unwrap();
         log.close().unwrap();
         drop(log);
         let (_, got) = open(&b.storage, &b.dir, &cfg).unwrap();
@@ -352,9 +460,18 @@ fn torn_tail_is_cut_and_damage_is_reported() {
         flip(&p, off + 12);
         match open(&b.storage, &b.dir, &cfg) {
             Err(Error::Corruption { file, offset, .. }) => {
-                assert_eq!((file, offset), (p.clone(), off), "{}: names file and offset", b.name)
+                assert_eq!(
+                    (file, offset),
+                    (p.clone(), off),
+                    "{}: names file and offset",
+                    b.name
+                )
             }
-            other => panic!("{}: expected Corruption, got {:?}", b.name, other.map(|(_, g)| g.len())),
+            other => panic!(
+                "{}: expected Corruption, got {:?}",
+                b.name,
+                other.map(|(_, g)| g.len())
+            ),
         }
         flip(&p, off + 12);
 
@@ -364,14 +481,27 @@ fn torn_tail_is_cut_and_damage_is_reported() {
         assert!(p.ends_with("00000000000000000000.wal"));
         flip(&p, off + 40);
         match open(&b.storage, &b.dir, &cfg) {
-            Err(Error::Corruption { file, offset, .. }) => assert_eq!((file, offset), (p.clone(), off), "{}", b.name),
-            other => panic!("{}: expected Corruption, got {:?}", b.name, other.map(|(_, g)| g.len())),
+            Err(Error::Corruption { file, offset, .. }) => {
+                assert_eq!((file, offset), (p.clone(), off), "{}", b.name)
+            }
+            other => panic!(
+                "{}: expected Corruption, got {:?}",
+                b.name,
+                other.map(|(_, g)| g.len())
+            ),
         }
         flip(&p, off + 40);
 
         // A damaged segment header.
         flip(&p, 20);
-        assert!(matches!(open(&b.storage, &b.dir, &cfg), Err(Error::Corruption { .. })), "{}", b.name);
+        assert!(
+            matches!(
+                open(&b.storage, &b.dir, &cfg),
+                Err(Error::Corruption { .. })
+            ),
+            "{}",
+            b.name
+        );
         flip(&p, 20);
         let (_, got) = open(&b.storage, &b.dir, &cfg).unwrap();
         assert_eq!(got.len(), n as usize, "{}: undamaged again", b.name);
@@ -387,9 +517,26 @@ fn oversized_record_and_bad_config_are_clear_errors() {
     let e = futures::executor::block_on(log.append(&[&big])).unwrap_err();
     assert!(matches!(e, Error::Config(_)), "{e}");
     let ok = vec![1u8; log.max_payload() as usize];
-    futures::executor::block_on(log.append(&[&ok])).unwrap().wait().unwrap();
-    assert!(matches!(open(&storage, Path::new("/y"), &config(5000, 8192, FlushPolicy::Manual)), Err(Error::Config(_))));
-    assert!(matches!(open(&storage, Path::new("/y"), &config(64 << 10, 5000, FlushPolicy::Manual)), Err(Error::Config(_))));
+    futures::executor::block_on(log.append(&[&ok]))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert!(matches!(
+        open(
+            &storage,
+            Path::new("/y"),
+            &config(5000, 8192, FlushPolicy::Manual)
+        ),
+        Err(Error::Config(_))
+    ));
+    assert!(matches!(
+        open(
+            &storage,
+            Path::new("/y"),
+            &config(64 << 10, 5000, FlushPolicy::Manual)
+        ),
+        Err(Error::Config(_))
+    ));
 }
 
 /// Backpressure: with a tiny buffer and Manual flushing, appends wait for
@@ -400,7 +547,11 @@ fn full_buffer_makes_appends_wait() {
     let cfg = config(64 << 10, 4096, FlushPolicy::Manual);
     let (log, _) = open(&storage, Path::new("/bp"), &cfg).unwrap();
     let log = Arc::new(log);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let hs: Vec<_> = (0..8)
             .map(|w| {
@@ -410,14 +561,14 @@ fn full_buffer_makes_appends_wait() {
                     for s in 0..200 {
                         last = Some(log.append(&[&record(w, s)]).await.unwrap());
                     }
-                    last.unwrap()
+                    last.unwrap().position()
                 })
             })
             .collect();
         for h in hs {
-            let d = h.await.unwrap();
+            let end = h.await.unwrap();
             log.flush().await.unwrap();
-            d.await.unwrap();
+            assert!(log.durable() >= end);
         }
     });
     assert!(log.end() > 8 * 200 * 64);

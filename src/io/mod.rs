@@ -49,6 +49,7 @@ impl std::fmt::Display for IoBackend {
 ///
 /// Writes are all-or-error: a short write is retried inside, and an error
 /// means an unknown part of the data may have reached the file.
+#[allow(clippy::len_without_is_empty)]
 pub trait StorageFile: Send + Sync {
     /// Current length in bytes.
     fn len(&self) -> io::Result<u64>;
@@ -126,9 +127,11 @@ pub fn open_storage(choice: IoBackend) -> crate::Result<std::sync::Arc<dyn Stora
     match choice {
         IoBackend::Threaded => Ok(Arc::new(ThreadedStorage)),
         #[cfg(target_os = "linux")]
-        IoBackend::Uring => UringStorage::new().map(|s| Arc::new(s) as Arc<dyn Storage>).map_err(|e| {
-            crate::Error::Config(format!("io_uring backend requested but unavailable: {e}"))
-        }),
+        IoBackend::Uring => UringStorage::new()
+            .map(|s| Arc::new(s) as Arc<dyn Storage>)
+            .map_err(|e| {
+                crate::Error::Config(format!("io_uring backend requested but unavailable: {e}"))
+            }),
         #[cfg(target_os = "linux")]
         IoBackend::Auto => match UringStorage::new() {
             Ok(s) => {

@@ -167,7 +167,10 @@ impl SimStorage {
     /// The handle of a process started after the last crash or kill.
     pub fn restart(&self) -> SimStorage {
         let generation = self.lock().generation;
-        SimStorage { disk: Arc::clone(&self.disk), generation }
+        SimStorage {
+            disk: Arc::clone(&self.disk),
+            generation,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Disk> {

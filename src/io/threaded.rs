@@ -18,7 +18,13 @@ pub(crate) struct StdFile(pub(crate) File);
 
 impl StdFile {
     pub(crate) fn open(path: &Path, create: bool) -> io::Result<Self> {
-        OpenOptions::new().read(true).write(true).create(create).truncate(false).open(path).map(StdFile)
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path)
+            .map(StdFile)
     }
 }
 
@@ -92,10 +98,10 @@ pub(crate) fn list(dir: &Path) -> io::Result<Vec<String>> {
     let mut names = Vec::new();
     for e in std::fs::read_dir(dir)? {
         let e = e?;
-        if e.file_type()?.is_file() {
-            if let Some(n) = e.file_name().to_str() {
-                names.push(n.to_owned());
-            }
+        if e.file_type()?.is_file()
+            && let Some(n) = e.file_name().to_str()
+        {
+            names.push(n.to_owned());
         }
     }
     names.sort();

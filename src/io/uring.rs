@@ -35,7 +35,9 @@ impl UringStorage {
     /// forbidden (`EPERM`, e.g. Docker's default seccomp profile).
     pub fn new() -> io::Result<Self> {
         let ring = IoUring::new(64)?;
-        Ok(Self { ring: Arc::new(Mutex::new(ring)) })
+        Ok(Self {
+            ring: Arc::new(Mutex::new(ring)),
+        })
     }
 }
 
@@ -58,7 +60,8 @@ impl UringFile {
                 // SAFETY: every buffer and iovec an entry points to lives on
                 // the caller's stack until this function returns, and it
                 // returns only after reaping every completion it submitted.
-                unsafe { sq.push(e) }.map_err(|_| io::Error::other("io_uring submission queue full"))?;
+                unsafe { sq.push(e) }
+                    .map_err(|_| io::Error::other("io_uring submission queue full"))?;
             }
         }
         let mut done = 0;
@@ -82,7 +85,10 @@ impl UringFile {
 
     fn iovecs(bufs: &[&[u8]]) -> Vec<libc::iovec> {
         bufs.iter()
-            .map(|b| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() })
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
             .collect()
     }
 }
@@ -106,7 +112,11 @@ fn finish_write(file: &StdFile, off: u64, bufs: &[&[u8]], mut done: usize) -> io
 }
 
 fn check(res: i32) -> io::Result<usize> {
-    if res < 0 { Err(io::Error::from_raw_os_error(-res)) } else { Ok(res as usize) }
+    if res < 0 {
+        Err(io::Error::from_raw_os_error(-res))
+    } else {
+        Ok(res as usize)
+    }
 }
 
 impl StorageFile for UringFile {
@@ -120,7 +130,10 @@ impl StorageFile for UringFile {
 
     fn write_at(&self, off: u64, bufs: &[&[u8]]) -> io::Result<()> {
         let iov = Self::iovecs(bufs);
-        let e = opcode::Writev::new(self.fd(), iov.as_ptr(), iov.len() as u32).offset(off).build().user_data(WRITE);
+        let e = opcode::Writev::new(self.fd(), iov.as_ptr(), iov.len() as u32)
+            .offset(off)
+            .build()
+            .user_data(WRITE);
         let mut res = [0; 3];
         self.run(&[e], &mut res)?;
         let n = check(res[WRITE as usize])?;
@@ -131,7 +144,10 @@ impl StorageFile for UringFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        let e = opcode::Fsync::new(self.fd()).flags(types::FsyncFlags::DATASYNC).build().user_data(SYNC);
+        let e = opcode::Fsync::new(self.fd())
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(SYNC);
         let mut res = [0; 3];
         self.run(&[e], &mut res)?;
         check(res[SYNC as usize]).map(drop)
@@ -144,7 +160,10 @@ impl StorageFile for UringFile {
             .build()
             .flags(squeue::Flags::IO_LINK)
             .user_data(WRITE);
-        let s = opcode::Fsync::new(self.fd()).flags(types::FsyncFlags::DATASYNC).build().user_data(SYNC);
+        let s = opcode::Fsync::new(self.fd())
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(SYNC);
         let mut res = [0; 3];
         self.run(&[w, s], &mut res)?;
         let n = check(res[WRITE as usize])?;
@@ -163,7 +182,10 @@ impl Storage for UringStorage {
         IoBackend::Uring
     }
     fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn StorageFile>> {
-        Ok(Box::new(UringFile { file: StdFile::open(path, create)?, ring: self.ring.clone() }))
+        Ok(Box::new(UringFile {
+            file: StdFile::open(path, create)?,
+            ring: self.ring.clone(),
+        }))
     }
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
         std::fs::create_dir_all(path)

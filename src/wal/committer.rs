@@ -15,8 +15,11 @@ use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::format::{FRAME_HEADER, FrameHeader, Kind, SEGMENT_HEADER, SegmentHeader, frame_crc, header_word, segment_name};
-use super::{Failure, FlushPolicy, Shared, LogConfig, header_bytes};
+use super::format::{
+    FRAME_HEADER, FrameHeader, Kind, SEGMENT_HEADER, SegmentHeader, frame_crc, header_word,
+    segment_name,
+};
+use super::{Failure, FlushPolicy, LogConfig, Shared, header_bytes};
 use crate::error::{Error, Result};
 use crate::io::{Storage, StorageFile};
 
@@ -46,7 +49,12 @@ struct PrepState {
 }
 
 /// Makes segment `seq` exist, complete, under its final name.
-pub(crate) fn prepare_segment(storage: &dyn Storage, dir: &Path, seq: u64, size: u64) -> std::io::Result<()> {
+pub(crate) fn prepare_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    seq: u64,
+    size: u64,
+) -> std::io::Result<()> {
     let path = dir.join(segment_name(seq));
     if storage.exists(&path) {
         return Ok(());
@@ -85,7 +93,11 @@ impl Preparer {
                 }
             })
             .expect("spawn segment preparer thread");
-        Self { requests: Some(tx), state, thread: Some(thread) }
+        Self {
+            requests: Some(tx),
+            state,
+            thread: Some(thread),
+        }
     }
 
     fn request(&self, seq: u64) {
@@ -168,14 +180,29 @@ impl Committer {
         } else {
             self.requested.remove(&seq);
         }
-        let f = self.storage.open(&path, false).map_err(|e| format!("opening {}: {e}", path.display()))?;
+        let f = self
+            .storage
+            .open(&path, false)
+            .map_err(|e| format!("opening {}: {e}", path.display()))?;
         self.current = Some((seq, f));
-        // Keep the next segment ready.
-        let next = seq + 1;
-        if !self.storage.exists(&self.dir.join(segment_name(next))) && self.requested.insert(next) {
-            self.preparer.request(next);
-        }
         Ok(())
+    }
+
+    /// Once the log is past half of segment `seq`, has the next one
+    /// prepared in the background (not earlier: preparing writes a whole
+    /// segment of zeros, which competes with the log for the disk).
+    fn prepare_ahead(&mut self, synced: u64) {
+        let data = self.shared.seg_data;
+        if synced % data < data / 2 {
+            return;
+        }
+        let next = synced / data + 1;
+        if self.requested.contains(&next) || self.storage.exists(&self.dir.join(segment_name(next)))
+        {
+            return;
+        }
+        self.requested.insert(next);
+        self.preparer.request(next);
     }
 
     /// Moves `scan` over published frames, stopping at an unpublished one or
@@ -188,7 +215,7 @@ impl Committer {
             }
             let len = FrameHeader::decode(h).map_or(FRAME_HEADER, |f| f.len());
             scan += len;
-            if scan % self.shared.seg_data == 0 {
+            if scan.is_multiple_of(self.shared.seg_data) {
                 return scan;
             }
         }
@@ -200,17 +227,24 @@ impl Committer {
         let s = &*self.shared;
         let len = FRAME_HEADER + 8;
         let used = scan % s.seg_data;
-        if used == 0 || used + len > s.seg_data || scan + len - s.freed.load(Ordering::Acquire) > s.ring.cap() {
+        if used == 0
+            || used + len > s.seg_data
+            || scan + len - s.freed.load(Ordering::Acquire) > s.ring.cap()
+        {
             return scan;
         }
-        if s.reserved.compare_exchange(scan, scan + len, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        if s.reserved
+            .compare_exchange(scan, scan + len, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
             return scan;
         }
         let payload = group_start.to_le_bytes();
         // SAFETY: `[scan, scan + len)` was just reserved by this thread.
         unsafe { s.ring.write(scan + FRAME_HEADER, &payload) };
         let w = header_word(Kind::Commit, 8);
-        s.ring.publish(scan, header_bytes(w, frame_crc(scan, w, &[&payload])));
+        s.ring
+            .publish(scan, header_bytes(w, frame_crc(scan, w, &[&payload])));
         scan + len
     }
 
@@ -237,7 +271,10 @@ impl Committer {
         // not handed back (`freed`) before these slices are dropped.
         let bufs = unsafe { self.shared.ring.slices(synced, end) };
         file.write_sync(off, &bufs).map_err(|e| {
-            format!("{} at file offset {off}: {e}", self.dir.join(segment_name(seq)).display())
+            format!(
+                "{} at file offset {off}: {e}",
+                self.dir.join(segment_name(seq)).display()
+            )
         })
     }
 
@@ -250,13 +287,16 @@ impl Committer {
             scan = self.advance_scan(scan);
             let stopping = s.stop.load(Ordering::Acquire);
             if self.wants_sync(synced, scan, last, stopping) {
-                if scan % s.seg_data != 0 {
+                if !scan.is_multiple_of(s.seg_data) {
                     scan = self.commit_marker(synced, scan);
                 }
                 let end = scan;
                 if let Err(reason) = self.commit(synced, end) {
                     tracing::error!(offset = synced, %reason, "WAL write or sync failed; log poisoned");
-                    s.mark.fail(Failure::Poisoned { offset: synced, reason });
+                    s.mark.fail(Failure::Poisoned {
+                        offset: synced,
+                        reason,
+                    });
                     s.wake_space();
                     return;
                 }
@@ -268,6 +308,7 @@ impl Committer {
                 s.wake_space();
                 synced = end;
                 last = Instant::now();
+                self.prepare_ahead(synced);
                 continue;
             }
             if stopping && s.reserved.load(Ordering::Acquire) == synced {

@@ -26,7 +26,10 @@ pub(crate) enum Failure {
 impl Failure {
     pub(crate) fn to_error(&self) -> Error {
         match self {
-            Failure::Poisoned { offset, reason } => Error::Poisoned { offset: *offset, reason: reason.clone() },
+            Failure::Poisoned { offset, reason } => Error::Poisoned {
+                offset: *offset,
+                reason: reason.clone(),
+            },
             Failure::Closed => Error::Closed,
         }
     }
@@ -63,7 +66,11 @@ pub(crate) struct Watermark {
 
 impl Watermark {
     pub(crate) fn new(durable: u64) -> Self {
-        Self { durable: AtomicU64::new(durable), failure: OnceLock::new(), waiters: Mutex::new(BinaryHeap::new()) }
+        Self {
+            durable: AtomicU64::new(durable),
+            failure: OnceLock::new(),
+            waiters: Mutex::new(BinaryHeap::new()),
+        }
     }
 
     pub(crate) fn durable(&self) -> u64 {
@@ -119,7 +126,10 @@ impl Watermark {
         if let Some(r) = self.check(lsn) {
             return Poll::Ready(r);
         }
-        w.push(Reverse(Waiter { lsn, waker: cx.waker().clone() }));
+        w.push(Reverse(Waiter {
+            lsn,
+            waker: cx.waker().clone(),
+        }));
         Poll::Pending
     }
 }
@@ -173,7 +183,10 @@ impl Future for Durable {
 
 impl std::fmt::Debug for Durable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Durable").field("position", &self.lsn).field("durable", &self.is_durable()).finish()
+        f.debug_struct("Durable")
+            .field("position", &self.lsn)
+            .field("durable", &self.is_durable())
+            .finish()
     }
 }
 
@@ -200,8 +213,14 @@ mod tests {
         assert!(a.is_durable() && !b.is_durable());
         let waiter = std::thread::spawn(move || b.wait());
         std::thread::sleep(std::time::Duration::from_millis(20));
-        mark.fail(Failure::Poisoned { offset: 15, reason: "EIO".into() });
-        assert!(matches!(waiter.join().unwrap(), Err(Error::Poisoned { offset: 15, .. })));
+        mark.fail(Failure::Poisoned {
+            offset: 15,
+            reason: "EIO".into(),
+        });
+        assert!(matches!(
+            waiter.join().unwrap(),
+            Err(Error::Poisoned { offset: 15, .. })
+        ));
         // Already durable stays Ok; later ones fail at once.
         assert!(a.wait().is_ok());
         assert!(Durable::new(16, mark).wait().is_err());

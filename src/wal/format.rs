@@ -94,7 +94,11 @@ impl FrameHeader {
     pub(crate) fn decode(b: [u8; 8]) -> Option<Self> {
         let word = u32::from_le_bytes(b[..4].try_into().expect("4 bytes"));
         let crc = u32::from_le_bytes(b[4..].try_into().expect("4 bytes"));
-        Some(Self { kind: Kind::from_tag((word >> 24) as u8)?, payload: u64::from(word & 0x00FF_FFFF), crc })
+        Some(Self {
+            kind: Kind::from_tag((word >> 24) as u8)?,
+            payload: u64::from(word & 0x00FF_FFFF),
+            crc,
+        })
     }
     pub(crate) fn word(&self) -> u32 {
         header_word(self.kind, self.payload)
@@ -141,9 +145,19 @@ impl SegmentHeader {
 
     /// Decodes and checks a header read from `file`.
     pub(crate) fn decode(file: &Path, b: &[u8]) -> Result<Self, Error> {
-        let bad = |offset: u64, reason: String| Error::Corruption { file: file.to_path_buf(), offset, reason };
+        let bad = |offset: u64, reason: String| Error::Corruption {
+            file: file.to_path_buf(),
+            offset,
+            reason,
+        };
         if b.len() < HEADER_USED {
-            return Err(bad(0, format!("segment header is {} bytes, expected {HEADER_USED}", b.len())));
+            return Err(bad(
+                0,
+                format!(
+                    "segment header is {} bytes, expected {HEADER_USED}",
+                    b.len()
+                ),
+            ));
         }
         if b[..8] != SEGMENT_MAGIC {
             return Err(bad(0, format!("bad segment magic {:02x?}", &b[..8])));
@@ -152,20 +166,46 @@ impl SegmentHeader {
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
         let crc = crc32c::crc32c(&b[..40]);
         if crc != u32_at(40) {
-            return Err(bad(40, format!("segment header checksum {:#010x}, computed {crc:#010x}", u32_at(40))));
+            return Err(bad(
+                40,
+                format!(
+                    "segment header checksum {:#010x}, computed {crc:#010x}",
+                    u32_at(40)
+                ),
+            ));
         }
         if u32_at(8) != FORMAT_VERSION {
-            return Err(bad(8, format!("unsupported segment format version {}", u32_at(8))));
+            return Err(bad(
+                8,
+                format!("unsupported segment format version {}", u32_at(8)),
+            ));
         }
         if u64::from(u32_at(12)) != SEGMENT_HEADER {
-            return Err(bad(12, format!("segment header length {}, expected {SEGMENT_HEADER}", u32_at(12))));
+            return Err(bad(
+                12,
+                format!(
+                    "segment header length {}, expected {SEGMENT_HEADER}",
+                    u32_at(12)
+                ),
+            ));
         }
-        let h = SegmentHeader { seq: u64_at(16), size: u64_at(32) };
-        if h.size <= SEGMENT_HEADER || h.size % 8 != 0 {
+        let h = SegmentHeader {
+            seq: u64_at(16),
+            size: u64_at(32),
+        };
+        if h.size <= SEGMENT_HEADER || !h.size.is_multiple_of(8) {
             return Err(bad(32, format!("segment size {} invalid", h.size)));
         }
         if h.seq.checked_mul(h.data_len()) != Some(u64_at(24)) {
-            return Err(bad(24, format!("base LSN {} does not match sequence {} and size {}", u64_at(24), h.seq, h.size)));
+            return Err(bad(
+                24,
+                format!(
+                    "base LSN {} does not match sequence {} and size {}",
+                    u64_at(24),
+                    h.seq,
+                    h.size
+                ),
+            ));
         }
         Ok(h)
     }
@@ -191,14 +231,20 @@ mod tests {
 
     #[test]
     fn segment_header_round_trip_and_damage() {
-        let h = SegmentHeader { seq: 7, size: 1 << 20 };
+        let h = SegmentHeader {
+            seq: 7,
+            size: 1 << 20,
+        };
         let b = h.encode();
         assert_eq!(b.len(), SEGMENT_HEADER as usize);
         assert_eq!(SegmentHeader::decode(Path::new("x"), &b).unwrap(), h);
         for i in 0..HEADER_USED {
             let mut m = b.clone();
             m[i] ^= 0x04;
-            assert!(SegmentHeader::decode(Path::new("x"), &m).is_err(), "byte {i}");
+            assert!(
+                SegmentHeader::decode(Path::new("x"), &m).is_err(),
+                "byte {i}"
+            );
         }
     }
 
@@ -209,7 +255,10 @@ mod tests {
         b[..4].copy_from_slice(&w.to_le_bytes());
         b[4..].copy_from_slice(&9u32.to_le_bytes());
         let h = FrameHeader::decode(b).unwrap();
-        assert_eq!((h.kind, h.payload, h.crc, h.len()), (Kind::Record, 40, 9, 48));
+        assert_eq!(
+            (h.kind, h.payload, h.crc, h.len()),
+            (Kind::Record, 40, 9, 48)
+        );
         assert!(FrameHeader::decode([0; 8]).is_none());
         assert_eq!(parse_segment_name(&segment_name(42)), Some(42));
         assert_eq!(parse_segment_name("42.wal"), None);

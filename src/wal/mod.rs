@@ -34,6 +34,10 @@ use ring::Ring;
 use crate::error::{Error, Result};
 use crate::io::Storage;
 
+/// What recovery calls for each record: its position and payload; an `Err`
+/// (what is wrong with it) stops the open with [`Error::Corruption`].
+pub type Replay<'a> = dyn FnMut(u64, &[u8]) -> std::result::Result<(), String> + 'a;
+
 /// When the committer syncs the log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -83,7 +87,9 @@ impl Default for LogConfig {
 
 impl LogConfig {
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.segment_size < 2 * format::SEGMENT_HEADER || self.segment_size % format::SEGMENT_HEADER != 0 {
+        if self.segment_size < 2 * format::SEGMENT_HEADER
+            || !self.segment_size.is_multiple_of(format::SEGMENT_HEADER)
+        {
             return Err(Error::Config(format!(
                 "WAL segment size {} must be a multiple of 4096 and at least 8192",
                 self.segment_size
@@ -128,10 +134,10 @@ impl Shared {
         // Pairs with the committer's fence between setting `sleeping` and
         // looking for work: one of the two sees the other.
         fence(Ordering::SeqCst);
-        if self.sleeping.load(Ordering::Relaxed) {
-            if let Some(t) = self.committer.get() {
-                t.unpark();
-            }
+        if self.sleeping.load(Ordering::Relaxed)
+            && let Some(t) = self.committer.get()
+        {
+            t.unpark();
         }
     }
 
@@ -191,7 +197,10 @@ impl Reservation<'_> {
     /// length) into the log buffer, publishes the frame, and returns the
     /// future of its durability.
     pub(crate) fn write(mut self, parts: &[&[u8]]) -> Durable {
-        debug_assert_eq!(parts.iter().map(|p| p.len() as u64).sum::<u64>(), self.payload);
+        debug_assert_eq!(
+            parts.iter().map(|p| p.len() as u64).sum::<u64>(),
+            self.payload
+        );
         let mut at = self.lsn + FRAME_HEADER;
         for p in parts {
             // SAFETY: `[lsn, lsn + frame_len)` is reserved by this
@@ -245,10 +254,13 @@ impl Log {
         dir: &Path,
         config: &LogConfig,
         start: u64,
-        replay: &mut dyn FnMut(u64, &[u8]) -> std::result::Result<(), String>,
+        replay: &mut Replay<'_>,
     ) -> Result<Self> {
         config.validate()?;
-        storage.create_dir_all(dir).map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?;
+        storage.create_dir_all(dir).map_err(|e| Error::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
         let rec = recovery::recover(&*storage, dir, config, start, replay)?;
         let seg_data = rec.segment_size - format::SEGMENT_HEADER;
         let cap = config.buffer_capacity;
@@ -266,13 +278,26 @@ impl Log {
             max_frame: (cap.min(seg_data) / 2) & !7,
             syncs: AtomicU64::new(0),
         });
-        let committer = committer::Committer::new(shared.clone(), storage, dir.to_path_buf(), config, rec.segment_size)?;
+        let committer = committer::Committer::new(
+            shared.clone(),
+            storage,
+            dir.to_path_buf(),
+            config,
+            rec.segment_size,
+        )?;
         let thread = std::thread::Builder::new()
             .name("ringtree-committer".into())
             .spawn(move || committer.run())
-            .map_err(|e| Error::Io { path: dir.to_path_buf(), source: e })?;
+            .map_err(|e| Error::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })?;
         let _ = shared.committer.set(thread.thread().clone());
-        Ok(Self { shared, thread: Mutex::new(Some(thread)), dir: dir.to_path_buf() })
+        Ok(Self {
+            shared,
+            thread: Mutex::new(Some(thread)),
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// The largest record one append takes, in bytes.
@@ -297,7 +322,10 @@ impl Log {
 
     /// Reserves room for a record of `payload` bytes. One compare-and-swap;
     /// no lock.
-    pub(crate) fn try_reserve(&self, payload: u64) -> std::result::Result<Reservation<'_>, ReserveError> {
+    pub(crate) fn try_reserve(
+        &self,
+        payload: u64,
+    ) -> std::result::Result<Reservation<'_>, ReserveError> {
         let s = &*self.shared;
         if let Some(f) = s.mark.failure() {
             return Err(ReserveError::Fatal(f.to_error()));
@@ -323,8 +351,19 @@ impl Log {
             if end.saturating_sub(s.freed.load(Ordering::Acquire)) > s.ring.cap() {
                 return Err(ReserveError::Full);
             }
-            match s.reserved.compare_exchange_weak(start, end, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return Ok(Reservation { shared: s, lsn, payload, pad, written: false }),
+            match s
+                .reserved
+                .compare_exchange_weak(start, end, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    return Ok(Reservation {
+                        shared: s,
+                        lsn,
+                        payload,
+                        pad,
+                        written: false,
+                    });
+                }
                 Err(now) => start = now,
             }
         }
@@ -338,7 +377,8 @@ impl Log {
         // the frame) at the end of a segment.
         let fits = || {
             let end = s.reserved.load(Ordering::Acquire) + 2 * frame_len(payload);
-            end.saturating_sub(s.freed.load(Ordering::Acquire)) <= s.ring.cap() || s.mark.failure().is_some()
+            end.saturating_sub(s.freed.load(Ordering::Acquire)) <= s.ring.cap()
+                || s.mark.failure().is_some()
         };
         if fits() {
             return Poll::Ready(());
@@ -351,7 +391,8 @@ impl Log {
         drop(w);
         // The committer may be idle in Manual mode with a full ring: ask it
         // to write (not necessarily sync) so space frees up.
-        s.flush_to.fetch_max(s.reserved.load(Ordering::Acquire), Ordering::AcqRel);
+        s.flush_to
+            .fetch_max(s.reserved.load(Ordering::Acquire), Ordering::AcqRel);
         s.wake_committer();
         Poll::Pending
     }
@@ -365,7 +406,9 @@ impl Log {
             match self.try_reserve(payload) {
                 Ok(r) => return Ok(r.write(parts)),
                 Err(ReserveError::Fatal(e)) => return Err(e),
-                Err(ReserveError::Full) => std::future::poll_fn(|cx| self.poll_space(payload, cx)).await,
+                Err(ReserveError::Full) => {
+                    std::future::poll_fn(|cx| self.poll_space(payload, cx)).await
+                }
             }
         }
     }
@@ -387,13 +430,14 @@ impl Log {
         let flushed = self.flush();
         self.shared.stop.store(true, Ordering::Release);
         self.shared.wake_committer();
-        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            if t.join().is_err() {
-                self.shared.mark.fail(Failure::Poisoned {
-                    offset: self.shared.mark.durable(),
-                    reason: "committer thread panicked".into(),
-                });
-            }
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread
+            && t.join().is_err()
+        {
+            self.shared.mark.fail(Failure::Poisoned {
+                offset: self.shared.mark.durable(),
+                reason: "committer thread panicked".into(),
+            });
         }
         // Whatever the committer left undone is not durable.
         self.shared.mark.fail(Failure::Closed);

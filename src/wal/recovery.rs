@@ -16,7 +16,8 @@ use std::path::Path;
 
 use super::LogConfig;
 use super::format::{
-    FRAME_HEADER, FrameHeader, Kind, SEGMENT_HEADER, SegmentHeader, frame_crc, parse_segment_name, segment_name,
+    FRAME_HEADER, FrameHeader, Kind, SEGMENT_HEADER, SegmentHeader, frame_crc, parse_segment_name,
+    segment_name,
 };
 use crate::error::{Error, Result};
 use crate::io::{Storage, StorageFile};
@@ -35,22 +36,36 @@ struct Segment {
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> Error {
-    Error::Io { path: path.to_path_buf(), source: e }
+    Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
 }
 
 fn corruption(path: &Path, offset: u64, reason: impl Into<String>) -> Error {
-    Error::Corruption { file: path.to_path_buf(), offset, reason: reason.into() }
+    Error::Corruption {
+        file: path.to_path_buf(),
+        offset,
+        reason: reason.into(),
+    }
 }
 
 /// Reads a segment's data area (`data` bytes after the header).
 fn read_data(seg: &Segment, data: u64) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; data as usize];
-    let n = seg.file.read_at(SEGMENT_HEADER, &mut buf).map_err(|e| io_err(&seg.path, e))?;
+    let n = seg
+        .file
+        .read_at(SEGMENT_HEADER, &mut buf)
+        .map_err(|e| io_err(&seg.path, e))?;
     if (n as u64) < data {
         return Err(corruption(
             &seg.path,
             SEGMENT_HEADER + n as u64,
-            format!("segment is {} bytes, its header says {}", SEGMENT_HEADER + n as u64, SEGMENT_HEADER + data),
+            format!(
+                "segment is {} bytes, its header says {}",
+                SEGMENT_HEADER + n as u64,
+                SEGMENT_HEADER + data
+            ),
         ));
     }
     Ok(buf)
@@ -66,7 +81,11 @@ fn frame_at(data: &[u8], base: u64, off: usize) -> Option<(FrameHeader, std::ops
     }
     let payload = off + FRAME_HEADER as usize..off + FRAME_HEADER as usize + h.payload as usize;
     let lsn = base + off as u64;
-    let covered: &[&[u8]] = if h.kind == Kind::Pad { &[] } else { &[&data[payload.clone()]] };
+    let covered: &[&[u8]] = if h.kind == Kind::Pad {
+        &[]
+    } else {
+        &[&data[payload.clone()]]
+    };
     (frame_crc(lsn, h.word(), covered) == h.crc).then_some((h, payload))
 }
 
@@ -84,29 +103,41 @@ pub(crate) fn recover(
     dir: &Path,
     config: &LogConfig,
     start: u64,
-    replay: &mut dyn FnMut(u64, &[u8]) -> std::result::Result<(), String>,
+    replay: &mut super::Replay<'_>,
 ) -> Result<Recovered> {
     let names = storage.list(dir).map_err(|e| io_err(dir, e))?;
     for n in names.iter().filter(|n| n.ends_with(".wal.tmp")) {
         // An unfinished segment preparation; never held data.
-        storage.remove(&dir.join(n)).map_err(|e| io_err(&dir.join(n), e))?;
+        storage
+            .remove(&dir.join(n))
+            .map_err(|e| io_err(&dir.join(n), e))?;
     }
     let mut segs = Vec::new();
     let mut size = None;
     for n in &names {
-        let Some(seq) = parse_segment_name(n) else { continue };
+        let Some(seq) = parse_segment_name(n) else {
+            continue;
+        };
         let path = dir.join(n);
         let file = storage.open(&path, false).map_err(|e| io_err(&path, e))?;
         let mut hb = vec![0u8; SEGMENT_HEADER as usize];
         let got = file.read_at(0, &mut hb).map_err(|e| io_err(&path, e))?;
         let h = SegmentHeader::decode(&path, &hb[..got])?;
         if h.seq != seq {
-            return Err(corruption(&path, 16, format!("header names segment {}, file name says {seq}", h.seq)));
+            return Err(corruption(
+                &path,
+                16,
+                format!("header names segment {}, file name says {seq}", h.seq),
+            ));
         }
         match size {
             None => size = Some(h.size),
             Some(s) if s != h.size => {
-                return Err(corruption(&path, 32, format!("segment size {} differs from the others' {s}", h.size)));
+                return Err(corruption(
+                    &path,
+                    32,
+                    format!("segment size {} differs from the others' {s}", h.size),
+                ));
             }
             _ => {}
         }
@@ -115,16 +146,25 @@ pub(crate) fn recover(
     let segment_size = size.unwrap_or(config.segment_size);
     let data = segment_size - SEGMENT_HEADER;
     if size.is_some() && segment_size != config.segment_size {
-        tracing::info!(existing = segment_size, configured = config.segment_size, "keeping the WAL's existing segment size");
+        tracing::info!(
+            existing = segment_size,
+            configured = config.segment_size,
+            "keeping the WAL's existing segment size"
+        );
     }
     let first = start / data;
     segs.retain(|s| s.seq >= first);
-    if let Some(s) = segs.first() {
-        if s.seq != first {
+    if let Some(s) = segs.first()
+        && s.seq != first
+    {
+        {
             return Err(corruption(
                 &dir.join(segment_name(first)),
                 0,
-                format!("segment {first} holding log position {start} is missing (next present: {})", s.seq),
+                format!(
+                    "segment {first} holding log position {start} is missing (next present: {})",
+                    s.seq
+                ),
             ));
         }
     }
@@ -133,7 +173,12 @@ pub(crate) fn recover(
             return Err(corruption(
                 &dir.join(segment_name(w[0].seq + 1)),
                 0,
-                format!("segment {} missing between {} and {}", w[0].seq + 1, w[0].seq, w[1].seq),
+                format!(
+                    "segment {} missing between {} and {}",
+                    w[0].seq + 1,
+                    w[0].seq,
+                    w[1].seq
+                ),
             ));
         }
     }
@@ -146,10 +191,16 @@ pub(crate) fn recover(
         let buf = read_data(seg, data)?;
         let mut off = (pos - base) as usize;
         while (off as u64) < data {
-            let Some((h, payload)) = frame_at(&buf, base, off) else { break };
+            let Some((h, payload)) = frame_at(&buf, base, off) else {
+                break;
+            };
             if h.kind == Kind::Record {
                 replay(base + off as u64, &buf[payload]).map_err(|reason| {
-                    corruption(&seg.path, SEGMENT_HEADER + off as u64, format!("record rejected on replay: {reason}"))
+                    corruption(
+                        &seg.path,
+                        SEGMENT_HEADER + off as u64,
+                        format!("record rejected on replay: {reason}"),
+                    )
                 })?;
             }
             off += h.len() as usize;
@@ -176,7 +227,10 @@ pub(crate) fn recover(
                 return Err(corruption(
                     &seg.path,
                     file_off,
-                    format!("invalid frame, yet segment {} after it holds valid frames", later.seq),
+                    format!(
+                        "invalid frame, yet segment {} after it holds valid frames",
+                        later.seq
+                    ),
                 ));
             }
         }
@@ -184,9 +238,15 @@ pub(crate) fn recover(
             cut_tail(seg, off, &buf)?;
             tracing::warn!(file = %seg.path.display(), offset = file_off, "cut a torn WAL tail");
         }
-        return Ok(Recovered { end: x, segment_size });
+        return Ok(Recovered {
+            end: x,
+            segment_size,
+        });
     }
-    Ok(Recovered { end: pos, segment_size })
+    Ok(Recovered {
+        end: pos,
+        segment_size,
+    })
 }
 
 /// Zeroes the non-zero bytes from `off` to the end of the data area and

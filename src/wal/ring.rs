@@ -21,7 +21,10 @@ impl Ring {
     /// A zeroed ring of `cap` bytes (a power of two, at least 8).
     pub(crate) fn new(cap: u64) -> Self {
         assert!(cap.is_power_of_two() && cap >= 8);
-        Self { words: (0..cap / 8).map(|_| AtomicU64::new(0)).collect(), mask: cap - 1 }
+        Self {
+            words: (0..cap / 8).map(|_| AtomicU64::new(0)).collect(),
+            mask: cap - 1,
+        }
     }
 
     pub(crate) fn cap(&self) -> u64 {
@@ -45,21 +48,28 @@ impl Ring {
         // copies stay inside the ring; exclusivity is the caller's promise.
         unsafe {
             std::ptr::copy_nonoverlapping(data.as_ptr(), self.base().add(at), first);
-            std::ptr::copy_nonoverlapping(data.as_ptr().add(first), self.base(), data.len() - first);
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr().add(first),
+                self.base(),
+                data.len() - first,
+            );
         }
     }
 
     /// Publishes the 8 header bytes of the frame at `lsn` (8-aligned).
     #[inline]
     pub(crate) fn publish(&self, lsn: u64, header: [u8; 8]) {
-        debug_assert!(lsn % 8 == 0);
-        self.words[((lsn & self.mask) / 8) as usize].store(u64::from_ne_bytes(header), Ordering::Release);
+        debug_assert!(lsn.is_multiple_of(8));
+        self.words[((lsn & self.mask) / 8) as usize]
+            .store(u64::from_ne_bytes(header), Ordering::Release);
     }
 
     /// The 8 header bytes at `lsn`, all zero if no frame is published there.
     #[inline]
     pub(crate) fn header(&self, lsn: u64) -> [u8; 8] {
-        self.words[((lsn & self.mask) / 8) as usize].load(Ordering::Acquire).to_ne_bytes()
+        self.words[((lsn & self.mask) / 8) as usize]
+            .load(Ordering::Acquire)
+            .to_ne_bytes()
     }
 
     /// The bytes of `[a, b)` as one or two slices.
