@@ -37,6 +37,7 @@
 
 #![deny(missing_docs)]
 
+mod db;
 mod error;
 mod hash;
 pub mod io;
@@ -44,6 +45,7 @@ mod proof;
 mod tree;
 pub mod wal;
 
+pub use db::{Config, Inserted, Tree};
 pub use error::{Error, Result};
 pub use hash::{Blake3, Hash, Hasher};
 pub use io::IoBackend;

@@ -101,6 +101,25 @@ pub trait Storage: Send + Sync + 'static {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Whether `path` exists.
     fn exists(&self, path: &Path) -> bool;
+    /// Takes an exclusive lock named by `path` (creating the file), held
+    /// until the guard drops or the process ends. `ErrorKind::WouldBlock`
+    /// if another handle or process holds it.
+    fn lock(&self, path: &Path) -> io::Result<LockGuard>;
+}
+
+/// A held lock from [`Storage::lock`]; dropping it releases the lock.
+pub struct LockGuard(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl LockGuard {
+    pub(crate) fn new(inner: impl Send + Sync + 'static) -> Self {
+        Self(Box::new(inner))
+    }
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LockGuard")
+    }
 }
 
 /// The storage for `choice`, resolving [`IoBackend::Auto`].

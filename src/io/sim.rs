@@ -42,7 +42,7 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use super::{IoBackend, Storage, StorageFile};
+use super::{IoBackend, LockGuard, Storage, StorageFile};
 
 /// The sector size of the simulated disk: a torn write keeps or loses whole
 /// sectors, counted by absolute file offset (boundaries at multiples of
@@ -78,6 +78,23 @@ pub struct SimStorage {
     disk: Arc<Mutex<Disk>>,
     /// The crash generation this process handle lives in.
     generation: u64,
+}
+
+/// A lock held by a simulated process; released on drop unless a crash
+/// already released it (and maybe a later process took it).
+struct SimLock {
+    disk: Arc<Mutex<Disk>>,
+    path: PathBuf,
+    generation: u64,
+}
+
+impl Drop for SimLock {
+    fn drop(&mut self) {
+        let mut disk = self.disk.lock().unwrap_or_else(PoisonError::into_inner);
+        if disk.generation == self.generation {
+            disk.locks.remove(&self.path);
+        }
+    }
 }
 
 /// One write since the file's last successful sync.
@@ -127,6 +144,8 @@ struct Disk {
     writes: u64,
     syncs: u64,
     bytes_written: u64,
+    /// Paths locked by the current process (cleared by a crash or kill).
+    locks: BTreeSet<PathBuf>,
 }
 
 /// What a crash does with unsynced writes and namespace changes.
@@ -159,6 +178,7 @@ impl SimStorage {
                 writes: 0,
                 syncs: 0,
                 bytes_written: 0,
+                locks: BTreeSet::new(),
             })),
             generation: 0,
         }
@@ -226,6 +246,7 @@ impl SimStorage {
     pub fn kill(&self) {
         let mut disk = self.lock();
         disk.generation += 1;
+        disk.locks.clear();
         for file in disk.files.values_mut() {
             file.handles = 0;
         }
@@ -385,6 +406,7 @@ impl Disk {
         // Every crash moves the stream on, whatever it consumes below.
         self.rng.next();
         self.generation += 1;
+        self.locks.clear();
         if policy == CrashPolicy::KeepAll {
             self.durable_ns = self.live_ns.clone();
         }
@@ -696,6 +718,19 @@ impl Storage for SimStorage {
         let p = norm(path);
         let Ok(disk) = self.live() else { return false };
         disk.is_dir(&p) || disk.live_ns.contains_key(&p)
+    }
+
+    fn lock(&self, path: &Path) -> io::Result<LockGuard> {
+        let p = norm(path);
+        let mut disk = self.live()?;
+        if !disk.locks.insert(p.clone()) {
+            return Err(io::Error::new(io::ErrorKind::WouldBlock, "locked"));
+        }
+        Ok(LockGuard::new(SimLock {
+            disk: Arc::clone(&self.disk),
+            path: p,
+            generation: self.generation,
+        }))
     }
 }
 

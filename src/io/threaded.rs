@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::{IoBackend, Storage, StorageFile};
+use super::{IoBackend, LockGuard, Storage, StorageFile};
 
 /// Files through ordinary blocking system calls.
 #[derive(Clone, Copy, Debug, Default)]
@@ -88,6 +88,31 @@ impl Storage for ThreadedStorage {
     fn exists(&self, path: &Path) -> bool {
         path.exists()
     }
+    fn lock(&self, path: &Path) -> io::Result<LockGuard> {
+        flock(path)
+    }
+}
+
+/// `flock(LOCK_EX | LOCK_NB)` on `path`: per open file description, so a
+/// second open in the same process conflicts too.
+pub(crate) fn flock(path: &Path) -> io::Result<LockGuard> {
+    use std::os::fd::AsRawFd;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    // SAFETY: `f` is an open file descriptor for the duration of the call.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(io::Error::new(io::ErrorKind::WouldBlock, "locked"));
+        }
+        return Err(e);
+    }
+    Ok(LockGuard::new(f))
 }
 
 pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 
 use io_uring::{IoUring, opcode, squeue, types};
 
-use super::threaded::{StdFile, list, sync_dir};
-use super::{IoBackend, Storage, StorageFile};
+use super::threaded::{StdFile, flock, list, sync_dir};
+use super::{IoBackend, LockGuard, Storage, StorageFile};
 
 /// Files whose writes and syncs go through an io_uring.
 #[derive(Clone)]
@@ -204,5 +204,8 @@ impl Storage for UringStorage {
     }
     fn exists(&self, path: &Path) -> bool {
         path.exists()
+    }
+    fn lock(&self, path: &Path) -> io::Result<LockGuard> {
+        flock(path)
     }
 }

@@ -1,0 +1,522 @@
+//! `Tree`: the persistent tree, joining the in-memory [`LeanImt`] and the
+//! write-ahead [`Log`] behind the public API; and its [`Config`].
+//!
+//! Owns a tree's directory (its lock file and, through the log, `wal/`) and
+//! the writer critical section: index assignment, the in-memory update and
+//! the log reservation happen together under one short lock, so the log's
+//! order is the leaves' order (invariant 1). Framing the record and copying
+//! it into the log buffer happen after the lock is released.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::hash::{Hash, Hasher};
+use crate::io::{IoBackend, LockGuard, Storage};
+use crate::tree::{LeanImt, Snapshot};
+use crate::wal::{Durable, FlushPolicy, Log, LogConfig, ReserveError};
+
+/// Bytes of a record before its leaves: the index of its first leaf (u64).
+const RECORD_HEADER: u64 = 8;
+
+/// How to open a [`Tree`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// The tree's directory (created if missing).
+    pub dir: PathBuf,
+    /// When the log syncs (default: group commit).
+    pub flush: FlushPolicy,
+    /// Which I/O backend (default: `Auto`; the `RINGTREE_IO` environment
+    /// variable overrides it).
+    pub io: IoBackend,
+    /// Bytes of the log buffer (power of two; default 16 MiB). Bounds the
+    /// memory of inserts not yet written out; inserts wait when it is full.
+    /// One `insert_many` takes at most `(capacity / 2 - 16) / 32` leaves.
+    pub buffer_capacity: u64,
+    /// Bytes per WAL segment file (multiple of 4 KiB; default 64 MiB).
+    pub segment_size: u64,
+    /// How long the committer spins for new records before sleeping
+    /// (default 50 µs).
+    pub spin: Duration,
+    storage: Option<Arc<dyn Storage>>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("dir", &self.dir)
+            .field("flush", &self.flush)
+            .field("io", &self.io)
+            .field("buffer_capacity", &self.buffer_capacity)
+            .field("segment_size", &self.segment_size)
+            .field("spin", &self.spin)
+            .field("custom_storage", &self.storage.is_some())
+            .finish()
+    }
+}
+
+impl Config {
+    /// Defaults for a tree in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        let log = LogConfig::default();
+        Self {
+            dir: dir.into(),
+            flush: log.flush,
+            io: IoBackend::Auto,
+            buffer_capacity: log.buffer_capacity,
+            segment_size: log.segment_size,
+            spin: log.spin,
+            storage: None,
+        }
+    }
+
+    /// Sets the flush policy.
+    pub fn flush(mut self, flush: FlushPolicy) -> Self {
+        self.flush = flush;
+        self
+    }
+
+    /// Sets the I/O backend.
+    pub fn io(mut self, io: IoBackend) -> Self {
+        self.io = io;
+        self
+    }
+
+    /// Sets the log buffer capacity in bytes.
+    pub fn buffer_capacity(mut self, bytes: u64) -> Self {
+        self.buffer_capacity = bytes;
+        self
+    }
+
+    /// Sets the WAL segment size in bytes.
+    pub fn segment_size(mut self, bytes: u64) -> Self {
+        self.segment_size = bytes;
+        self
+    }
+
+    /// Sets how long the committer spins before sleeping.
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self
+    }
+
+    /// Uses `storage` for every file (e.g. a [`SimStorage`](crate::io::SimStorage)
+    /// in tests) instead of the backend `io` names.
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    fn log_config(&self) -> LogConfig {
+        let mut c = LogConfig::default();
+        c.flush = self.flush;
+        c.buffer_capacity = self.buffer_capacity;
+        c.segment_size = self.segment_size;
+        c.spin = self.spin;
+        c
+    }
+}
+
+/// What an insert returns: where the leaf went, the root it made, and the
+/// future of its durability.
+#[derive(Clone, Debug)]
+pub struct Inserted {
+    /// Index of the (first) inserted leaf.
+    pub index: u64,
+    /// The root right after this insert.
+    pub root: Hash,
+    /// Resolves once the insert is on stable storage.
+    pub durable: Durable,
+}
+
+struct Inner<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
+    tree: Mutex<LeanImt<H, N, MAX_DEPTH>>,
+    /// `None` once closed.
+    log: Mutex<Option<Arc<Log>>>,
+    /// A clone of the log for the insert path (no lock needed to reach it).
+    wal: Arc<Log>,
+    lock: Mutex<Option<LockGuard>>,
+    backend: IoBackend,
+    closed: AtomicBool,
+    dir: PathBuf,
+}
+
+/// A persistent, append-only n-ary Merkle tree whose inserts return
+/// durability futures.
+///
+/// `Tree` is `Clone + Send + Sync` (an `Arc` inside): share it between tasks
+/// and threads. Inserts update the tree in memory and return at once (they
+/// wait only when the log buffer is full); the returned [`Durable`] resolves
+/// once the insert is on disk. It works under any executor: no future it
+/// returns needs a particular runtime.
+///
+/// ```no_run
+/// use ringtree::{Blake3, Config, Tree};
+///
+/// # async fn demo() -> ringtree::Result<()> {
+/// let tree = Tree::<Blake3, 4, 32>::open(Config::new("/tmp/my-tree")).await?;
+/// let ins = tree.insert([1u8; 32]).await?;   // in memory, logged
+/// ins.durable.await?;                         // on disk
+/// let (index, root) = tree.insert_durable([2u8; 32]).await?;
+/// let proof = tree.snapshot().proof(index)?;
+/// proof.verify_at(&ringtree::Blake3, &root, index + 1)?;
+/// tree.close().await?;
+/// # Ok(()) }
+/// ```
+pub struct Tree<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
+    inner: Arc<Inner<H, N, MAX_DEPTH>>,
+}
+
+impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Clone for Tree<H, N, MAX_DEPTH> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// Runs blocking `f` on its own thread; the future resolves with its result.
+/// Keeps async callers' executor threads free whatever the runtime.
+fn off_thread<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> impl Future<Output = T> {
+    let (tx, rx) = futures::channel::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        });
+    async move {
+        spawned.expect("spawn a ringtree thread");
+        rx.await.expect("ringtree worker thread panicked")
+    }
+}
+
+impl<H: Hasher + Default, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
+    /// Opens (creating or recovering) the tree in `config.dir`, without
+    /// blocking the calling task: recovery runs on its own thread.
+    ///
+    /// Fails with [`Error::Locked`] if another handle or process has the
+    /// directory open, [`Error::Corruption`] naming the file and offset if
+    /// the log is damaged before its tail.
+    pub async fn open(config: Config) -> Result<Self> {
+        off_thread("ringtree-open", move || Self::open_blocking(config)).await
+    }
+
+    /// [`open`](Self::open), blocking the calling thread.
+    pub fn open_blocking(config: Config) -> Result<Self> {
+        Self::open_with(config, H::default())
+    }
+}
+
+impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
+    /// [`open_blocking`](Self::open_blocking) with a given hasher.
+    pub fn open_with(config: Config, hasher: H) -> Result<Self> {
+        let storage = match &config.storage {
+            Some(s) => s.clone(),
+            None => crate::io::open_storage(config.io)?,
+        };
+        let dir = config.dir.clone();
+        let io_err = |path: &Path, e: std::io::Error| Error::Io {
+            path: path.to_path_buf(),
+            source: e,
+        };
+        storage.create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        let lock_path = dir.join("LOCK");
+        let lock = match storage.lock(&lock_path) {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Err(Error::Locked(dir)),
+            Err(e) => return Err(io_err(&lock_path, e)),
+        };
+        let backend = storage.backend();
+        tracing::info!(dir = %dir.display(), backend = %backend, "opening tree");
+        let mut tree = LeanImt::<H, N, MAX_DEPTH>::new(hasher);
+        let mut replay = Replayer {
+            tree: &mut tree,
+            pending: Vec::new(),
+        };
+        let log = Log::open(
+            storage,
+            &dir.join("wal"),
+            &config.log_config(),
+            0,
+            &mut |_, rec| replay.record(rec),
+        )?;
+        replay.finish().map_err(|reason| Error::Corruption {
+            file: dir.join("wal"),
+            offset: 0,
+            reason: format!("replay: {reason}"),
+        })?;
+        tracing::info!(leaves = tree.size(), "tree recovered");
+        let wal = Arc::new(log);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tree: Mutex::new(tree),
+                log: Mutex::new(Some(wal.clone())),
+                wal,
+                lock: Mutex::new(Some(lock)),
+                backend,
+                closed: AtomicBool::new(false),
+                dir,
+            }),
+        })
+    }
+
+    fn tree(&self) -> MutexGuard<'_, LeanImt<H, N, MAX_DEPTH>> {
+        self.inner.tree.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// The leaves a single `insert_many` may carry.
+    pub fn max_batch(&self) -> u64 {
+        (self.inner.wal.max_payload() - RECORD_HEADER) / 32
+    }
+
+    /// The writer critical section: checks, reserves log space, updates the
+    /// tree. Returns `Ok(None)` when the log buffer is full.
+    fn try_insert(&self, leaves: &[Hash]) -> Result<Option<Inserted>> {
+        let payload = RECORD_HEADER + 32 * leaves.len() as u64;
+        let (reservation, index, root) = {
+            let mut t = self.tree();
+            self.check_open()?;
+            let size = t.size();
+            let cap = LeanImt::<H, N, MAX_DEPTH>::CAPACITY;
+            if size
+                .checked_add(leaves.len() as u64)
+                .is_none_or(|total| total > cap)
+            {
+                return Err(Error::Capacity {
+                    size,
+                    additional: leaves.len() as u64,
+                    capacity: cap,
+                });
+            }
+            let r = match self.inner.wal.try_reserve(payload) {
+                Ok(r) => r,
+                Err(ReserveError::Full) => return Ok(None),
+                Err(ReserveError::Fatal(e)) => return Err(e),
+            };
+            // Cannot fail: room was checked above. Should it, the
+            // reservation drops as filler and the tree is unchanged.
+            let root = if let [leaf] = leaves {
+                t.insert(*leaf)?
+            } else {
+                t.insert_many(leaves)?
+            };
+            (r, size, root)
+        };
+        let durable = reservation.write(&[&index.to_le_bytes(), leaves.as_flattened()]);
+        Ok(Some(Inserted {
+            index,
+            root,
+            durable,
+        }))
+    }
+
+    async fn insert_slice(&self, leaves: &[Hash]) -> Result<Inserted> {
+        if leaves.is_empty() {
+            return Err(Error::EmptyBatch);
+        }
+        if leaves.len() as u64 > self.max_batch() {
+            return Err(Error::Config(format!(
+                "insert_many of {} leaves exceeds one record's {} (buffer_capacity / 64); split the batch",
+                leaves.len(),
+                self.max_batch()
+            )));
+        }
+        let payload = RECORD_HEADER + 32 * leaves.len() as u64;
+        loop {
+            if let Some(ins) = self.try_insert(leaves)? {
+                return Ok(ins);
+            }
+            std::future::poll_fn(|cx| self.inner.wal.poll_space(payload, cx)).await;
+        }
+    }
+
+    /// Appends `leaf`: updates the tree in memory and logs it. Returns at
+    /// once (it waits only while the log buffer is full) with the leaf's
+    /// index, the new root and the future of its durability.
+    ///
+    /// Fails with [`Error::Poisoned`] once the log failed, [`Error::Closed`]
+    /// after `close`, [`Error::Capacity`] when the tree is full; the tree is
+    /// then unchanged.
+    pub async fn insert(&self, leaf: Hash) -> Result<Inserted> {
+        self.insert_slice(std::slice::from_ref(&leaf)).await
+    }
+
+    /// Appends `leaves` as one log record with one durability future;
+    /// `index` is the first leaf's. At most [`max_batch`](Self::max_batch)
+    /// leaves; a larger batch is rejected before anything changes.
+    pub async fn insert_many(&self, leaves: &[Hash]) -> Result<Inserted> {
+        self.insert_slice(leaves).await
+    }
+
+    /// Appends `leaf` and waits until it is durable.
+    pub async fn insert_durable(&self, leaf: Hash) -> Result<(u64, Hash)> {
+        let ins = self.insert(leaf).await?;
+        ins.durable.await?;
+        Ok((ins.index, ins.root))
+    }
+
+    /// Waits until every insert made so far is durable (whatever the flush
+    /// policy).
+    pub async fn flush(&self) -> Result<()> {
+        self.check_open()?;
+        self.inner.wal.flush().await
+    }
+
+    /// Syncs every insert made so far, stops the log and releases the
+    /// directory. Every pending durability future resolves. Later calls
+    /// fail with [`Error::Closed`]; clones of the tree are closed too.
+    pub async fn close(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        off_thread("ringtree-close", move || inner.close()).await
+    }
+
+    /// An immutable view of the tree now: O(depth), never blocks inserts for
+    /// longer than cloning `depth` pointers. Proofs come from snapshots.
+    pub fn snapshot(&self) -> Snapshot {
+        self.tree().snapshot()
+    }
+
+    /// The current root (`None` for an empty tree).
+    pub fn root(&self) -> Option<Hash> {
+        self.tree().root()
+    }
+
+    /// The number of leaves.
+    pub fn size(&self) -> u64 {
+        self.tree().size()
+    }
+
+    /// The I/O backend in use.
+    pub fn backend(&self) -> IoBackend {
+        self.inner.backend
+    }
+
+    /// The tree's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Bytes written to the log so far (its end position since creation).
+    pub fn wal_position(&self) -> u64 {
+        self.inner.wal.end()
+    }
+
+    /// Group commits (write + fdatasync) completed since open.
+    pub fn syncs(&self) -> u64 {
+        self.inner.wal.syncs()
+    }
+}
+
+impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
+    fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let r = match log {
+            Some(l) => l.close(),
+            None => Ok(()),
+        };
+        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        r
+    }
+}
+
+impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Drop for Inner<H, N, MAX_DEPTH> {
+    /// The last handle is gone without `close`: flush what can be flushed
+    /// and release the directory on a thread of its own, so dropping a tree
+    /// never blocks an async runtime's thread.
+    fn drop(&mut self) {
+        let log = self.log.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        let lock = self
+            .lock
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if log.is_none() && lock.is_none() {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("ringtree-drop".into())
+            .spawn(move || {
+                if let Some(l) = log
+                    && let Err(e) = l.close()
+                {
+                    tracing::warn!(error = %e, "flush on drop failed");
+                }
+                drop(lock);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not spawn the close thread; the log is closed without a final flush");
+        }
+    }
+}
+
+/// Replays log records into the tree, batching consecutive records so a log
+/// of single inserts replays at batch speed.
+struct Replayer<'a, H: Hasher, const N: usize, const MAX_DEPTH: usize> {
+    tree: &'a mut LeanImt<H, N, MAX_DEPTH>,
+    pending: Vec<Hash>,
+}
+
+impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Replayer<'_, H, N, MAX_DEPTH> {
+    const BATCH: usize = 1 << 16;
+
+    fn record(&mut self, rec: &[u8]) -> std::result::Result<(), String> {
+        if rec.len() < RECORD_HEADER as usize + 32 || (rec.len() - RECORD_HEADER as usize) % 32 != 0
+        {
+            return Err(format!(
+                "tree record of {} bytes: expected 8 + 32 * k (k >= 1)",
+                rec.len()
+            ));
+        }
+        let first = u64::from_le_bytes(rec[..8].try_into().expect("8 bytes"));
+        let expect = self.tree.size() + self.pending.len() as u64;
+        if first != expect {
+            return Err(format!(
+                "record starts at leaf {first}, the tree has {expect} leaves"
+            ));
+        }
+        self.pending.extend_from_slice(rec[8..].as_chunks::<32>().0);
+        if self.pending.len() >= Self::BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::result::Result<(), String> {
+        if !self.pending.is_empty() {
+            self.tree
+                .insert_many(&self.pending)
+                .map_err(|e| e.to_string())?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> std::result::Result<(), String> {
+        self.flush()
+    }
+}
+
+impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> std::fmt::Debug for Tree<H, N, MAX_DEPTH> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tree")
+            .field("dir", &self.inner.dir)
+            .field("backend", &self.inner.backend)
+            .field("size", &self.size())
+            .finish()
+    }
+}

@@ -1,0 +1,431 @@
+//! The persistent `Tree`: inserts, reopen, the directory lock, crash
+//! schedules against the durable-prefix bound, I/O failures, and embedding
+//! under different executors.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Rng, leaf, leaves};
+use ringtree::io::{SimStorage, Storage};
+use ringtree::{Blake3, Config, Error, FlushPolicy, Hash, IoBackend, LeanImt, Tree};
+
+type T4 = Tree<Blake3, 4, 32>;
+
+fn sim_config(sim: &SimStorage, dir: &str) -> Config {
+    Config::new(dir)
+        .storage(Arc::new(sim.clone()))
+        .segment_size(64 << 10)
+        .buffer_capacity(16 << 10)
+}
+
+fn model_root(leaves: &[Hash]) -> Option<Hash> {
+    let mut t = LeanImt::<Blake3, 4, 32>::new(Blake3);
+    if !leaves.is_empty() {
+        t.insert_many(leaves).unwrap();
+    }
+    t.root()
+}
+
+#[test]
+fn insert_reopen_and_prove_on_each_backend() {
+    for io in [IoBackend::Threaded, IoBackend::Uring] {
+        if io == IoBackend::Uring && ringtree::io::UringStorage::new().is_err() {
+            continue;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = Config::new(tmp.path().join("t")).io(io);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let all = leaves(0..5000);
+        let root = rt.block_on(async {
+            let tree = T4::open(cfg.clone()).await.unwrap();
+            assert_eq!(tree.backend(), io);
+            let mut model = LeanImt::<Blake3, 4, 32>::new(Blake3);
+            for (i, l) in all[..1000].iter().enumerate() {
+                let ins = tree.insert(*l).await.unwrap();
+                assert_eq!(ins.index, i as u64);
+                assert_eq!(ins.root, model.insert(*l).unwrap());
+            }
+            let ins = tree.insert_many(&all[1000..4000]).await.unwrap();
+            assert_eq!(ins.index, 1000);
+            assert_eq!(ins.root, model.insert_many(&all[1000..4000]).unwrap());
+            ins.durable.await.unwrap();
+            for l in &all[4000..] {
+                let (_, root) = tree.insert_durable(*l).await.unwrap();
+                assert_eq!(root, model.insert(*l).unwrap());
+            }
+            tree.flush().await.unwrap();
+            tree.close().await.unwrap();
+            assert!(matches!(tree.insert([0; 32]).await, Err(Error::Closed)));
+            model.root().unwrap()
+        });
+        let tree = T4::open_blocking(cfg).unwrap();
+        assert_eq!(tree.size(), 5000);
+        assert_eq!(tree.root(), Some(root));
+        let snap = tree.snapshot();
+        for i in [0u64, 1, 999, 1000, 3999, 4999] {
+            let p = snap.proof(i).unwrap();
+            assert_eq!(p.leaf(), all[i as usize]);
+            p.verify_at(&Blake3, &root, 5000).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_directory_is_locked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = Config::new(tmp.path()).io(IoBackend::Threaded);
+    let a = T4::open_blocking(cfg.clone()).unwrap();
+    assert!(matches!(
+        T4::open_blocking(cfg.clone()),
+        Err(Error::Locked(_))
+    ));
+    futures::executor::block_on(a.close()).unwrap();
+    let b = T4::open_blocking(cfg.clone()).unwrap();
+    // Dropping the last handle releases the lock (on a background thread).
+    drop(b);
+    let mut reopened = None;
+    for _ in 0..200 {
+        match T4::open_blocking(cfg.clone()) {
+            Ok(t) => {
+                reopened = Some(t);
+                break;
+            }
+            Err(Error::Locked(_)) => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(reopened.is_some(), "lock released after drop");
+}
+
+#[test]
+fn bad_batches_change_nothing() {
+    let sim = SimStorage::new(1);
+    let tree = T4::open_blocking(sim_config(&sim, "/b")).unwrap();
+    futures::executor::block_on(async {
+        tree.insert_many(&leaves(0..10)).await.unwrap();
+        let root = tree.root();
+        assert!(matches!(
+            tree.insert_many(&[]).await,
+            Err(Error::EmptyBatch)
+        ));
+        let too_many = leaves(0..tree.max_batch() + 1);
+        assert!(matches!(
+            tree.insert_many(&too_many).await,
+            Err(Error::Config(_))
+        ));
+        assert_eq!(tree.root(), root);
+        assert_eq!(tree.size(), 10);
+        let max = leaves(10..10 + tree.max_batch());
+        tree.insert_many(&max).await.unwrap().durable.await.unwrap();
+        assert_eq!(tree.size(), 10 + tree.max_batch());
+    });
+}
+
+#[test]
+fn a_full_tree_rejects_without_change_or_log() {
+    let sim = SimStorage::new(2);
+    let tree = Tree::<Blake3, 2, 3>::open_blocking(sim_config(&sim, "/full")).unwrap();
+    futures::executor::block_on(async {
+        tree.insert_many(&leaves(0..7)).await.unwrap();
+        let end = tree.wal_position();
+        assert!(matches!(
+            tree.insert_many(&leaves(7..9)).await,
+            Err(Error::Capacity { .. })
+        ));
+        tree.insert(leaf(7)).await.unwrap();
+        assert!(matches!(
+            tree.insert(leaf(8)).await,
+            Err(Error::Capacity { .. })
+        ));
+        assert_eq!(
+            tree.wal_position(),
+            end + 48,
+            "only the accepted insert was logged"
+        );
+        tree.close().await.unwrap();
+    });
+    let tree = Tree::<Blake3, 2, 3>::open_blocking(sim_config(&sim, "/full")).unwrap();
+    assert_eq!(tree.size(), 8);
+}
+
+#[test]
+fn a_single_insert_costs_48_wal_bytes() {
+    let sim = SimStorage::new(3);
+    let cfg = sim_config(&sim, "/bytes")
+        .flush(FlushPolicy::Manual)
+        .buffer_capacity(256 << 10);
+    let tree = T4::open_blocking(cfg).unwrap();
+    futures::executor::block_on(async {
+        let start = tree.wal_position();
+        for i in 0..1000 {
+            tree.insert(leaf(i)).await.unwrap();
+        }
+        // Manual flushing: no commit frames in between.
+        assert_eq!(tree.wal_position() - start, 1000 * 48);
+    });
+}
+
+/// Durable-prefix bound after a crash: the recovered tree is the tree of the
+/// first `size` inserted leaves (same root), and `size` covers every leaf
+/// whose durability future resolved Ok.
+fn run_tree_schedule(seed: u64) {
+    let mut rng = Rng(seed);
+    let sim = SimStorage::new(seed);
+    let flush = match rng.below(3) {
+        0 => FlushPolicy::GroupCommit,
+        1 => FlushPolicy::Manual,
+        _ => FlushPolicy::Interval(Duration::from_micros(300)),
+    };
+    let mut model: Vec<Hash> = Vec::new(); // leaves in index order
+    let mut acked = 0u64; // leaves known durable
+    let mut next_leaf = 0u64;
+    let mut storage = sim.clone();
+    for round in 0..3 {
+        let ctx = format!("seed {seed} round {round} {flush:?}");
+        let cfg = sim_config(&storage, "/crash").flush(flush);
+        let tree = T4::open_blocking(cfg).unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+        let size = tree.size();
+        assert!(
+            size >= acked,
+            "{ctx}: acknowledged leaves lost: {size} < {acked}"
+        );
+        assert!(
+            size <= model.len() as u64,
+            "{ctx}: more leaves than inserted"
+        );
+        model.truncate(size as usize);
+        assert_eq!(
+            tree.root(),
+            model_root(&model),
+            "{ctx}: recovered tree is the prefix's tree"
+        );
+        acked = size;
+        let ops = 1 + rng.below(25);
+        futures::executor::block_on(async {
+            for _ in 0..ops {
+                match rng.below(10) {
+                    0..=4 => {
+                        let l = leaf(1_000_000 * seed + next_leaf);
+                        next_leaf += 1;
+                        let ins = tree.insert(l).await.unwrap();
+                        assert_eq!(ins.index, model.len() as u64, "{ctx}: index order");
+                        model.push(l);
+                        if rng.below(3) == 0 {
+                            if flush != FlushPolicy::GroupCommit {
+                                tree.flush().await.unwrap();
+                            }
+                            ins.durable.await.unwrap();
+                            acked = acked.max(ins.index + 1);
+                        }
+                    }
+                    5..=6 => {
+                        let k = 1 + rng.below(60);
+                        let batch =
+                            leaves(1_000_000 * seed + next_leaf..1_000_000 * seed + next_leaf + k);
+                        next_leaf += k;
+                        let ins = tree.insert_many(&batch).await.unwrap();
+                        model.extend_from_slice(&batch);
+                        if rng.below(2) == 0 {
+                            if flush != FlushPolicy::GroupCommit {
+                                tree.flush().await.unwrap();
+                            }
+                            ins.durable.await.unwrap();
+                            acked = acked.max(model.len() as u64);
+                        }
+                    }
+                    7 => {
+                        tree.flush().await.unwrap();
+                        acked = model.len() as u64;
+                    }
+                    _ => std::thread::sleep(Duration::from_micros(rng.below(200))),
+                }
+            }
+        });
+        match rng.below(3) {
+            0 => sim.crash(),
+            1 => sim.crash_drop_all(),
+            _ => sim.crash_keep_all(),
+        }
+        drop(tree);
+        storage = sim.restart();
+    }
+}
+
+/// A thousand seeded schedules by default; `RINGTREE_TREE_SCHEDULES=1000000`
+/// for the long campaign (`RINGTREE_TREE_SEED` picks the first seed).
+#[test]
+fn simulated_crash_schedules() {
+    let n: u64 = std::env::var("RINGTREE_TREE_SCHEDULES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
+    let first: u64 = std::env::var("RINGTREE_TREE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    for seed in first..first + n {
+        run_tree_schedule(seed);
+    }
+}
+
+#[test]
+fn io_failures_poison_the_tree() {
+    for fault in ["write", "sync", "enospc"] {
+        let sim = SimStorage::new(9);
+        let cfg = sim_config(&sim, "/p").flush(FlushPolicy::Manual);
+        let tree = T4::open_blocking(cfg).unwrap();
+        let all = leaves(0..40);
+        futures::executor::block_on(async {
+            for l in &all[..20] {
+                tree.insert(*l).await.unwrap();
+            }
+            tree.flush().await.unwrap();
+            let pending: Vec<_> = {
+                let mut v = Vec::new();
+                for l in &all[20..30] {
+                    v.push(tree.insert(*l).await.unwrap().durable);
+                }
+                v
+            };
+            match fault {
+                "write" => sim.fail_writes_after(0),
+                "sync" => sim.fail_syncs_after(0),
+                _ => sim.enospc_after_bytes(0),
+            }
+            assert!(tree.flush().await.is_err(), "{fault}");
+            for d in pending {
+                assert!(
+                    matches!(d.await, Err(Error::Poisoned { .. })),
+                    "{fault}: waiting futures fail"
+                );
+            }
+            let size = tree.size();
+            assert!(
+                matches!(tree.insert(all[30]).await, Err(Error::Poisoned { .. })),
+                "{fault}"
+            );
+            assert_eq!(
+                tree.size(),
+                size,
+                "{fault}: a refused insert changes nothing"
+            );
+        });
+        sim.clear_faults();
+        sim.crash();
+        drop(tree);
+        let tree = T4::open_blocking(sim_config(&sim.restart(), "/p")).unwrap();
+        let n = tree.size() as usize;
+        assert!((20..=30).contains(&n), "{fault}: recovered {n}");
+        if fault == "sync" {
+            assert_eq!(n, 20, "a failed sync makes nothing it covered durable");
+        }
+        assert_eq!(tree.root(), model_root(&all[..n]));
+    }
+}
+
+/// The same scenario on tokio multi-thread, tokio current-thread,
+/// `futures::executor::block_on`, and plain threads using `wait()`.
+#[test]
+fn embeds_in_any_executor() {
+    async fn scenario(tree: T4, base: u64) -> Hash {
+        let mut last = None;
+        for i in 0..50 {
+            let ins = tree.insert(leaf(base + i)).await.unwrap();
+            last = Some(ins.durable);
+        }
+        last.unwrap().await.unwrap();
+        let (_, root) = tree.insert_durable(leaf(base + 50)).await.unwrap();
+        tree.flush().await.unwrap();
+        root
+    }
+    fn check(tree: &T4, base: u64, root: Hash) {
+        assert_eq!(tree.size(), 51);
+        assert_eq!(tree.root(), Some(root));
+        assert_eq!(model_root(&leaves(base..base + 51)), Some(root));
+    }
+    let open = |name: &str| {
+        let sim = SimStorage::new(77);
+        T4::open_blocking(sim_config(&sim, name)).unwrap()
+    };
+    let t = open("/multi");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let root = rt.block_on(async { tokio::spawn(scenario(t.clone(), 0)).await.unwrap() });
+    check(&t, 0, root);
+
+    let t = open("/current");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let root = rt.block_on(scenario(t.clone(), 100));
+    check(&t, 100, root);
+
+    let t = open("/futures");
+    let root = futures::executor::block_on(scenario(t.clone(), 200));
+    check(&t, 200, root);
+
+    let t = open("/threads");
+    let hs: Vec<_> = (0..4)
+        .map(|k| {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let ins =
+                        futures::executor::block_on(t.insert(leaf(300 + k * 25 + i))).unwrap();
+                    ins.durable.wait().unwrap();
+                    assert!(ins.durable.is_durable());
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    assert_eq!(t.size(), 100);
+}
+
+/// Compile-time: the futures and handles are `Send + 'static`, so they can
+/// be spawned on any runtime.
+#[allow(dead_code)]
+fn futures_are_send(tree: T4) {
+    fn send_static<T: Send + 'static>(_: T) {}
+    fn sync<T: Send + Sync + 'static>(_: &T) {}
+    sync(&tree);
+    let t = tree.clone();
+    send_static(async move { t.insert([0; 32]).await });
+    let t = tree.clone();
+    send_static(async move { t.insert_many(&[[0; 32]]).await });
+    let t = tree.clone();
+    send_static(async move { t.insert_durable([0; 32]).await });
+    let t = tree.clone();
+    send_static(async move { t.flush().await });
+    let t = tree.clone();
+    send_static(async move { t.close().await });
+    send_static(T4::open(Config::new("x")));
+}
+
+#[test]
+fn storage_trait_objects_are_usable_directly() {
+    // A storage the caller made: the tree writes through it and nothing else.
+    let sim = SimStorage::new(4);
+    let tree = T4::open_blocking(sim_config(&sim, "/own")).unwrap();
+    futures::executor::block_on(tree.insert_durable(leaf(1))).unwrap();
+    assert!(
+        sim.list(Path::new("/own/wal"))
+            .unwrap()
+            .iter()
+            .any(|n| n.ends_with(".wal"))
+    );
+    assert!(sim.syncs() > 0);
+}
