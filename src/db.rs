@@ -112,12 +112,12 @@ impl Config {
     }
 
     fn log_config(&self) -> LogConfig {
-        let mut c = LogConfig::default();
-        c.flush = self.flush;
-        c.buffer_capacity = self.buffer_capacity;
-        c.segment_size = self.segment_size;
-        c.spin = self.spin;
-        c
+        LogConfig {
+            flush: self.flush,
+            buffer_capacity: self.buffer_capacity,
+            segment_size: self.segment_size,
+            spin: self.spin,
+        }
     }
 }
 
@@ -475,7 +475,8 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Replayer<'_, H, N, MAX_D
     const BATCH: usize = 1 << 16;
 
     fn record(&mut self, rec: &[u8]) -> std::result::Result<(), String> {
-        if rec.len() < RECORD_HEADER as usize + 32 || (rec.len() - RECORD_HEADER as usize) % 32 != 0
+        if rec.len() < RECORD_HEADER as usize + 32
+            || !(rec.len() - RECORD_HEADER as usize).is_multiple_of(32)
         {
             return Err(format!(
                 "tree record of {} bytes: expected 8 + 32 * k (k >= 1)",
