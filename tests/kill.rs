@@ -1,0 +1,159 @@
+//! Process-kill test: a child process inserts from many tasks and prints
+//! each acknowledged (durable) insert; the parent kills it with SIGKILL at a
+//! random moment, reopens the tree and checks the durable-prefix bound.
+//!
+//! `RINGTREE_KILL_ROUNDS` sets the rounds (default 24; thousands for the
+//! long campaign), `RINGTREE_KILL_IO=uring|threaded` the backend.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::Rng;
+use ringtree::{Blake3, Config, Hash, IoBackend, LeanImt, Tree};
+
+type T4 = Tree<Blake3, 4, 32>;
+
+/// A self-describing leaf: round, task, sequence and a check value.
+fn leaf(round: u32, task: u32, seq: u32) -> Hash {
+    let mut l = [0u8; 32];
+    l[..4].copy_from_slice(&round.to_le_bytes());
+    l[4..8].copy_from_slice(&task.to_le_bytes());
+    l[8..12].copy_from_slice(&seq.to_le_bytes());
+    let h = blake3::hash(&l[..12]);
+    l[12..].copy_from_slice(&h.as_bytes()[..20]);
+    l
+}
+
+fn decode(l: &Hash) -> Option<(u32, u32, u32)> {
+    let r = u32::from_le_bytes(l[..4].try_into().unwrap());
+    let t = u32::from_le_bytes(l[4..8].try_into().unwrap());
+    let s = u32::from_le_bytes(l[8..12].try_into().unwrap());
+    (leaf(r, t, s) == *l).then_some((r, t, s))
+}
+
+fn backend() -> IoBackend {
+    match std::env::var("RINGTREE_KILL_IO").as_deref() {
+        Ok("uring") => IoBackend::Uring,
+        _ => IoBackend::Threaded,
+    }
+}
+
+fn config(dir: &str) -> Config {
+    Config::new(dir).io(backend()).segment_size(1 << 20).buffer_capacity(1 << 20)
+}
+
+/// The child: inserts until killed, printing `index task seq` per durable insert.
+#[test]
+#[ignore = "run by kill_child_and_recover in a child process"]
+fn kill_child() {
+    let dir = std::env::var("RINGTREE_KILL_DIR").expect("child needs RINGTREE_KILL_DIR");
+    let round: u32 = std::env::var("RINGTREE_KILL_ROUND").unwrap().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let tree = T4::open(config(&dir)).await.unwrap();
+        let tasks: Vec<_> = (0..16u32)
+            .map(|task| {
+                let tree = tree.clone();
+                tokio::spawn(async move {
+                    for seq in 0.. {
+                        let ins = if seq % 7 == 3 {
+                            let batch: Vec<Hash> = (0..5).map(|k| leaf(round, task, seq * 8 + k)).collect();
+                            tree.insert_many(&batch).await.unwrap()
+                        } else {
+                            tree.insert(leaf(round, task, seq * 8)).await.unwrap()
+                        };
+                        ins.durable.await.unwrap();
+                        println!("{} {task} {seq}", ins.index);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}
+
+#[test]
+fn kill_child_and_recover() {
+    let rounds: u32 = std::env::var("RINGTREE_KILL_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(24);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tree");
+    let dir_s = dir.to_str().unwrap().to_owned();
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = Rng(0x5eed);
+    let mut last_size = 0u64;
+    for round in 0..rounds {
+        let mut child = Command::new(&exe)
+            .args(["--exact", "kill_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .env("RINGTREE_KILL_DIR", &dir_s)
+            .env("RINGTREE_KILL_ROUND", round.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel::<(u64, u32, u32)>();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if let [i, t, s] = f[..]
+                    && let (Ok(i), Ok(t), Ok(s)) = (i.parse(), t.parse(), s.parse())
+                {
+                    let _ = tx.send((i, t, s));
+                }
+            }
+        });
+        // Let it start and acknowledge something, then kill at a random moment.
+        let first = rx.recv_timeout(Duration::from_secs(30));
+        assert!(first.is_ok(), "round {round}: the child acknowledged nothing");
+        let until = Instant::now() + Duration::from_micros(rng.below(60_000));
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reader.join().unwrap();
+        let mut acked: Vec<(u64, u32, u32)> = first.into_iter().collect();
+        acked.extend(rx.try_iter());
+
+        let tree = T4::open_blocking(config(&dir_s)).unwrap();
+        let snap = tree.snapshot();
+        let size = snap.size();
+        assert!(size >= last_size, "round {round}: the tree shrank");
+        // Every acknowledged insert is there, with its leaf.
+        for &(i, t, s) in &acked {
+            assert!(i < size, "round {round}: acknowledged leaf {i} lost (size {size})");
+            // The index is the op's first leaf (a batch's too).
+            assert_eq!(snap.leaf(i).unwrap(), leaf(round, t, s * 8), "round {round}: leaf {i}");
+        }
+        // The tree is exactly a prefix of the inserts: every leaf is a valid
+        // insert, each task's leaves in its order with no gap, and the root
+        // is the root of those leaves.
+        let mut all = Vec::with_capacity(size as usize);
+        let mut next: std::collections::HashMap<(u32, u32), u32> = Default::default();
+        for i in 0..size {
+            let l = snap.leaf(i).unwrap();
+            let (r, t, s) = decode(&l).unwrap_or_else(|| panic!("round {round}: leaf {i} is not an insert"));
+            let n = next.entry((r, t)).or_insert(0);
+            if s % 8 == 0 {
+                assert_eq!(s / 8, *n, "round {round}: task {t} of round {r} skipped an insert at leaf {i}");
+                *n += 1;
+            }
+            all.push(l);
+        }
+        let mut model = LeanImt::<Blake3, 4, 32>::new(Blake3);
+        if !all.is_empty() {
+            model.insert_many(&all).unwrap();
+        }
+        assert_eq!(tree.root(), model.root(), "round {round}: root of the recovered leaves");
+        last_size = size;
+        futures::executor::block_on(tree.close()).unwrap();
+    }
+    assert!(last_size > 0);
+}
