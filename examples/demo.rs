@@ -1,86 +1,122 @@
-//! The main job: builds a tree of a million leaves, proves and verifies.
+//! The main job: a persistent tree in a default directory, many concurrent
+//! tasks inserting and awaiting durability, latency percentiles, then close,
+//! reopen, check the root and verify proofs.
 //!
-//! `cargo run --release --example demo [-- LEAVES]`
-use std::time::Instant;
+//! `cargo run --release --example demo [-- DIR [TASKS [SECONDS]]]`
+//! (default `target/ringtree-demo`, 1000 tasks, 3 s). Run it twice: the
+//! second run recovers the first run's tree and goes on from there.
 
-use ringtree::{Blake3, Hash, LeanImt};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-fn main() -> Result<(), ringtree::Error> {
-    let n: u64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1_000_000);
-    let leaves: Vec<Hash> = (0..n)
-        .map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes())
-        .collect();
+use hdrhistogram::Histogram;
+use ringtree::{Blake3, Config, Hash, Tree};
 
-    let mut tree = LeanImt::<Blake3, 4, 32>::new(Blake3);
-    let t = Instant::now();
-    for chunk in leaves.chunks(10_000) {
-        tree.insert_many(chunk)?;
-    }
-    let took = t.elapsed();
-    let root = tree.root().expect("non-empty");
-    println!(
-        "built a 4-ary tree of {n} leaves with insert_many (10k per batch) in {took:.2?} ({:.1}M leaves/s); depth {}",
-        n as f64 / took.as_secs_f64() / 1e6,
-        tree.depth()
-    );
-    println!("root {}", hex(&root));
+type T = Tree<Blake3, 4, 32>;
 
-    let mut single = LeanImt::<Blake3, 4, 32>::new(Blake3);
-    let t = Instant::now();
-    for l in &leaves {
-        single.insert(*l)?;
-    }
-    let took = t.elapsed();
-    assert_eq!(
-        single.root(),
-        Some(root),
-        "single inserts and batches agree"
-    );
-    println!(
-        "same tree by {n} single inserts in {took:.2?} ({:.0}k inserts/s), same root",
-        n as f64 / took.as_secs_f64() / 1e3
-    );
-
-    let snap = tree.snapshot();
-    let t = Instant::now();
-    let samples = 10_000u64;
-    for k in 0..samples {
-        let i = k.wrapping_mul(0x9E37_79B9_7F4A_7C15) % n;
-        let proof = snap.proof(i)?;
-        assert_eq!(proof.leaf(), leaves[i as usize]);
-        proof.verify_at(&Blake3, &root, n)?;
-    }
-    println!(
-        "generated and verified {samples} inclusion proofs in {:.2?}",
-        t.elapsed()
-    );
-
-    let old = n / 3;
-    let old_root = {
-        let mut t = LeanImt::<Blake3, 4, 32>::new(Blake3);
-        t.insert_many(&leaves[..old as usize])?
-    };
-    let c = snap.consistency_proof(old)?;
-    c.verify_at(&Blake3, &old_root, old, &root, n)?;
-    println!(
-        "consistency proof {old} -> {n} leaves verified ({} bytes)",
-        c.to_bytes().len()
-    );
-
-    let mut forged = snap.proof(0)?.to_bytes();
-    let last = forged.len() - 1;
-    forged[last] ^= 1;
-    let rejected = ringtree::Proof::from_bytes(&forged)
-        .and_then(|p| p.verify_at(&Blake3, &root, n))
-        .is_err();
-    println!("a proof with one flipped bit is rejected: {rejected}");
-    assert!(rejected);
-    Ok(())
+fn leaf(task: u64, n: u64) -> Hash {
+    *blake3::hash(&[task.to_le_bytes(), n.to_le_bytes()].concat()).as_bytes()
 }
 
-fn hex(h: &Hash) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let dir = args.next().unwrap_or_else(|| "target/ringtree-demo".into());
+    let tasks: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let secs: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
+
+    let t0 = Instant::now();
+    let tree = T::open(Config::new(&dir)).await?;
+    let start_size = tree.size();
+    println!(
+        "opened {dir} in {:.1?}: {start_size} leaves recovered, I/O backend {}",
+        t0.elapsed(),
+        tree.backend()
+    );
+
+    // Many tasks insert and await durability, each recording its latency.
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let syncs0 = tree.syncs();
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|task| {
+            let tree = tree.clone();
+            tokio::spawn(async move {
+                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+                let mut acked = Vec::new();
+                let mut n = 0;
+                while Instant::now() < deadline {
+                    let l = leaf(task + (start_size << 20), n);
+                    let s = Instant::now();
+                    let ins = tree.insert(l).await?;
+                    ins.durable.await?;
+                    h.record(s.elapsed().as_nanos() as u64).unwrap();
+                    if n % 64 == 0 {
+                        acked.push((ins.index, l));
+                    }
+                    n += 1;
+                }
+                Ok::<_, ringtree::Error>((h, acked))
+            })
+        })
+        .collect();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    let mut samples = Vec::new();
+    for h in handles {
+        let (h, acked) = h.await??;
+        hist.add(h).unwrap();
+        samples.extend(acked);
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let syncs = tree.syncs() - syncs0;
+    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1e3;
+    println!(
+        "{tasks} tasks, {secs} s: {} durable inserts, {:.0}/s; {syncs} fsyncs ({:.1} inserts each)",
+        hist.len(),
+        hist.len() as f64 / elapsed,
+        hist.len() as f64 / syncs.max(1) as f64
+    );
+    println!(
+        "insert+durable latency: p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs",
+        us(0.5),
+        us(0.99),
+        us(0.999),
+        hist.max() as f64 / 1e3
+    );
+
+    let root = tree.root().expect("non-empty");
+    let size = tree.size();
+    tree.close().await?;
+    drop(tree);
+
+    let t0 = Instant::now();
+    let tree = Arc::new(T::open(Config::new(&dir)).await?);
+    println!("reopened in {:.1?}: {} leaves", t0.elapsed(), tree.size());
+    assert_eq!(tree.size(), size, "every insert survives close and reopen");
+    assert_eq!(tree.root(), Some(root), "same root after reopening");
+    let snap = tree.snapshot();
+    let t0 = Instant::now();
+    for (index, l) in &samples {
+        let proof = snap.proof(*index)?;
+        assert_eq!(proof.leaf(), *l);
+        proof.verify_at(&Blake3, &root, size)?;
+    }
+    println!(
+        "root {} checked; {} inclusion proofs of acknowledged inserts verified in {:.1?}",
+        root.iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+        samples.len(),
+        t0.elapsed()
+    );
+    if start_size > 0 {
+        let old = snap.consistency_proof(start_size)?;
+        println!(
+            "consistency proof from this run's start ({start_size} leaves) to now: {} bytes",
+            old.to_bytes().len()
+        );
+    }
+    tree.close().await?;
+    Ok(())
 }

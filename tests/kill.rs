@@ -43,7 +43,10 @@ fn backend() -> IoBackend {
 }
 
 fn config(dir: &str) -> Config {
-    Config::new(dir).io(backend()).segment_size(1 << 20).buffer_capacity(1 << 20)
+    Config::new(dir)
+        .io(backend())
+        .segment_size(1 << 20)
+        .buffer_capacity(1 << 20)
 }
 
 /// The child: inserts until killed, printing `index task seq` per durable insert.
@@ -51,8 +54,15 @@ fn config(dir: &str) -> Config {
 #[ignore = "run by kill_child_and_recover in a child process"]
 fn kill_child() {
     let dir = std::env::var("RINGTREE_KILL_DIR").expect("child needs RINGTREE_KILL_DIR");
-    let round: u32 = std::env::var("RINGTREE_KILL_ROUND").unwrap().parse().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let round: u32 = std::env::var("RINGTREE_KILL_ROUND")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let tree = T4::open(config(&dir)).await.unwrap();
         let tasks: Vec<_> = (0..16u32)
@@ -61,7 +71,8 @@ fn kill_child() {
                 tokio::spawn(async move {
                     for seq in 0.. {
                         let ins = if seq % 7 == 3 {
-                            let batch: Vec<Hash> = (0..5).map(|k| leaf(round, task, seq * 8 + k)).collect();
+                            let batch: Vec<Hash> =
+                                (0..5).map(|k| leaf(round, task, seq * 8 + k)).collect();
                             tree.insert_many(&batch).await.unwrap()
                         } else {
                             tree.insert(leaf(round, task, seq * 8)).await.unwrap()
@@ -80,7 +91,10 @@ fn kill_child() {
 
 #[test]
 fn kill_child_and_recover() {
-    let rounds: u32 = std::env::var("RINGTREE_KILL_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(24);
+    let rounds: u32 = std::env::var("RINGTREE_KILL_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(24);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("tree");
     let dir_s = dir.to_str().unwrap().to_owned();
@@ -89,7 +103,13 @@ fn kill_child_and_recover() {
     let mut last_size = 0u64;
     for round in 0..rounds {
         let mut child = Command::new(&exe)
-            .args(["--exact", "kill_child", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "kill_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("RINGTREE_KILL_DIR", &dir_s)
             .env("RINGTREE_KILL_ROUND", round.to_string())
             .stdout(Stdio::piped())
@@ -111,7 +131,10 @@ fn kill_child_and_recover() {
         });
         // Let it start and acknowledge something, then kill at a random moment.
         let first = rx.recv_timeout(Duration::from_secs(30));
-        assert!(first.is_ok(), "round {round}: the child acknowledged nothing");
+        assert!(
+            first.is_ok(),
+            "round {round}: the child acknowledged nothing"
+        );
         let until = Instant::now() + Duration::from_micros(rng.below(60_000));
         while Instant::now() < until {
             std::hint::spin_loop();
@@ -128,9 +151,16 @@ fn kill_child_and_recover() {
         assert!(size >= last_size, "round {round}: the tree shrank");
         // Every acknowledged insert is there, with its leaf.
         for &(i, t, s) in &acked {
-            assert!(i < size, "round {round}: acknowledged leaf {i} lost (size {size})");
+            assert!(
+                i < size,
+                "round {round}: acknowledged leaf {i} lost (size {size})"
+            );
             // The index is the op's first leaf (a batch's too).
-            assert_eq!(snap.leaf(i).unwrap(), leaf(round, t, s * 8), "round {round}: leaf {i}");
+            assert_eq!(
+                snap.leaf(i).unwrap(),
+                leaf(round, t, s * 8),
+                "round {round}: leaf {i}"
+            );
         }
         // The tree is exactly a prefix of the inserts: every leaf is a valid
         // insert, each task's leaves in its order with no gap, and the root
@@ -139,10 +169,15 @@ fn kill_child_and_recover() {
         let mut next: std::collections::HashMap<(u32, u32), u32> = Default::default();
         for i in 0..size {
             let l = snap.leaf(i).unwrap();
-            let (r, t, s) = decode(&l).unwrap_or_else(|| panic!("round {round}: leaf {i} is not an insert"));
+            let (r, t, s) =
+                decode(&l).unwrap_or_else(|| panic!("round {round}: leaf {i} is not an insert"));
             let n = next.entry((r, t)).or_insert(0);
             if s % 8 == 0 {
-                assert_eq!(s / 8, *n, "round {round}: task {t} of round {r} skipped an insert at leaf {i}");
+                assert_eq!(
+                    s / 8,
+                    *n,
+                    "round {round}: task {t} of round {r} skipped an insert at leaf {i}"
+                );
                 *n += 1;
             }
             all.push(l);
@@ -151,7 +186,11 @@ fn kill_child_and_recover() {
         if !all.is_empty() {
             model.insert_many(&all).unwrap();
         }
-        assert_eq!(tree.root(), model.root(), "round {round}: root of the recovered leaves");
+        assert_eq!(
+            tree.root(),
+            model.root(),
+            "round {round}: root of the recovered leaves"
+        );
         last_size = size;
         futures::executor::block_on(tree.close()).unwrap();
     }

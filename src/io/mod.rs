@@ -71,13 +71,22 @@ pub trait StorageFile: Send + Sync {
     /// nor unwritten extents: later writes and fdatasyncs then have no
     /// metadata to change) and syncs it. Never shrinks.
     fn allocate_zeroed(&self, len: u64) -> io::Result<()> {
+        // Written and synced a few MiB at a time: one large flush would fill
+        // the device queue and stall the log's fdatasyncs behind it.
         const STEP: usize = 1 << 20;
+        const SYNC_EVERY: u64 = 4 << 20;
         let zeros = vec![0u8; STEP];
         let mut at = self.len()?;
+        let mut unsynced = 0;
         while at < len {
             let n = (len - at).min(STEP as u64) as usize;
             self.write_at(at, &[&zeros[..n]])?;
             at += n as u64;
+            unsynced += n as u64;
+            if unsynced >= SYNC_EVERY {
+                self.sync_data()?;
+                unsynced = 0;
+            }
         }
         self.sync_data()
     }

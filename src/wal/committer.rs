@@ -333,11 +333,17 @@ impl Committer {
             return;
         }
         let t0 = Instant::now();
-        while t0.elapsed() < self.spin {
-            if work() {
-                return;
+        'spin: loop {
+            // Reading the clock costs more than a look for work: look often.
+            for _ in 0..64 {
+                if work() {
+                    return;
+                }
+                std::hint::spin_loop();
             }
-            std::hint::spin_loop();
+            if t0.elapsed() >= self.spin {
+                break 'spin;
+            }
         }
         s.sleeping.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);

@@ -1,0 +1,357 @@
+//! The persistent tree side by side with rotortree 0.20 (N = 4,
+//! MAX_DEPTH = 16, BLAKE3) in one process, on one disk, with HDR histograms.
+//!
+//! `cargo bench --bench tree_latency` runs:
+//! 1. one task: insert + await durable x2000 (ringtree), `insert_durable`
+//!    x2000 (rotortree), and raw 64 B pwrite + fdatasync, interleaved in
+//!    rounds of 100 so the disk's drift hits all alike;
+//! 2. 1,000 tasks inserting and awaiting for 5 s (ringtree) against
+//!    rotortree's best: 64 threads insert + `wait()` with `Interval(1ms)`;
+//! 3. fire-and-forget single inserts x1M, then one flush;
+//! 4. `insert_many` of 10k leaves then await, x100.
+//!
+//! Env: `RINGTREE_BENCH_DIR` (default `target/bench-tmp`), `RINGTREE_BENCH_SECS`
+//! (5), `RINGTREE_BENCH_IO` (`threaded` or `uring`; default: both).
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use ringtree::{Blake3, Config, Hash, IoBackend, Tree};
+use rotortree::{Blake3Hasher, FlushPolicy as RFlush, RotorTree, RotorTreeConfig};
+
+type Ours = Tree<Blake3, 4, 16>;
+type Theirs = RotorTree<Blake3Hasher, 4, 16>;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000_000, 3).unwrap()
+}
+
+fn us(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn row(name: &str, h: &Histogram<u64>, extra: &str) {
+    println!(
+        "{name:46} n={:>8} p50={:>9.1}µs p99={:>9.1}µs p999={:>9.1}µs max={:>10.1}µs {extra}",
+        h.len(),
+        us(h, 0.5),
+        us(h, 0.99),
+        us(h, 0.999),
+        h.max() as f64 / 1000.0
+    );
+}
+
+fn fresh(dir: &Path, name: &str) -> PathBuf {
+    let d = dir.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn leaf(i: u64) -> Hash {
+    *blake3::hash(&i.to_le_bytes()).as_bytes()
+}
+
+fn ours(dir: &Path, io: IoBackend) -> Ours {
+    let mut cfg = Config::new(dir).io(io);
+    if let Ok(us) = std::env::var("RINGTREE_BENCH_SPIN_US") {
+        cfg = cfg.spin(Duration::from_micros(us.parse().unwrap()));
+    }
+    Ours::open_blocking(cfg).unwrap()
+}
+
+fn theirs(dir: &Path, flush: RFlush) -> Theirs {
+    Theirs::open(
+        Blake3Hasher,
+        RotorTreeConfig {
+            path: dir.to_path_buf(),
+            flush_policy: flush,
+            checkpoint_policy: Default::default(),
+            tiering: Default::default(),
+            verify_checkpoint: false,
+        },
+    )
+    .unwrap()
+}
+
+fn one_task(rt: &tokio::runtime::Runtime, dir: &Path, io: IoBackend, n: u64) {
+    let raw_path = fresh(dir, "raw").join("file");
+    let raw = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&raw_path)
+        .unwrap();
+    raw.write_all_at(&vec![0u8; (n as usize + 200) * 64], 0)
+        .unwrap();
+    raw.sync_all().unwrap();
+    let t = ours(&fresh(dir, "one-ours"), io);
+    let r = theirs(&fresh(dir, "one-theirs"), RFlush::Manual);
+    let (mut h_raw, mut h_ours, mut h_theirs) = (hist(), hist(), hist());
+    rt.block_on(async {
+        for i in 0..50 {
+            t.insert_durable(leaf(i)).await.unwrap();
+            r.insert_durable(leaf(i)).unwrap();
+        }
+        let mut at = 0u64;
+        let mut i = 50u64;
+        for _ in 0..n.div_ceil(100) {
+            for _ in 0..100 {
+                let s = Instant::now();
+                raw.write_all_at(&[7u8; 64], at).unwrap();
+                raw.sync_data().unwrap();
+                h_raw.record(s.elapsed().as_nanos() as u64).unwrap();
+                at += 64;
+            }
+            for _ in 0..100 {
+                let s = Instant::now();
+                t.insert_durable(leaf(i)).await.unwrap();
+                h_ours.record(s.elapsed().as_nanos() as u64).unwrap();
+                i += 1;
+            }
+            for k in 0..100 {
+                let s = Instant::now();
+                r.insert_durable(leaf(i + k)).unwrap();
+                h_theirs.record(s.elapsed().as_nanos() as u64).unwrap();
+            }
+        }
+        t.close().await.unwrap();
+    });
+    r.close().unwrap();
+    let p50 = |h: &Histogram<u64>| h.value_at_quantile(0.5) as f64;
+    row("raw 64 B pwrite+fdatasync, pre-zeroed", &h_raw, "");
+    row(
+        &format!("ringtree insert+await durable ({io})"),
+        &h_ours,
+        &format!(
+            "p50 {:.2}x rotortree, {:.2}x raw",
+            p50(&h_ours) / p50(&h_theirs),
+            p50(&h_ours) / p50(&h_raw)
+        ),
+    );
+    row("rotortree insert_durable", &h_theirs, "");
+}
+
+fn many_tasks(rt: &tokio::runtime::Runtime, dir: &Path, io: IoBackend, secs: u64) -> f64 {
+    let t = ours(&fresh(dir, "many-ours"), io);
+    let syncs0 = t.syncs();
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(secs);
+    let h = rt.block_on(async {
+        let hs: Vec<_> = (0..1000u64)
+            .map(|task| {
+                let t = t.clone();
+                tokio::spawn(async move {
+                    let mut h = hist();
+                    let mut i = task << 32;
+                    while Instant::now() < deadline {
+                        let s = Instant::now();
+                        let ins = t.insert(leaf(i)).await.unwrap();
+                        ins.durable.await.unwrap();
+                        h.record(s.elapsed().as_nanos() as u64).unwrap();
+                        i += 1;
+                    }
+                    h
+                })
+            })
+            .collect();
+        let mut all = hist();
+        for j in hs {
+            all.add(j.await.unwrap()).unwrap();
+        }
+        all
+    });
+    let el = t0.elapsed().as_secs_f64();
+    let syncs = t.syncs() - syncs0;
+    let rate = h.len() as f64 / el;
+    row(
+        &format!("ringtree x1000 tasks insert+await ({io})"),
+        &h,
+        &format!(
+            "{rate:.0} durable/s, {:.0} fsyncs/s, {:.1} inserts/fsync",
+            syncs as f64 / el,
+            h.len() as f64 / syncs.max(1) as f64
+        ),
+    );
+    futures::executor::block_on(t.close()).unwrap();
+    rate
+}
+
+fn rotortree_threads(dir: &Path, secs: u64, flush: Duration) -> (f64, Histogram<u64>) {
+    let r = Arc::new(theirs(&fresh(dir, "many-theirs"), RFlush::Interval(flush)));
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(secs);
+    let hs: Vec<_> = (0..64u64)
+        .map(|th| {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                let mut h = hist();
+                let mut i = (th + 5000) << 32;
+                while Instant::now() < deadline {
+                    let s = Instant::now();
+                    let (_, tok) = r.insert(leaf(i)).unwrap();
+                    tok.wait();
+                    h.record(s.elapsed().as_nanos() as u64).unwrap();
+                    i += 1;
+                }
+                h
+            })
+        })
+        .collect();
+    let mut all = hist();
+    for j in hs {
+        all.add(j.join().unwrap()).unwrap();
+    }
+    let el = t0.elapsed().as_secs_f64();
+    Arc::into_inner(r).unwrap().close().unwrap();
+    (all.len() as f64 / el, all)
+}
+
+fn fire_and_forget(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    io: IoBackend,
+    n: u64,
+) -> (f64, f64, f64) {
+    let leaves: Vec<Hash> = (0..n).map(leaf).collect();
+    let t = ours(&fresh(dir, "ff-ours"), io);
+    let wal0 = t.wal_position();
+    let s = Instant::now();
+    rt.block_on(async {
+        for l in &leaves {
+            t.insert(*l).await.unwrap();
+        }
+        t.flush().await.unwrap();
+    });
+    let ours_rate = n as f64 / s.elapsed().as_secs_f64();
+    let bytes = (t.wal_position() - wal0) as f64 / n as f64;
+    futures::executor::block_on(t.close()).unwrap();
+    let r = theirs(
+        &fresh(dir, "ff-theirs"),
+        RFlush::Interval(Duration::from_millis(10)),
+    );
+    let s = Instant::now();
+    for l in &leaves {
+        r.insert(*l).unwrap();
+    }
+    r.flush().unwrap();
+    let theirs_rate = n as f64 / s.elapsed().as_secs_f64();
+    r.close().unwrap();
+    (ours_rate, theirs_rate, bytes)
+}
+
+fn batches(rt: &tokio::runtime::Runtime, dir: &Path, io: IoBackend) {
+    let chunks: Vec<Vec<Hash>> = (0..100u64)
+        .map(|c| (c * 10_000..(c + 1) * 10_000).map(leaf).collect())
+        .collect();
+    let t = ours(&fresh(dir, "batch-ours"), io);
+    let mut h_ours = hist();
+    let s = Instant::now();
+    rt.block_on(async {
+        for c in &chunks {
+            let s = Instant::now();
+            t.insert_many(c).await.unwrap().durable.await.unwrap();
+            h_ours.record(s.elapsed().as_nanos() as u64).unwrap();
+        }
+    });
+    let ours_rate = 1e6 / s.elapsed().as_secs_f64();
+    futures::executor::block_on(t.close()).unwrap();
+    let r = theirs(&fresh(dir, "batch-theirs"), RFlush::Manual);
+    let mut h_theirs = hist();
+    let s = Instant::now();
+    for c in &chunks {
+        let s = Instant::now();
+        let (_, tok) = r.insert_many(c).unwrap();
+        r.flush().unwrap();
+        tok.wait();
+        h_theirs.record(s.elapsed().as_nanos() as u64).unwrap();
+    }
+    let theirs_rate = 1e6 / s.elapsed().as_secs_f64();
+    r.close().unwrap();
+    row(
+        &format!("ringtree insert_many 10k + await ({io})"),
+        &h_ours,
+        &format!(
+            "{:.2}M leaves/s = {:.2}x rotortree; chunk p50 {:.2}x rotortree",
+            ours_rate / 1e6,
+            ours_rate / theirs_rate,
+            us(&h_ours, 0.5) / us(&h_theirs, 0.5)
+        ),
+    );
+    row(
+        "rotortree insert_many 10k + flush + wait",
+        &h_theirs,
+        &format!("{:.2}M leaves/s", theirs_rate / 1e6),
+    );
+}
+
+fn main() {
+    let dir = PathBuf::from(
+        std::env::var("RINGTREE_BENCH_DIR").unwrap_or_else(|_| "target/bench-tmp".into()),
+    );
+    std::fs::create_dir_all(&dir).unwrap();
+    let secs = env("RINGTREE_BENCH_SECS", 5);
+    let ios = match std::env::var("RINGTREE_BENCH_IO").as_deref() {
+        Ok("uring") => vec![IoBackend::Uring],
+        Ok("threaded") => vec![IoBackend::Threaded],
+        _ => vec![IoBackend::Threaded, IoBackend::Uring],
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+
+    println!("== 1. one task, insert + await durable x2000 (rounds of 100, interleaved)");
+    for &io in &ios {
+        one_task(&rt, &dir, io, 2000);
+    }
+
+    if std::env::var("RINGTREE_BENCH_ONLY_ONE").is_ok() {
+        return;
+    }
+    println!("== 2. concurrent durable inserts for {secs} s");
+    let (r_rate, r_h) = rotortree_threads(&dir, secs, Duration::from_millis(1));
+    row(
+        "rotortree 64 threads insert+wait, Interval(1ms)",
+        &r_h,
+        &format!("{r_rate:.0} durable/s"),
+    );
+    for &io in &ios {
+        let rate = many_tasks(&rt, &dir, io, secs);
+        println!(
+            "{:46} {:.1}x rotortree's durable inserts/s",
+            "",
+            rate / r_rate
+        );
+    }
+
+    println!("== 3. fire-and-forget single inserts x1M, then flush");
+    for &io in &ios {
+        let (o, t, bytes) = fire_and_forget(&rt, &dir, io, 1_000_000);
+        println!(
+            "ringtree ({io}) {:.0}k/s, rotortree {:.0}k/s: {:.2}x; ringtree WAL {bytes:.1} B/insert",
+            o / 1e3,
+            t / 1e3,
+            o / t
+        );
+    }
+
+    println!("== 4. insert_many 10k + await, x100");
+    for &io in &ios {
+        batches(&rt, &dir, io);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
