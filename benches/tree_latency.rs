@@ -11,7 +11,9 @@
 //! 4. `insert_many` of 10k leaves then await, x100.
 //!
 //! Env: `RINGTREE_BENCH_DIR` (default `target/bench-tmp`), `RINGTREE_BENCH_SECS`
-//! (5), `RINGTREE_BENCH_IO` (`threaded` or `uring`; default: both).
+//! (5), `RINGTREE_BENCH_IO` (`threaded` or `uring`; default: both),
+//! `RINGTREE_BENCH_ONLY` (sections to run, e.g. `14`; default `1234`),
+//! `RINGTREE_BENCH_SPIN_US` (the committer's spin).
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -268,33 +270,50 @@ fn batches(rt: &tokio::runtime::Runtime, dir: &Path, io: IoBackend) {
     });
     let ours_rate = 1e6 / s.elapsed().as_secs_f64();
     futures::executor::block_on(t.close()).unwrap();
-    let r = theirs(&fresh(dir, "batch-theirs"), RFlush::Manual);
-    let mut h_theirs = hist();
-    let s = Instant::now();
-    for c in &chunks {
-        let s = Instant::now();
-        let (_, tok) = r.insert_many(c).unwrap();
-        r.flush().unwrap();
-        tok.wait();
-        h_theirs.record(s.elapsed().as_nanos() as u64).unwrap();
-    }
-    let theirs_rate = 1e6 / s.elapsed().as_secs_f64();
-    r.close().unwrap();
     row(
         &format!("ringtree insert_many 10k + await ({io})"),
         &h_ours,
-        &format!(
-            "{:.2}M leaves/s = {:.2}x rotortree; chunk p50 {:.2}x rotortree",
-            ours_rate / 1e6,
-            ours_rate / theirs_rate,
-            us(&h_ours, 0.5) / us(&h_theirs, 0.5)
+        &format!("{:.2}M leaves/s", ours_rate / 1e6),
+    );
+    // rotortree as configured by default (Interval(10ms)) with token.wait(),
+    // the BASELINES workload, and at its best (Manual + explicit flush).
+    for (name, flush, explicit) in [
+        (
+            "rotortree insert_many 10k + wait, Interval(10ms)",
+            RFlush::Interval(Duration::from_millis(10)),
+            false,
         ),
-    );
-    row(
-        "rotortree insert_many 10k + flush + wait",
-        &h_theirs,
-        &format!("{:.2}M leaves/s", theirs_rate / 1e6),
-    );
+        (
+            "rotortree insert_many 10k + flush + wait, Manual",
+            RFlush::Manual,
+            true,
+        ),
+    ] {
+        let r = theirs(&fresh(dir, "batch-theirs"), flush);
+        let mut h = hist();
+        let s = Instant::now();
+        for c in &chunks {
+            let s = Instant::now();
+            let (_, tok) = r.insert_many(c).unwrap();
+            if explicit {
+                r.flush().unwrap();
+            }
+            tok.wait();
+            h.record(s.elapsed().as_nanos() as u64).unwrap();
+        }
+        let rate = 1e6 / s.elapsed().as_secs_f64();
+        r.close().unwrap();
+        row(
+            name,
+            &h,
+            &format!(
+                "{:.2}M leaves/s; ringtree {:.2}x its leaves/s, chunk p50 {:.2}x its",
+                rate / 1e6,
+                ours_rate / rate,
+                us(&h_ours, 0.5) / us(&h, 0.5)
+            ),
+        );
+    }
 }
 
 fn main() {
@@ -313,45 +332,49 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let only = std::env::var("RINGTREE_BENCH_ONLY").unwrap_or_else(|_| "1234".into());
+    let run = |k: char| only.contains(k);
 
-    println!("== 1. one task, insert + await durable x2000 (rounds of 100, interleaved)");
-    for &io in &ios {
-        one_task(&rt, &dir, io, 2000);
+    if run('1') {
+        println!("== 1. one task, insert + await durable x2000 (rounds of 100, interleaved)");
+        for &io in &ios {
+            one_task(&rt, &dir, io, 2000);
+        }
     }
-
-    if std::env::var("RINGTREE_BENCH_ONLY_ONE").is_ok() {
-        return;
-    }
-    println!("== 2. concurrent durable inserts for {secs} s");
-    let (r_rate, r_h) = rotortree_threads(&dir, secs, Duration::from_millis(1));
-    row(
-        "rotortree 64 threads insert+wait, Interval(1ms)",
-        &r_h,
-        &format!("{r_rate:.0} durable/s"),
-    );
-    for &io in &ios {
-        let rate = many_tasks(&rt, &dir, io, secs);
-        println!(
-            "{:46} {:.1}x rotortree's durable inserts/s",
-            "",
-            rate / r_rate
+    if run('2') {
+        println!("== 2. concurrent durable inserts for {secs} s");
+        let (r_rate, r_h) = rotortree_threads(&dir, secs, Duration::from_millis(1));
+        row(
+            "rotortree 64 threads insert+wait, Interval(1ms)",
+            &r_h,
+            &format!("{r_rate:.0} durable/s"),
         );
+        for &io in &ios {
+            let rate = many_tasks(&rt, &dir, io, secs);
+            println!(
+                "{:46} {:.1}x rotortree's durable inserts/s",
+                "",
+                rate / r_rate
+            );
+        }
     }
-
-    println!("== 3. fire-and-forget single inserts x1M, then flush");
-    for &io in &ios {
-        let (o, t, bytes) = fire_and_forget(&rt, &dir, io, 1_000_000);
-        println!(
-            "ringtree ({io}) {:.0}k/s, rotortree {:.0}k/s: {:.2}x; ringtree WAL {bytes:.1} B/insert",
-            o / 1e3,
-            t / 1e3,
-            o / t
-        );
+    if run('3') {
+        println!("== 3. fire-and-forget single inserts x1M, then flush");
+        for &io in &ios {
+            let (o, t, bytes) = fire_and_forget(&rt, &dir, io, 1_000_000);
+            println!(
+                "ringtree ({io}) {:.0}k/s, rotortree {:.0}k/s: {:.2}x; ringtree WAL {bytes:.1} B/insert",
+                o / 1e3,
+                t / 1e3,
+                o / t
+            );
+        }
     }
-
-    println!("== 4. insert_many 10k + await, x100");
-    for &io in &ios {
-        batches(&rt, &dir, io);
+    if run('4') {
+        println!("== 4. insert_many 10k + await, x100");
+        for &io in &ios {
+            batches(&rt, &dir, io);
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
