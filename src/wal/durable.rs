@@ -4,8 +4,6 @@
 //! queue of waiting wakers. The committer advances the watermark; nothing
 //! else writes it.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,29 +37,15 @@ struct Waiter {
     lsn: u64,
     waker: Waker,
 }
-impl PartialEq for Waiter {
-    fn eq(&self, o: &Self) -> bool {
-        self.lsn == o.lsn
-    }
-}
-impl Eq for Waiter {}
-impl PartialOrd for Waiter {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Waiter {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        self.lsn.cmp(&o.lsn)
-    }
-}
 
 /// What durable futures share with the committer.
 pub(crate) struct Watermark {
     /// Every byte of the log below this LSN is on stable storage.
     durable: AtomicU64,
     failure: OnceLock<Failure>,
-    waiters: Mutex<BinaryHeap<Reverse<Waiter>>>,
+    /// Unordered: registering is a push, and the committer takes the whole
+    /// list at once, so neither side holds the lock for more than O(1).
+    waiters: Mutex<Vec<Waiter>>,
 }
 
 impl Watermark {
@@ -69,7 +53,7 @@ impl Watermark {
         Self {
             durable: AtomicU64::new(durable),
             failure: OnceLock::new(),
-            waiters: Mutex::new(BinaryHeap::new()),
+            waiters: Mutex::new(Vec::new()),
         }
     }
 
@@ -81,29 +65,34 @@ impl Watermark {
         self.failure.get()
     }
 
-    fn waiters(&self) -> std::sync::MutexGuard<'_, BinaryHeap<Reverse<Waiter>>> {
+    fn waiters(&self) -> std::sync::MutexGuard<'_, Vec<Waiter>> {
         self.waiters.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Advances the watermark to `lsn` and wakes every waiter it covers.
     pub(crate) fn advance(&self, lsn: u64) {
         self.durable.fetch_max(lsn, Ordering::Release);
-        let mut ready = Vec::new();
-        {
-            let mut w = self.waiters();
-            while w.peek().is_some_and(|Reverse(x)| x.lsn <= lsn) {
-                ready.push(w.pop().expect("peeked").0.waker);
+        let taken = std::mem::take(&mut *self.waiters());
+        let mut keep = Vec::new();
+        for w in taken {
+            if w.lsn <= lsn {
+                w.waker.wake();
+            } else {
+                keep.push(w);
             }
         }
-        ready.into_iter().for_each(Waker::wake);
+        if !keep.is_empty() {
+            // Waiters of later groups go back (beside any registered since).
+            self.waiters().append(&mut keep);
+        }
     }
 
     /// Stops the log: every waiter past the watermark resolves with
     /// `failure` (the first failure set wins). Returns the failure in force.
     pub(crate) fn fail(&self, failure: Failure) -> Failure {
         let f = self.failure.get_or_init(|| failure).clone();
-        let all: Vec<_> = self.waiters().drain().collect();
-        all.into_iter().for_each(|Reverse(w)| w.waker.wake());
+        let all = std::mem::take(&mut *self.waiters());
+        all.into_iter().for_each(|w| w.waker.wake());
         f
     }
 
@@ -126,10 +115,10 @@ impl Watermark {
         if let Some(r) = self.check(lsn) {
             return Poll::Ready(r);
         }
-        w.push(Reverse(Waiter {
+        w.push(Waiter {
             lsn,
             waker: cx.waker().clone(),
-        }));
+        });
         Poll::Pending
     }
 }
