@@ -1,10 +1,27 @@
 //! # ringtree
 //!
-//! A persistent, append-only, n-ary Lean Incremental Merkle Tree (LeanIMT).
+//! A persistent, append-only, n-ary Lean Incremental Merkle Tree (LeanIMT)
+//! whose inserts return awaitable durability futures.
 //!
-//! This release holds the in-memory core: [`LeanImt`], its copy-on-write
-//! [`Snapshot`]s, and strictly verified inclusion ([`Proof`]) and consistency
-//! ([`ConsistencyProof`]) proofs.
+//! - [`Tree`]: the persistent tree. `insert` updates the tree in memory and
+//!   returns at once with the leaf index, the new root and a [`Durable`]
+//!   future that resolves once the insert is on disk. A write-ahead
+//!   [`Log`] takes records without locks and a committer thread
+//!   group-commits them, one fdatasync in flight.
+//! - [`LeanImt`]: the in-memory core, with copy-on-write [`Snapshot`]s.
+//! - [`Proof`] and [`ConsistencyProof`]: strictly verified proofs.
+//! - [`io`]: the storage backends (io_uring, threaded, simulated).
+//!
+//! ```no_run
+//! use ringtree::{Blake3, Config, Tree};
+//!
+//! # async fn demo() -> ringtree::Result<()> {
+//! let tree = Tree::<Blake3, 4, 32>::open(Config::new("/tmp/tree")).await?;
+//! let ins = tree.insert([7u8; 32]).await?;
+//! ins.durable.await?; // the insert survives a crash from here on
+//! tree.close().await?;
+//! # Ok(()) }
+//! ```
 //!
 //! ## Hashing
 //!

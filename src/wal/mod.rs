@@ -3,7 +3,7 @@
 //! futures.
 //!
 //! Owns the `wal/` directory of a tree (segment files) and the log buffer.
-//! Talks to files only through [`Storage`](crate::io::Storage).
+//! Talks to files only through [`Storage`].
 //!
 //! Positions in the log are LSNs: byte offsets in one logical stream.
 //! Segment `s` of data size `d` holds LSNs `[s*d, (s+1)*d)`, after a 4 KiB
