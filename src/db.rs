@@ -140,6 +140,8 @@ struct Inner<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     /// A clone of the log for the insert path (no lock needed to reach it).
     wal: Arc<Log>,
     lock: Mutex<Option<LockGuard>>,
+    /// The first close's failure, for later callers.
+    close_failed: Mutex<Option<String>>,
     backend: IoBackend,
     closed: AtomicBool,
     dir: PathBuf,
@@ -260,6 +262,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                 log: Mutex::new(Some(wal.clone())),
                 wal,
                 lock: Mutex::new(Some(lock)),
+                close_failed: Mutex::new(None),
                 backend,
                 closed: AtomicBool::new(false),
                 dir,
@@ -424,12 +427,26 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
 impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
     fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::Release);
-        let log = self.log.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let r = match log {
-            Some(l) => l.close(),
-            None => Ok(()),
+        // Held through the whole close: a concurrent close waits for this
+        // one and reports its outcome.
+        let mut slot = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let r = match slot.take() {
+            Some(l) => {
+                let r = l.close();
+                *self.close_failed.lock().unwrap_or_else(|e| e.into_inner()) =
+                    r.as_ref().err().map(|e| e.to_string());
+                r
+            }
+            None => match &*self.close_failed.lock().unwrap_or_else(|e| e.into_inner()) {
+                None => Ok(()),
+                Some(reason) => Err(Error::Poisoned {
+                    offset: self.wal.durable(),
+                    reason: reason.clone(),
+                }),
+            },
         };
         self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(slot);
         r
     }
 }

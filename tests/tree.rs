@@ -131,7 +131,10 @@ fn bad_batches_change_nothing() {
 #[test]
 fn a_full_tree_rejects_without_change_or_log() {
     let sim = SimStorage::new(2);
-    let tree = Tree::<Blake3, 2, 3>::open_blocking(sim_config(&sim, "/full")).unwrap();
+    // Manual flushing: no commit frame lands between the two positions.
+    let tree =
+        Tree::<Blake3, 2, 3>::open_blocking(sim_config(&sim, "/full").flush(FlushPolicy::Manual))
+            .unwrap();
     futures::executor::block_on(async {
         tree.insert_many(&leaves(0..7)).await.unwrap();
         let end = tree.wal_position();

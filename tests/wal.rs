@@ -416,7 +416,7 @@ fn torn_tail_is_cut_and_damage_is_reported() {
         );
         let (_, all) = open(&b.storage, &b.dir, &cfg).unwrap();
         assert_eq!(all.len(), n as usize);
-        let data = 64 * 1024 - 4096;
+        let data: u64 = 64 * 1024 - 4096;
         let locate = |lsn: u64| {
             (
                 b.dir.join(format!("{:020}.wal", lsn / data)),
@@ -648,8 +648,10 @@ fn format_is_pinned_by_known_bytes() {
     seg[16..24].copy_from_slice(&0u64.to_le_bytes()); // sequence
     seg[24..32].copy_from_slice(&0u64.to_le_bytes()); // base LSN
     seg[32..40].copy_from_slice(&size.to_le_bytes());
-    let crc = crc32c::crc32c(&seg[..40]);
-    seg[40..44].copy_from_slice(&crc.to_le_bytes());
+    let salt = 0x0123_4567_89ab_cdefu64;
+    seg[40..48].copy_from_slice(&salt.to_le_bytes());
+    let crc = crc32c::crc32c(&seg[..48]);
+    seg[48..52].copy_from_slice(&crc.to_le_bytes());
     let mut lsn = 0u64;
     let mut frame = |seg: &mut Vec<u8>, tag: u8, payload: &[u8]| {
         let word = (u32::from(tag) << 24) | payload.len() as u32;
@@ -667,8 +669,9 @@ fn format_is_pinned_by_known_bytes() {
     frame(&mut seg, 0xA1, b"first record");
     frame(&mut seg, 0xB1, &[0xEE; 13]); // filler: payload not checksummed
     frame(&mut seg, 0xA1, b"second");
-    let group_start = 0u64.to_le_bytes();
-    frame(&mut seg, 0xC1, &group_start); // commit frame
+    let mut commit = 0u64.to_le_bytes().to_vec(); // group start
+    commit.extend_from_slice(&salt.to_le_bytes());
+    frame(&mut seg, 0xC1, &commit); // commit frame
     let f = storage
         .open(&dir.join("00000000000000000000.wal"), true)
         .unwrap();
@@ -682,4 +685,146 @@ fn format_is_pinned_by_known_bytes() {
     assert_eq!(got[0].0, 0);
     assert_eq!(got[1].0, 48);
     assert_eq!(log.end(), lsn, "the log goes on after the last frame");
+}
+
+/// The ring exactly full (reservations reach one ring length past the last
+/// sync): the committer must not read past the end of the log.
+#[test]
+fn an_exactly_full_ring_is_handled() {
+    for flush in [FlushPolicy::Manual, FlushPolicy::GroupCommit] {
+        let storage: Arc<dyn Storage> = Arc::new(SimStorage::new(21));
+        let cfg = config(1 << 20, 4096, flush);
+        let (log, _) = open(&storage, Path::new("/full"), &cfg).unwrap();
+        let log = Arc::new(log);
+        // 128 frames of 32 bytes fill a 4 KiB ring exactly.
+        let mut ds = Vec::new();
+        for i in 0..128u8 {
+            ds.push(futures::executor::block_on(log.append(&[&[i; 24]])).unwrap());
+        }
+        let more: Vec<_> = (0..3)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..200u8 {
+                        let d = futures::executor::block_on(log.append(&[&[t ^ i; 24]])).unwrap();
+                        if i % 50 == 0 {
+                            log.flush();
+                            d.wait().unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        log.flush().wait().unwrap();
+        for t in more {
+            t.join().unwrap();
+        }
+        log.flush().wait().unwrap();
+        for d in &ds {
+            assert!(d.is_durable());
+        }
+        Arc::into_inner(log).unwrap().close().unwrap();
+        let (_, got) = open(&storage, Path::new("/full"), &cfg).unwrap();
+        assert_eq!(got.len(), 128 + 600, "{flush:?}");
+    }
+}
+
+/// Manual and Interval flushing with groups that cross segment boundaries:
+/// every segment gets its own frames and everything flushed comes back.
+#[test]
+fn flushed_groups_across_segments_every_backend() {
+    for b in backends() {
+        for flush in [
+            FlushPolicy::Manual,
+            FlushPolicy::Interval(Duration::from_millis(5)),
+        ] {
+            let dir = b
+                .dir
+                .join(format!("{flush:?}").replace(['(', ')', ' '], "_"));
+            let cfg = config(8192, 16384, flush);
+            let (log, _) = open(&b.storage, &dir, &cfg).unwrap();
+            for i in 0..200u32 {
+                futures::executor::block_on(log.append(&[&i.to_le_bytes().repeat(6)])).unwrap();
+            }
+            log.flush().wait().unwrap();
+            log.close().unwrap();
+            drop(log);
+            let (_, got) = open(&b.storage, &dir, &cfg).unwrap();
+            assert_eq!(got.len(), 200, "{} {flush:?}", b.name);
+            for (i, (_, r)) in got.iter().enumerate() {
+                assert_eq!(r, &(i as u32).to_le_bytes().repeat(6));
+            }
+        }
+    }
+}
+
+/// Segment headers with absurd or inconsistent sizes are corruption, not an
+/// abort or a broken log.
+#[test]
+fn bad_segment_sizes_are_corruption() {
+    for size in [1u64 << 62, 4104, 12288 + 8, 1 << 31] {
+        let sim = SimStorage::new(2);
+        let storage: Arc<dyn Storage> = Arc::new(sim.clone());
+        let dir = Path::new("/badsize");
+        storage.create_dir_all(dir).unwrap();
+        let mut h = vec![0u8; 4096];
+        h[..8].copy_from_slice(b"RTWALSEG");
+        h[8..12].copy_from_slice(&1u32.to_le_bytes());
+        h[12..16].copy_from_slice(&4096u32.to_le_bytes());
+        h[32..40].copy_from_slice(&size.to_le_bytes());
+        let crc = crc32c::crc32c(&h[..48]);
+        h[48..52].copy_from_slice(&crc.to_le_bytes());
+        let f = storage
+            .open(&dir.join("00000000000000000000.wal"), true)
+            .unwrap();
+        f.write_at(0, &[&h, &[0u8; 8192]]).unwrap();
+        drop(f);
+        let r = open(&storage, dir, &config(8192, 4096, FlushPolicy::GroupCommit));
+        assert!(matches!(r, Err(Error::Corruption { .. })), "size {size}");
+    }
+    // A header claiming more than the file holds.
+    let sim = SimStorage::new(3);
+    let storage: Arc<dyn Storage> = Arc::new(sim.clone());
+    let dir = Path::new("/short");
+    let cfg = config(64 << 10, 4096, FlushPolicy::GroupCommit);
+    let (log, _) = open(&storage, dir, &cfg).unwrap();
+    futures::executor::block_on(log.append(&[b"x"]))
+        .unwrap()
+        .wait()
+        .unwrap();
+    log.close().unwrap();
+    drop(log);
+    sim.truncate(&dir.join("00000000000000000000.wal"), 10_000)
+        .unwrap();
+    assert!(matches!(
+        open(&storage, dir, &cfg),
+        Err(Error::Corruption { .. })
+    ));
+}
+
+/// Two closes at once: both wait for the sync; appends after close fail.
+#[test]
+fn concurrent_close_waits_for_the_sync() {
+    let storage: Arc<dyn Storage> = Arc::new(SimStorage::new(8));
+    let cfg = config(64 << 10, 8192, FlushPolicy::Manual);
+    let (log, _) = open(&storage, Path::new("/cc"), &cfg).unwrap();
+    let log = Arc::new(log);
+    let d = futures::executor::block_on(log.append(&[b"last words"])).unwrap();
+    let closers: Vec<_> = (0..2)
+        .map(|_| {
+            let log = log.clone();
+            let d = d.clone();
+            std::thread::spawn(move || {
+                log.close().unwrap();
+                assert!(d.is_durable(), "close returned before the sync");
+            })
+        })
+        .collect();
+    for c in closers {
+        c.join().unwrap();
+    }
+    assert!(matches!(
+        futures::executor::block_on(log.append(&[b"late"])),
+        Err(Error::Closed)
+    ));
 }

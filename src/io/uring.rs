@@ -22,6 +22,7 @@ use super::{IoBackend, LockGuard, Storage, StorageFile};
 #[derive(Clone)]
 pub struct UringStorage {
     ring: Arc<Mutex<IoUring>>,
+    broken: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for UringStorage {
@@ -37,6 +38,7 @@ impl UringStorage {
         let ring = IoUring::new(64)?;
         Ok(Self {
             ring: Arc::new(Mutex::new(ring)),
+            broken: Arc::default(),
         })
     }
 }
@@ -44,6 +46,7 @@ impl UringStorage {
 struct UringFile {
     file: StdFile,
     ring: Arc<Mutex<IoUring>>,
+    broken: Arc<std::sync::atomic::AtomicBool>,
 }
 
 const WRITE: u64 = 1;
@@ -53,6 +56,11 @@ impl UringFile {
     /// Submits `entries` (linked in order) and waits for all completions;
     /// returns each one's result by user data.
     fn run(&self, entries: &[squeue::Entry], results: &mut [i32; 3]) -> io::Result<()> {
+        if self.broken.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(io::Error::other(
+                "io_uring ring unusable after an earlier failure",
+            ));
+        }
         let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         {
             let mut sq = ring.submission();
@@ -64,17 +72,35 @@ impl UringFile {
                     .map_err(|_| io::Error::other("io_uring submission queue full"))?;
             }
         }
+        // Every submitted entry is reaped before returning, whatever
+        // happens: the kernel holds pointers into the caller's buffers.
         let mut done = 0;
+        let mut failure = None;
         while done < entries.len() {
             match ring.submit_and_wait(entries.len() - done) {
                 Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) => return Err(e),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                    ) => {}
+                Err(e) => {
+                    // Nothing reaped can come of waiting now: the ring is
+                    // unusable. Leave the buffers to the kernel for good
+                    // rather than free memory it may still read.
+                    failure = Some(e);
+                    break;
+                }
             }
             for cqe in ring.completion() {
                 results[cqe.user_data() as usize] = cqe.result();
                 done += 1;
             }
+        }
+        if let Some(e) = failure {
+            self.broken
+                .store(true, std::sync::atomic::Ordering::Release);
+            return Err(e);
         }
         Ok(())
     }
@@ -128,29 +154,15 @@ impl StorageFile for UringFile {
         self.file.read_at(off, buf)
     }
 
+    // Off the commit path (segment preparation, recovery), plain system
+    // calls: the ring then serves the committer alone, and a preparer's
+    // megabytes of zeros never queue in front of a group commit.
     fn write_at(&self, off: u64, bufs: &[&[u8]]) -> io::Result<()> {
-        let iov = Self::iovecs(bufs);
-        let e = opcode::Writev::new(self.fd(), iov.as_ptr(), iov.len() as u32)
-            .offset(off)
-            .build()
-            .user_data(WRITE);
-        let mut res = [0; 3];
-        self.run(&[e], &mut res)?;
-        let n = check(res[WRITE as usize])?;
-        if n < total(bufs) {
-            finish_write(&self.file, off, bufs, n)?;
-        }
-        Ok(())
+        self.file.write_at(off, bufs)
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        let e = opcode::Fsync::new(self.fd())
-            .flags(types::FsyncFlags::DATASYNC)
-            .build()
-            .user_data(SYNC);
-        let mut res = [0; 3];
-        self.run(&[e], &mut res)?;
-        check(res[SYNC as usize]).map(drop)
+        self.file.sync_data()
     }
 
     fn write_sync(&self, off: u64, bufs: &[&[u8]]) -> io::Result<()> {
@@ -171,7 +183,7 @@ impl StorageFile for UringFile {
             // A short write severs the link: the sync was cancelled and
             // never ran, so finishing the write and syncing now is no retry.
             finish_write(&self.file, off, bufs, n)?;
-            return self.sync_data();
+            return self.file.sync_data();
         }
         check(res[SYNC as usize]).map(drop)
     }
@@ -185,6 +197,7 @@ impl Storage for UringStorage {
         Ok(Box::new(UringFile {
             file: StdFile::open(path, create)?,
             ring: self.ring.clone(),
+            broken: self.broken.clone(),
         }))
     }
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {

@@ -45,7 +45,7 @@ impl Drop for Preparer {
 #[derive(Default)]
 struct PrepState {
     ready: HashSet<u64>,
-    failed: Option<String>,
+    failed: std::collections::HashMap<u64, String>,
 }
 
 /// Makes segment `seq` exist, complete, under its final name.
@@ -64,7 +64,15 @@ pub(crate) fn prepare_segment(
         storage.remove(&tmp)?;
     }
     let f = storage.open(&tmp, true)?;
-    f.write_at(0, &[&SegmentHeader { seq, size }.encode()])?;
+    f.write_at(
+        0,
+        &[&SegmentHeader {
+            seq,
+            size,
+            salt: super::format::random_salt(),
+        }
+        .encode()],
+    )?;
     f.allocate_zeroed(size)?;
     drop(f);
     storage.rename(&tmp, &path)?;
@@ -80,14 +88,23 @@ impl Preparer {
             .name("ringtree-segments".into())
             .spawn(move || {
                 for seq in rx {
-                    let r = prepare_segment(&*storage, &dir, seq, size);
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        prepare_segment(&*storage, &dir, seq, size)
+                    }));
                     let (m, cv) = &*st;
                     let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
                     match r {
-                        Ok(()) => {
+                        Ok(Ok(())) => {
                             s.ready.insert(seq);
                         }
-                        Err(e) => s.failed = Some(format!("preparing WAL segment {seq}: {e}")),
+                        Ok(Err(e)) => {
+                            s.failed
+                                .insert(seq, format!("preparing WAL segment {seq}: {e}"));
+                        }
+                        Err(_) => {
+                            s.failed
+                                .insert(seq, format!("preparing WAL segment {seq}: panicked"));
+                        }
                     }
                     cv.notify_all();
                 }
@@ -113,8 +130,8 @@ impl Preparer {
             if s.ready.remove(&seq) {
                 return Ok(());
             }
-            if let Some(f) = &s.failed {
-                return Err(f.clone());
+            if let Some(f) = s.failed.remove(&seq) {
+                return Err(f);
             }
             s = cv.wait(s).unwrap_or_else(|e| e.into_inner());
         }
@@ -132,6 +149,9 @@ pub(crate) struct Committer {
     current: Option<(u64, Box<dyn StorageFile>)>,
     /// Sequences asked of the preparer and not yet waited for.
     requested: HashSet<u64>,
+    segment_size: u64,
+    /// The current segment's salt, which its commit frames carry.
+    salt: u64,
 }
 
 impl Committer {
@@ -152,12 +172,21 @@ impl Committer {
             preparer,
             current: None,
             requested: HashSet::new(),
+            segment_size,
+            salt: 0,
         };
         // The segment the log continues in must exist before the first
         // append is acknowledged; prepare it now so open reports failures.
         let seq = c.shared.mark.durable() / c.shared.seg_data;
         prepare_segment(&*c.storage, &c.dir, seq, segment_size).map_err(|e| Error::Io {
             path: c.dir.join(segment_name(seq)),
+            source: e,
+        })?;
+        // Segments found on disk may have been renamed into place by a
+        // process that died before syncing the directory: make their names
+        // durable before anything acknowledged goes into them.
+        c.storage.sync_dir(&c.dir).map_err(|e| Error::Io {
+            path: c.dir.clone(),
             source: e,
         })?;
         c.open_segment(seq).map_err(|reason| Error::Io {
@@ -172,18 +201,34 @@ impl Committer {
             return Ok(());
         }
         let path = self.dir.join(segment_name(seq));
-        if !self.storage.exists(&path) {
-            if !self.requested.remove(&seq) {
-                self.preparer.request(seq);
-            }
-            self.preparer.wait(seq)?;
+        // A requested segment is trusted only once the preparer says so: its
+        // name is durable only after the preparer's directory sync.
+        let prepared = if self.requested.remove(&seq) {
+            self.preparer.wait(seq)
         } else {
-            self.requested.remove(&seq);
+            Ok(())
+        };
+        if prepared.is_err() || !self.storage.exists(&path) {
+            // Not prepared ahead (or that failed, perhaps transiently):
+            // prepare it here, once.
+            prepare_segment(&*self.storage, &self.dir, seq, self.segment_size).map_err(|e| {
+                let before = prepared
+                    .err()
+                    .map(|p| format!(" (after: {p})"))
+                    .unwrap_or_default();
+                format!("preparing {}: {e}{before}", path.display())
+            })?;
         }
         let f = self
             .storage
             .open(&path, false)
             .map_err(|e| format!("opening {}: {e}", path.display()))?;
+        let mut hb = vec![0u8; super::format::SEGMENT_HEADER as usize];
+        let n = f
+            .read_at(0, &mut hb)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        let header = SegmentHeader::decode(&path, &hb[..n]).map_err(|e| e.to_string())?;
+        self.salt = header.salt;
         self.current = Some((seq, f));
         Ok(())
     }
@@ -205,27 +250,28 @@ impl Committer {
         self.preparer.request(next);
     }
 
-    /// Moves `scan` over published frames, stopping at an unpublished one or
-    /// at a segment boundary.
-    fn advance_scan(&self, mut scan: u64) -> u64 {
-        loop {
+    /// Whether a frame is published at `scan`. The ring holds at most one
+    /// ring length past `synced`: at that distance the slot is `synced`'s
+    /// own, so nothing new can be there.
+    #[inline]
+    fn published(&self, synced: u64, scan: u64) -> bool {
+        scan - synced < self.shared.ring.cap() && self.shared.ring.header(scan) != [0; 8]
+    }
+
+    /// Moves `scan` over published frames, stopping at an unpublished one.
+    fn advance_scan(&self, synced: u64, mut scan: u64) -> u64 {
+        while self.published(synced, scan) {
             let h = self.shared.ring.header(scan);
-            if h == [0; 8] {
-                return scan;
-            }
-            let len = FrameHeader::decode(h).map_or(FRAME_HEADER, |f| f.len());
-            scan += len;
-            if scan.is_multiple_of(self.shared.seg_data) {
-                return scan;
-            }
+            scan += FrameHeader::decode(h).map_or(FRAME_HEADER, |f| f.len());
         }
+        scan
     }
 
     /// Appends a commit frame naming the group start when nothing else is
     /// reserved past `scan` and it fits in the segment; returns the new scan.
     fn commit_marker(&self, group_start: u64, scan: u64) -> u64 {
         let s = &*self.shared;
-        let len = FRAME_HEADER + 8;
+        let len = FRAME_HEADER + 16;
         let used = scan % s.seg_data;
         if used == 0
             || used + len > s.seg_data
@@ -239,10 +285,12 @@ impl Committer {
         {
             return scan;
         }
-        let payload = group_start.to_le_bytes();
+        let mut payload = [0u8; 16];
+        payload[..8].copy_from_slice(&group_start.to_le_bytes());
+        payload[8..].copy_from_slice(&self.salt.to_le_bytes());
         // SAFETY: `[scan, scan + len)` was just reserved by this thread.
         unsafe { s.ring.write(scan + FRAME_HEADER, &payload) };
-        let w = header_word(Kind::Commit, 8);
+        let w = header_word(Kind::Commit, 16);
         s.ring
             .publish(scan, header_bytes(w, frame_crc(scan, w, &[&payload])));
         scan + len
@@ -263,6 +311,10 @@ impl Committer {
     /// Writes and syncs `[synced, end)`, all in one segment.
     fn commit(&mut self, synced: u64, end: u64) -> std::result::Result<(), String> {
         let seq = synced / self.shared.seg_data;
+        assert!(
+            end - synced <= self.shared.ring.cap() && (end - 1) / self.shared.seg_data == seq,
+            "commit range [{synced}, {end}) must lie in one segment and the ring"
+        );
         self.open_segment(seq)?;
         let (_, file) = self.current.as_ref().expect("segment open");
         let off = SEGMENT_HEADER + synced % self.shared.seg_data;
@@ -284,13 +336,15 @@ impl Committer {
         let mut scan = synced;
         let mut last = Instant::now();
         loop {
-            scan = self.advance_scan(scan);
+            scan = self.advance_scan(synced, scan);
             let stopping = s.stop.load(Ordering::Acquire);
             if self.wants_sync(synced, scan, last, stopping) {
-                if !scan.is_multiple_of(s.seg_data) {
+                // One segment per write and sync; the rest on the next turn.
+                let seg_end = (synced / s.seg_data + 1) * s.seg_data;
+                if scan < seg_end {
                     scan = self.commit_marker(synced, scan);
                 }
-                let end = scan;
+                let end = scan.min(seg_end);
                 if let Err(reason) = self.commit(synced, end) {
                     tracing::error!(offset = synced, %reason, "WAL write or sync failed; log poisoned");
                     s.mark.fail(Failure::Poisoned {
@@ -323,7 +377,7 @@ impl Committer {
     fn idle(&self, synced: u64, scan: u64, last: Instant, stopping: bool) {
         let s = &*self.shared;
         let work = || {
-            s.ring.header(scan) != [0; 8]
+            self.published(synced, scan)
                 || s.stop.load(Ordering::Acquire) != stopping
                 || (scan > synced && s.flush_to.load(Ordering::Acquire) > synced)
         };

@@ -9,7 +9,9 @@ use std::path::Path;
 /// Bytes reserved for a segment header; frames start after it.
 pub(crate) const SEGMENT_HEADER: u64 = 4096;
 /// Bytes of the header that are used (the rest of the 4 KiB is zero).
-const HEADER_USED: usize = 44;
+const HEADER_USED: usize = 52;
+/// Largest segment size accepted (1 GiB).
+pub(crate) const MAX_SEGMENT: u64 = 1 << 30;
 const SEGMENT_MAGIC: [u8; 8] = *b"RTWALSEG";
 /// Format version of segments and frames.
 pub(crate) const FORMAT_VERSION: u32 = 1;
@@ -31,8 +33,9 @@ pub(crate) enum Kind {
     /// on in the next segment) and stands in for an abandoned reservation.
     Pad,
     /// Written by the committer at the end of a group: payload is the LSN
-    /// where the group starts (u64 LE). Lets recovery tell a torn tail from
-    /// damage before it.
+    /// where the group starts and the segment's salt (u64 LE each). Lets
+    /// recovery tell a torn tail from damage before it; the salt keeps a
+    /// record's payload from posing as one.
     Commit,
 }
 
@@ -116,6 +119,20 @@ pub(crate) struct SegmentHeader {
     pub seq: u64,
     /// Total file size in bytes.
     pub size: u64,
+    /// Random per segment; commit frames carry it.
+    pub salt: u64,
+}
+
+/// A fresh random salt (from the OS-seeded keys of std's `RandomState`).
+pub(crate) fn random_salt() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
+    h.finish()
 }
 
 impl SegmentHeader {
@@ -127,7 +144,8 @@ impl SegmentHeader {
     }
 
     /// `magic [8] | version u32 | header len u32 | seq u64 | base LSN u64 |
-    /// size u64 | crc32c of the previous 40 bytes u32`, then zeros to 4 KiB.
+    /// size u64 | salt u64 | crc32c of the previous 48 bytes u32`, then
+    /// zeros to 4 KiB.
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(SEGMENT_HEADER as usize);
         b.extend_from_slice(&SEGMENT_MAGIC);
@@ -136,6 +154,7 @@ impl SegmentHeader {
         b.extend_from_slice(&self.seq.to_le_bytes());
         b.extend_from_slice(&self.base_lsn().to_le_bytes());
         b.extend_from_slice(&self.size.to_le_bytes());
+        b.extend_from_slice(&self.salt.to_le_bytes());
         let crc = crc32c::crc32c(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         debug_assert_eq!(b.len(), HEADER_USED);
@@ -164,13 +183,13 @@ impl SegmentHeader {
         }
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
-        let crc = crc32c::crc32c(&b[..40]);
-        if crc != u32_at(40) {
+        let crc = crc32c::crc32c(&b[..48]);
+        if crc != u32_at(48) {
             return Err(bad(
-                40,
+                48,
                 format!(
                     "segment header checksum {:#010x}, computed {crc:#010x}",
-                    u32_at(40)
+                    u32_at(48)
                 ),
             ));
         }
@@ -192,9 +211,19 @@ impl SegmentHeader {
         let h = SegmentHeader {
             seq: u64_at(16),
             size: u64_at(32),
+            salt: u64_at(40),
         };
-        if h.size <= SEGMENT_HEADER || !h.size.is_multiple_of(8) {
-            return Err(bad(32, format!("segment size {} invalid", h.size)));
+        if h.size < 2 * SEGMENT_HEADER
+            || !h.size.is_multiple_of(SEGMENT_HEADER)
+            || h.size > MAX_SEGMENT
+        {
+            return Err(bad(
+                32,
+                format!(
+                    "segment size {} invalid: a multiple of 4096 from 8192 to {MAX_SEGMENT}",
+                    h.size
+                ),
+            ));
         }
         if h.seq.checked_mul(h.data_len()) != Some(u64_at(24)) {
             return Err(bad(

@@ -89,9 +89,10 @@ impl LogConfig {
     pub(crate) fn validate(&self) -> Result<()> {
         if self.segment_size < 2 * format::SEGMENT_HEADER
             || !self.segment_size.is_multiple_of(format::SEGMENT_HEADER)
+            || self.segment_size > format::MAX_SEGMENT
         {
             return Err(Error::Config(format!(
-                "WAL segment size {} must be a multiple of 4096 and at least 8192",
+                "WAL segment size {} must be a multiple of 4096 from 8192 to 1 GiB",
                 self.segment_size
             )));
         }
@@ -302,7 +303,8 @@ impl Log {
 
     /// The largest record one append takes, in bytes.
     pub fn max_payload(&self) -> u64 {
-        (self.shared.max_frame - FRAME_HEADER).min(MAX_PAYLOAD)
+        // Multiple of 8, so a filler standing in for it fits the length field.
+        (self.shared.max_frame - FRAME_HEADER).min(MAX_PAYLOAD & !7)
     }
 
     /// The end of the log: the position the next record gets.
@@ -329,6 +331,9 @@ impl Log {
         let s = &*self.shared;
         if let Some(f) = s.mark.failure() {
             return Err(ReserveError::Fatal(f.to_error()));
+        }
+        if s.stop.load(Ordering::Acquire) {
+            return Err(ReserveError::Fatal(Error::Closed));
         }
         if payload > self.max_payload() {
             return Err(ReserveError::Fatal(Error::Config(format!(
@@ -430,8 +435,9 @@ impl Log {
         let flushed = self.flush();
         self.shared.stop.store(true, Ordering::Release);
         self.shared.wake_committer();
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(t) = thread
+        // Held through the join: a concurrent close waits for this one.
+        let mut thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = thread.take()
             && t.join().is_err()
         {
             self.shared.mark.fail(Failure::Poisoned {
@@ -441,6 +447,7 @@ impl Log {
         }
         // Whatever the committer left undone is not durable.
         self.shared.mark.fail(Failure::Closed);
+        drop(thread);
         self.shared.wake_space();
         flushed.wait()
     }

@@ -31,6 +31,7 @@ pub(crate) struct Recovered {
 
 struct Segment {
     seq: u64,
+    salt: u64,
     path: std::path::PathBuf,
     file: Box<dyn StorageFile>,
 }
@@ -52,6 +53,18 @@ fn corruption(path: &Path, offset: u64, reason: impl Into<String>) -> Error {
 
 /// Reads a segment's data area (`data` bytes after the header).
 fn read_data(seg: &Segment, data: u64) -> Result<Vec<u8>> {
+    // Check the length before allocating what the header claims.
+    let len = seg.file.len().map_err(|e| io_err(&seg.path, e))?;
+    if len < SEGMENT_HEADER + data {
+        return Err(corruption(
+            &seg.path,
+            len,
+            format!(
+                "segment is {len} bytes, its header says {}",
+                SEGMENT_HEADER + data
+            ),
+        ));
+    }
     let mut buf = vec![0u8; data as usize];
     let n = seg
         .file
@@ -89,12 +102,21 @@ fn frame_at(data: &[u8], base: u64, off: usize) -> Option<(FrameHeader, std::ops
     (frame_crc(lsn, h.word(), covered) == h.crc).then_some((h, payload))
 }
 
-/// Whether any valid commit frame in `data[from..]` names a group starting
-/// after `x`.
-fn later_commit(data: &[u8], base: u64, from: usize, x: u64) -> bool {
-    (from..data.len().saturating_sub(15)).step_by(8).any(|off| {
-        matches!(frame_at(data, base, off), Some((h, p)) if h.kind == Kind::Commit
-            && u64::from_le_bytes(data[p.clone()].try_into().unwrap_or([0; 8])) > x)
+/// Whether any valid commit frame in `data[from..]` (carrying the segment's
+/// `salt`) names a group starting after `x`.
+fn later_commit(data: &[u8], base: u64, salt: u64, from: usize, x: u64) -> bool {
+    (from..data.len().saturating_sub(23)).step_by(8).any(|off| {
+        let Some((h, p)) = frame_at(data, base, off) else {
+            return false;
+        };
+        let word = |at: usize| {
+            data.get(p.start + at..p.start + at + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        };
+        h.kind == Kind::Commit
+            && p.len() == 16
+            && word(8) == Some(salt)
+            && word(0).is_some_and(|start| start > x)
     })
 }
 
@@ -141,7 +163,12 @@ pub(crate) fn recover(
             }
             _ => {}
         }
-        segs.push(Segment { seq, path, file });
+        segs.push(Segment {
+            seq,
+            salt: h.salt,
+            path,
+            file,
+        });
     }
     let segment_size = size.unwrap_or(config.segment_size);
     let data = segment_size - SEGMENT_HEADER;
@@ -214,7 +241,7 @@ pub(crate) fn recover(
         // The first invalid frame: torn tail or damage?
         let x = pos;
         let file_off = SEGMENT_HEADER + off as u64;
-        if later_commit(&buf, base, off + 8, x) {
+        if later_commit(&buf, base, seg.salt, off + 8, x) {
             return Err(corruption(
                 &seg.path,
                 file_off,

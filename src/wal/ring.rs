@@ -79,6 +79,10 @@ impl Ring {
     /// acquire ordering by this thread) and the range is not handed back for
     /// reuse while the slices live; `b - a <= cap`.
     pub(crate) unsafe fn slices(&self, a: u64, b: u64) -> [&[u8]; 2] {
+        assert!(
+            a <= b && b - a <= self.cap(),
+            "ring range [{a}, {b}) exceeds the ring"
+        );
         let len = (b - a) as usize;
         let at = (a & self.mask) as usize;
         let first = len.min(self.cap() as usize - at);
@@ -97,6 +101,10 @@ impl Ring {
     /// # Safety
     /// As for [`slices`](Self::slices), and no slice of the range is alive.
     pub(crate) unsafe fn zero(&self, a: u64, b: u64) {
+        assert!(
+            a <= b && b - a <= self.cap(),
+            "ring range [{a}, {b}) exceeds the ring"
+        );
         let len = (b - a) as usize;
         let at = (a & self.mask) as usize;
         let first = len.min(self.cap() as usize - at);
