@@ -263,6 +263,7 @@ mod tests {
         let h = SegmentHeader {
             seq: 7,
             size: 1 << 20,
+            salt: 0x1234_5678_9abc_def0,
         };
         let b = h.encode();
         assert_eq!(b.len(), SEGMENT_HEADER as usize);
