@@ -49,7 +49,9 @@ pub enum FlushPolicy {
     GroupCommit,
     /// Sync at most once per interval (and on `flush`).
     Interval(Duration),
-    /// Sync only on `flush` (and on close).
+    /// Sync only on `flush` (and on close, and when the log buffer fills).
+    /// A durability future awaited without a `flush` waits for the next
+    /// one: resolve it with `flush`, or `close`.
     Manual,
 }
 
