@@ -9,10 +9,11 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::checkpoint::{self, Checkpointer};
 use crate::error::{Error, Result};
 use crate::hash::{Hash, Hasher};
 use crate::io::{IoBackend, LockGuard, Storage};
@@ -21,6 +22,28 @@ use crate::wal::{Durable, FlushPolicy, Log, LogConfig, ReserveError};
 
 /// Bytes of a record before its leaves: the index of its first leaf (u64).
 const RECORD_HEADER: u64 = 8;
+
+/// When a tree checkpoints by itself (it always can on `checkpoint()`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CheckpointPolicy {
+    /// Only on `checkpoint()`.
+    Manual,
+    /// In the background after every this many inserts (records).
+    EveryNEntries(u64),
+    /// In the background whenever the log has grown by this many bytes
+    /// since the last checkpoint; bounds the log's size and the time to
+    /// reopen. The default, with 256 MiB.
+    WalBytes(u64),
+    /// On `close()` only.
+    OnClose,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy::WalBytes(256 << 20)
+    }
+}
 
 /// How to open a [`Tree`].
 #[derive(Clone)]
@@ -42,7 +65,13 @@ pub struct Config {
     /// How long the committer spins for new records before sleeping
     /// (default 50 µs).
     pub spin: Duration,
+    /// When to checkpoint by itself (default: every 256 MiB of log).
+    pub checkpoint: CheckpointPolicy,
+    /// At open, recompute every level and the root from the leaves and
+    /// compare with the checkpoint (default false: checksums only).
+    pub verify_on_open: bool,
     storage: Option<Arc<dyn Storage>>,
+    failpoint: checkpoint::Failpoint,
 }
 
 impl std::fmt::Debug for Config {
@@ -54,6 +83,8 @@ impl std::fmt::Debug for Config {
             .field("buffer_capacity", &self.buffer_capacity)
             .field("segment_size", &self.segment_size)
             .field("spin", &self.spin)
+            .field("checkpoint", &self.checkpoint)
+            .field("verify_on_open", &self.verify_on_open)
             .field("custom_storage", &self.storage.is_some())
             .finish()
     }
@@ -70,8 +101,32 @@ impl Config {
             buffer_capacity: log.buffer_capacity,
             segment_size: log.segment_size,
             spin: log.spin,
+            checkpoint: CheckpointPolicy::default(),
+            verify_on_open: false,
             storage: None,
+            failpoint: None,
         }
+    }
+
+    /// Sets the checkpoint policy.
+    pub fn checkpoint(mut self, policy: CheckpointPolicy) -> Self {
+        self.checkpoint = policy;
+        self
+    }
+
+    /// Sets whether open recomputes every level from the leaves.
+    pub fn verify_on_open(mut self, verify: bool) -> Self {
+        self.verify_on_open = verify;
+        self
+    }
+
+    /// Crash tests: checkpoints stop with an error at the named point
+    /// (`shard-write`, `shard-sync`, `manifest-write`, `manifest-rename`,
+    /// `wal-recycle`), as a crash there would leave them.
+    #[doc(hidden)]
+    pub fn failpoint(mut self, point: &'static str) -> Self {
+        self.failpoint = Some(point);
+        self
     }
 
     /// Sets the flush policy.
@@ -142,6 +197,16 @@ struct Inner<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     lock: Mutex<Option<LockGuard>>,
     /// The first close's failure, for later callers.
     close_failed: Mutex<Option<String>>,
+    checkpointer: Mutex<Checkpointer>,
+    policy: CheckpointPolicy,
+    /// A background checkpoint is running.
+    checkpointing: AtomicBool,
+    /// Inserts since open (counted only for `EveryNEntries`).
+    inserts: AtomicU64,
+    /// `inserts` at the last checkpoint.
+    inserts_at_checkpoint: AtomicU64,
+    /// The last checkpoint's WAL position.
+    last_checkpoint: AtomicU64,
     backend: IoBackend,
     closed: AtomicBool,
     dir: PathBuf,
@@ -237,7 +302,27 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         };
         let backend = storage.backend();
         tracing::info!(dir = %dir.display(), backend = %backend, "opening tree");
-        let mut tree = LeanImt::<H, N, MAX_DEPTH>::new(hasher);
+        let (mut tree, start, mut checkpointer) = match checkpoint::load(&*storage, &dir, N)? {
+            Some(l) => {
+                let tree = LeanImt::<H, N, MAX_DEPTH>::from_levels(hasher, l.levels);
+                if config.verify_on_open {
+                    verify_levels(&tree, &dir)?;
+                }
+                let cp = Checkpointer::new(storage.clone(), &dir, Some((&l.manifest, l.sums)));
+                (tree, l.manifest.wal_position, cp)
+            }
+            None => (
+                LeanImt::new(hasher),
+                0,
+                Checkpointer::new(storage.clone(), &dir, None),
+            ),
+        };
+        checkpointer.failpoint = config.failpoint;
+        tracing::info!(
+            leaves = tree.size(),
+            wal_position = start,
+            "checkpoint loaded"
+        );
         let mut replay = Replayer {
             tree: &mut tree,
             pending: Vec::new(),
@@ -246,7 +331,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             storage,
             &dir.join("wal"),
             &config.log_config(),
-            0,
+            start,
             &mut |_, rec| replay.record(rec),
         )?;
         replay.finish().map_err(|reason| Error::Corruption {
@@ -263,6 +348,12 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                 wal,
                 lock: Mutex::new(Some(lock)),
                 close_failed: Mutex::new(None),
+                checkpointer: Mutex::new(checkpointer),
+                policy: config.checkpoint,
+                checkpointing: AtomicBool::new(false),
+                inserts: AtomicU64::new(0),
+                inserts_at_checkpoint: AtomicU64::new(0),
+                last_checkpoint: AtomicU64::new(start),
                 backend,
                 closed: AtomicBool::new(false),
                 dir,
@@ -341,6 +432,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         let payload = RECORD_HEADER + 32 * leaves.len() as u64;
         loop {
             if let Some(ins) = self.try_insert(leaves)? {
+                self.maybe_checkpoint();
                 return Ok(ins);
             }
             std::future::poll_fn(|cx| self.inner.wal.poll_space(payload, cx)).await;
@@ -370,6 +462,49 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         let ins = self.insert(leaf).await?;
         ins.durable.await?;
         Ok((ins.index, ins.root))
+    }
+
+    /// Starts a background checkpoint when the policy says one is due.
+    fn maybe_checkpoint(&self) {
+        let inner = &self.inner;
+        let due = match inner.policy {
+            CheckpointPolicy::WalBytes(bytes) => {
+                inner
+                    .wal
+                    .end()
+                    .saturating_sub(inner.last_checkpoint.load(Ordering::Relaxed))
+                    >= bytes
+            }
+            CheckpointPolicy::EveryNEntries(n) => {
+                let done = inner.inserts.fetch_add(1, Ordering::Relaxed) + 1;
+                done - inner.inserts_at_checkpoint.load(Ordering::Relaxed) >= n
+            }
+            CheckpointPolicy::Manual | CheckpointPolicy::OnClose => false,
+        };
+        if !due || inner.checkpointing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let bg = inner.clone();
+        let spawned = std::thread::Builder::new()
+            .name("ringtree-checkpoint".into())
+            .spawn(move || {
+                if let Err(e) = bg.checkpoint() {
+                    tracing::error!(error = %e, "background checkpoint failed");
+                }
+                bg.checkpointing.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            inner.checkpointing.store(false, Ordering::Release);
+        }
+    }
+
+    /// Writes a checkpoint now: every level of a snapshot to its shard file
+    /// (only what changed since the last one), then the manifest; then the
+    /// log it covers is recycled. Inserts and commits go on meanwhile.
+    pub async fn checkpoint(&self) -> Result<()> {
+        self.check_open()?;
+        let inner = self.inner.clone();
+        off_thread("ringtree-checkpoint", move || inner.checkpoint()).await
     }
 
     /// Waits until every insert made so far is durable (whatever the flush
@@ -425,6 +560,47 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
 }
 
 impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
+    fn checkpoint(&self) -> Result<()> {
+        self.checkpoint_at(false)
+    }
+
+    /// A checkpoint; `closing` for the one `close` itself makes.
+    fn checkpoint_at(&self, closing: bool) -> Result<()> {
+        let mut cp = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked under the checkpointer lock, which close takes before it
+        // closes the log: no checkpoint runs past a close.
+        if !closing && self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        // Index assignment and log reservation share the writer lock, so
+        // every record below `position` is for a leaf in `snap`.
+        let (snap, position, inserts) = {
+            let t = self.tree.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                t.snapshot(),
+                self.wal.end(),
+                self.inserts.load(Ordering::Relaxed),
+            )
+        };
+        let started = std::time::Instant::now();
+        cp.write(&snap, position)?;
+        self.last_checkpoint.store(position, Ordering::Relaxed);
+        self.inserts_at_checkpoint.store(inserts, Ordering::Relaxed);
+        // The log below the checkpoint may go, but never past what the
+        // committer has made durable: it may still be writing there.
+        let removed = self
+            .wal
+            .remove_segments_below(position.min(self.wal.durable()), cp.failpoint)?;
+        tracing::info!(
+            leaves = snap.size(),
+            wal_position = position,
+            segments_removed = removed,
+            took_ms = started.elapsed().as_millis() as u64,
+            "checkpoint written"
+        );
+        Ok(())
+    }
+
     fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::Release);
         // Held through the whole close: a concurrent close waits for this
@@ -432,7 +608,15 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         let mut slot = self.log.lock().unwrap_or_else(|e| e.into_inner());
         let r = match slot.take() {
             Some(l) => {
-                let r = l.close();
+                let checkpointed = match self.policy {
+                    CheckpointPolicy::OnClose => self.checkpoint_at(true),
+                    _ => Ok(()),
+                };
+                // Waits for a background checkpoint: none outlives the close
+                // (it would recycle the log under the next owner's feet).
+                let cp = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner());
+                let r = checkpointed.and_then(|()| l.close());
+                drop(cp);
                 *self.close_failed.lock().unwrap_or_else(|e| e.into_inner()) =
                     r.as_ref().err().map(|e| e.to_string());
                 r
@@ -537,4 +721,35 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> std::fmt::Debug for Tree
             .field("size", &self.size())
             .finish()
     }
+}
+
+/// `verify_on_open`: recomputes every level from the leaves and compares.
+fn verify_levels<H: Hasher, const N: usize, const MAX_DEPTH: usize>(
+    tree: &LeanImt<H, N, MAX_DEPTH>,
+    dir: &Path,
+) -> Result<()> {
+    let snap = tree.snapshot();
+    let mut fresh = LeanImt::<H, N, MAX_DEPTH>::new(tree.hasher().clone());
+    let size = snap.size();
+    let mut batch = Vec::with_capacity(1 << 16);
+    for i in 0..size {
+        batch.push(snap.leaf(i)?);
+        if batch.len() == batch.capacity() || i + 1 == size {
+            fresh.insert_many(&batch)?;
+            batch.clear();
+        }
+    }
+    let check = fresh.snapshot();
+    for d in 0..=snap.depth() {
+        for i in 0..snap.level_len(d) {
+            if snap.node(d, i)? != check.node(d, i)? {
+                return Err(Error::Corruption {
+                    file: dir.join("shards").join(format!("level-{d:02}.shard")),
+                    offset: 4096 + 32 * i,
+                    reason: format!("node {i} of level {d} differs from the one its children give"),
+                });
+            }
+        }
+    }
+    Ok(())
 }

@@ -54,6 +54,7 @@
 
 #![deny(missing_docs)]
 
+mod checkpoint;
 mod db;
 mod error;
 mod hash;
@@ -62,7 +63,7 @@ mod proof;
 mod tree;
 pub mod wal;
 
-pub use db::{Config, Inserted, Tree};
+pub use db::{CheckpointPolicy, Config, Inserted, Tree};
 pub use error::{Error, Result};
 pub use hash::{Blake3, Hash, Hasher};
 pub use io::IoBackend;

@@ -42,11 +42,14 @@ fn backend() -> IoBackend {
     }
 }
 
+/// Small segments and frequent background checkpoints, so kills land in
+/// checkpoints and log recycling too.
 fn config(dir: &str) -> Config {
     Config::new(dir)
         .io(backend())
         .segment_size(1 << 20)
         .buffer_capacity(1 << 20)
+        .checkpoint(ringtree::CheckpointPolicy::WalBytes(256 << 10))
 }
 
 /// The child: inserts until killed, printing `index task seq` per durable insert.
@@ -195,4 +198,5 @@ fn kill_child_and_recover() {
         futures::executor::block_on(tree.close()).unwrap();
     }
     assert!(last_size > 0);
+    assert!(dir.join("MANIFEST").exists(), "checkpoints ran under the policy");
 }

@@ -176,6 +176,27 @@ impl Level {
         }
     }
 
+    /// A level of `len` nodes held in `chunks` (`ceil(len / 128)` of them;
+    /// bytes past `len` in the last one are ignored).
+    pub(crate) fn from_chunks(mut chunks: Vec<Arc<Chunk>>, len: u64) -> Self {
+        assert_eq!(
+            chunks.len() as u64,
+            len.div_ceil(CHUNK_LEN as u64),
+            "chunk count for {len} nodes"
+        );
+        let mut level = Self::new();
+        let Some(tail) = chunks.pop() else {
+            return level;
+        };
+        for (i, c) in chunks.into_iter().enumerate() {
+            level.dir.set(i, c);
+            level.sealed += 1;
+        }
+        level.tail = tail;
+        level.len = len;
+        level
+    }
+
     #[inline]
     pub(crate) fn len(&self) -> u64 {
         self.len

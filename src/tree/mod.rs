@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::hash::{Hash, Hasher};
-pub(crate) use level::{CHUNK_LEN, Level};
+pub(crate) use level::{CHUNK_LEN, Chunk, Level};
 
 /// `N^MAX_DEPTH`, saturated at `u64::MAX`.
 pub(crate) const fn capacity_of(arity: usize, max_depth: usize) -> u64 {
@@ -84,6 +84,28 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
             levels: vec![Level::new()],
             scratch: Vec::new(),
         }
+    }
+
+    /// A tree from stored levels (`levels[0]` the leaves, each level's
+    /// chunks and node count), as a checkpoint holds them. The caller has
+    /// checked the shape; this only asserts it.
+    pub(crate) fn from_levels(hasher: H, levels: Vec<(Vec<Arc<Chunk>>, u64)>) -> Self {
+        let mut t = Self::new(hasher);
+        if levels.is_empty() {
+            return t;
+        }
+        t.levels = levels
+            .into_iter()
+            .map(|(chunks, len)| Level::from_chunks(chunks, len))
+            .collect();
+        for w in t.levels.windows(2) {
+            assert_eq!(w[1].len(), w[0].len().div_ceil(N as u64), "level shape");
+        }
+        assert!(
+            t.levels[0].len() == 0 || t.levels.last().map(Level::len) == Some(1),
+            "one root"
+        );
+        t
     }
 
     /// The hasher.

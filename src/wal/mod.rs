@@ -182,6 +182,7 @@ pub struct Log {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
     dir: PathBuf,
+    storage: Arc<dyn Storage>,
 }
 
 /// A reserved range of the log; [`write`](Reservation::write) fills it.
@@ -283,7 +284,7 @@ impl Log {
         });
         let committer = committer::Committer::new(
             shared.clone(),
-            storage,
+            storage.clone(),
             dir.to_path_buf(),
             config,
             rec.segment_size,
@@ -300,6 +301,7 @@ impl Log {
             shared,
             thread: Mutex::new(Some(thread)),
             dir: dir.to_path_buf(),
+            storage,
         })
     }
 
@@ -452,6 +454,47 @@ impl Log {
         drop(thread);
         self.shared.wake_space();
         flushed.wait()
+    }
+
+    /// Removes every segment wholly below `position`, which must be durable
+    /// and covered by a durable checkpoint; returns how many. `failpoint`
+    /// `wal-recycle` stops after the first removal, before the directory
+    /// sync (crash tests).
+    pub(crate) fn remove_segments_below(
+        &self,
+        position: u64,
+        failpoint: Option<&'static str>,
+    ) -> Result<usize> {
+        assert!(
+            position <= self.durable(),
+            "only durable log may be recycled"
+        );
+        let io = |e| Error::Io {
+            path: self.dir.clone(),
+            source: e,
+        };
+        let mut removed = 0;
+        for name in self.storage.list(&self.dir).map_err(io)? {
+            let Some(seq) = format::parse_segment_name(&name) else {
+                continue;
+            };
+            if (seq + 1) * self.shared.seg_data <= position {
+                self.storage.remove(&self.dir.join(&name)).map_err(io)?;
+                removed += 1;
+                if failpoint == Some("wal-recycle") {
+                    return Err(io(std::io::Error::other("failpoint wal-recycle")));
+                }
+            }
+        }
+        if failpoint == Some("wal-recycle") {
+            return Err(io(std::io::Error::other(
+                "failpoint wal-recycle (nothing to recycle)",
+            )));
+        }
+        if removed > 0 {
+            self.storage.sync_dir(&self.dir).map_err(io)?;
+        }
+        Ok(removed)
     }
 
     /// The directory of the log.

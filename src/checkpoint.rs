@@ -1,0 +1,638 @@
+//! Checkpoints: every level of a snapshot streamed to its shard file, a
+//! manifest naming what they cover, and loading them back at open.
+//!
+//! Owns `<dir>/MANIFEST` and `<dir>/shards/`. At every level only the last
+//! node can change, so a level is stored as *sealed* chunks (every node
+//! final), written once, appended to the level's shard file and never
+//! rewritten, plus its *tail* chunk (the one holding the last node), written
+//! to one of two slots, the one the current manifest does not name. So a
+//! checkpoint never touches what the durable manifest refers to, writes only
+//! what changed, and a crash anywhere leaves the previous checkpoint whole.
+//! Shards are synced, then the manifest is made durable (temp file, fsync,
+//! rename, directory fsync); only then may the log below its WAL position be
+//! recycled (invariant 4): the caller does that.
+//! Every file has a magic, a version and checksums; damage is
+//! `Error::Corruption` naming the file and offset (invariants 5 and 8).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::hash::Hash;
+use crate::io::{Storage, StorageFile};
+use crate::tree::{CHUNK_LEN, Chunk, Snapshot};
+
+pub(crate) const MANIFEST: &str = "MANIFEST";
+const SHARDS: &str = "shards";
+const MANIFEST_MAGIC: [u8; 8] = *b"RTMANIFS";
+const SHARD_MAGIC: [u8; 8] = *b"RTSHARD1";
+const SUMS_MAGIC: [u8; 8] = *b"RTSUMS01";
+const VERSION: u32 = 1;
+/// Shard header size; chunk `i` is at `SHARD_HEADER + i * CHUNK_BYTES`, so
+/// chunks are page-aligned.
+const SHARD_HEADER: u64 = 4096;
+const SUMS_HEADER: u64 = 64;
+const CHUNK_BYTES: u64 = (CHUNK_LEN * 32) as u64;
+/// Bytes per level in the manifest.
+const LEVEL_META: usize = 20;
+
+/// One level in the manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LevelMeta {
+    /// Nodes in the level.
+    pub nodes: u64,
+    /// CRC-32C over the checksums of the level's sealed chunks (u32 LE
+    /// each, in order).
+    pub sums_crc: u32,
+    /// Which tail slot (0 or 1) holds the level's last chunk.
+    pub tail_slot: u32,
+    /// CRC-32C of that tail chunk (4 KiB, zero past the last node).
+    pub tail_crc: u32,
+}
+
+/// Sealed chunks of a level of `nodes` nodes: every chunk before the one
+/// holding the last node.
+fn sealed_chunks(nodes: u64) -> u64 {
+    nodes.saturating_sub(1) / CHUNK_LEN as u64
+}
+
+/// What a checkpoint covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Manifest {
+    pub arity: u32,
+    pub leaves: u64,
+    /// All zero for an empty tree.
+    pub root: Hash,
+    /// The log below this position is covered by the checkpoint.
+    pub wal_position: u64,
+    pub levels: Vec<LevelMeta>,
+}
+
+fn corruption(file: &Path, offset: u64, reason: impl Into<String>) -> Error {
+    Error::Corruption {
+        file: file.to_path_buf(),
+        offset,
+        reason: reason.into(),
+    }
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    }
+}
+
+impl Manifest {
+    /// `"RTMANIFS" | version u32 | arity u32 | leaves u64 | WAL position u64
+    /// | root [32] | level count u32 | per level: nodes u64, sums crc u32,
+    /// tail slot u32, tail crc u32 | crc32c of all before u32`.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(68 + LEVEL_META * self.levels.len());
+        b.extend_from_slice(&MANIFEST_MAGIC);
+        b.extend_from_slice(&VERSION.to_le_bytes());
+        b.extend_from_slice(&self.arity.to_le_bytes());
+        b.extend_from_slice(&self.leaves.to_le_bytes());
+        b.extend_from_slice(&self.wal_position.to_le_bytes());
+        b.extend_from_slice(&self.root);
+        b.extend_from_slice(&(self.levels.len() as u32).to_le_bytes());
+        for l in &self.levels {
+            b.extend_from_slice(&l.nodes.to_le_bytes());
+            b.extend_from_slice(&l.sums_crc.to_le_bytes());
+            b.extend_from_slice(&l.tail_slot.to_le_bytes());
+            b.extend_from_slice(&l.tail_crc.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    pub(crate) fn decode(path: &Path, b: &[u8]) -> Result<Self> {
+        const FIXED: usize = 8 + 4 + 4 + 8 + 8 + 32 + 4;
+        if b.len() < FIXED + 4 {
+            return Err(corruption(
+                path,
+                0,
+                format!(
+                    "manifest is {} bytes, at least {} expected",
+                    b.len(),
+                    FIXED + 4
+                ),
+            ));
+        }
+        let body = &b[..b.len() - 4];
+        let crc = u32::from_le_bytes(b[b.len() - 4..].try_into().expect("4 bytes"));
+        if crc32c::crc32c(body) != crc {
+            return Err(corruption(
+                path,
+                (b.len() - 4) as u64,
+                "manifest checksum mismatch",
+            ));
+        }
+        if b[..8] != MANIFEST_MAGIC {
+            return Err(corruption(path, 0, "bad manifest magic"));
+        }
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+        if u32_at(8) != VERSION {
+            return Err(corruption(
+                path,
+                8,
+                format!("unsupported manifest version {}", u32_at(8)),
+            ));
+        }
+        let count = u32_at(64) as usize;
+        if body.len() != FIXED + LEVEL_META * count {
+            return Err(corruption(
+                path,
+                64,
+                format!(
+                    "{count} levels do not match the manifest's length {}",
+                    b.len()
+                ),
+            ));
+        }
+        let levels = (0..count)
+            .map(|i| {
+                let o = FIXED + LEVEL_META * i;
+                LevelMeta {
+                    nodes: u64_at(o),
+                    sums_crc: u32_at(o + 8),
+                    tail_slot: u32_at(o + 12),
+                    tail_crc: u32_at(o + 16),
+                }
+            })
+            .collect();
+        Ok(Self {
+            arity: u32_at(12),
+            leaves: u64_at(16),
+            wal_position: u64_at(24),
+            root: b[32..64].try_into().expect("32 bytes"),
+            levels,
+        })
+    }
+}
+
+fn shard_path(dir: &Path, level: usize) -> PathBuf {
+    dir.join(SHARDS).join(format!("level-{level:02}.shard"))
+}
+
+fn sums_path(dir: &Path, level: usize) -> PathBuf {
+    dir.join(SHARDS).join(format!("level-{level:02}.sums"))
+}
+
+/// Two tail slots after a 4 KiB header: slot `s` at `4096 + s * 4096`.
+fn tail_path(dir: &Path, level: usize) -> PathBuf {
+    dir.join(SHARDS).join(format!("level-{level:02}.tail"))
+}
+const TAIL_MAGIC: [u8; 8] = *b"RTTAIL01";
+
+/// `magic [8] | version u32 | level u32 | crc32c of the 16 bytes before`,
+/// zero-padded to `len`.
+fn file_header(magic: [u8; 8], level: usize, len: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(len as usize);
+    b.extend_from_slice(&magic);
+    b.extend_from_slice(&VERSION.to_le_bytes());
+    b.extend_from_slice(&(level as u32).to_le_bytes());
+    let crc = crc32c::crc32c(&b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b.resize(len as usize, 0);
+    b
+}
+
+fn check_header(file: &dyn StorageFile, path: &Path, magic: [u8; 8], level: usize) -> Result<()> {
+    let mut h = [0u8; 20];
+    let n = file.read_at(0, &mut h).map_err(|e| io_err(path, e))?;
+    if n < 20 || h[..8] != magic {
+        return Err(corruption(path, 0, "bad or missing file header"));
+    }
+    if crc32c::crc32c(&h[..16]) != u32::from_le_bytes(h[16..20].try_into().expect("4 bytes")) {
+        return Err(corruption(path, 16, "file header checksum mismatch"));
+    }
+    if u32::from_le_bytes(h[8..12].try_into().expect("4 bytes")) != VERSION {
+        return Err(corruption(path, 8, "unsupported version"));
+    }
+    let l = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
+    if l as usize != level {
+        return Err(corruption(
+            path,
+            12,
+            format!("header names level {l}, expected {level}"),
+        ));
+    }
+    Ok(())
+}
+
+fn sums_crc(sums: &[u32]) -> u32 {
+    let bytes: Vec<u8> = sums.iter().flat_map(|s| s.to_le_bytes()).collect();
+    crc32c::crc32c(&bytes)
+}
+
+/// Where a checkpoint stops on purpose, for crash tests: the named point
+/// fails as a crash there would leave things.
+pub(crate) type Failpoint = Option<&'static str>;
+
+fn failpoint(fp: Failpoint, name: &'static str, dir: &Path) -> Result<()> {
+    if fp == Some(name) {
+        return Err(io_err(
+            dir,
+            std::io::Error::other(format!("failpoint {name}")),
+        ));
+    }
+    Ok(())
+}
+
+/// Checkpoint state kept between checkpoints.
+pub(crate) struct Checkpointer {
+    storage: Arc<dyn Storage>,
+    dir: PathBuf,
+    /// Per level, the checksum of each chunk as of the last checkpoint.
+    sums: Vec<Vec<u32>>,
+    /// Per level, the node count as of the last checkpoint.
+    nodes: Vec<u64>,
+    /// Per level, the tail slot the last checkpoint used.
+    slots: Vec<u32>,
+    /// The last checkpoint's WAL position.
+    pub(crate) wal_position: u64,
+    pub(crate) failpoint: Failpoint,
+}
+
+impl Checkpointer {
+    pub(crate) fn new(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        loaded: Option<(&Manifest, Vec<Vec<u32>>)>,
+    ) -> Self {
+        let (sums, nodes, slots, wal_position) = match loaded {
+            Some((m, sums)) => (
+                sums,
+                m.levels.iter().map(|l| l.nodes).collect(),
+                m.levels.iter().map(|l| l.tail_slot).collect(),
+                m.wal_position,
+            ),
+            None => (Vec::new(), Vec::new(), Vec::new(), 0),
+        };
+        Self {
+            storage,
+            dir: dir.to_path_buf(),
+            sums,
+            nodes,
+            slots,
+            wal_position,
+            failpoint: None,
+        }
+    }
+
+    /// Makes `manifest` the durable one: temp file, fsync, rename,
+    /// directory fsync (with the named failpoints when `failpoints`).
+    fn write_manifest(&self, manifest: &Manifest, failpoints: bool) -> Result<()> {
+        let fp = if failpoints { self.failpoint } else { None };
+        let tmp = self.dir.join(format!("{MANIFEST}.tmp"));
+        let path = self.dir.join(MANIFEST);
+        if self.storage.exists(&tmp) {
+            self.storage.remove(&tmp).map_err(|e| io_err(&tmp, e))?;
+        }
+        let f = self.storage.open(&tmp, true).map_err(|e| io_err(&tmp, e))?;
+        f.write_at(0, &[&manifest.encode()])
+            .map_err(|e| io_err(&tmp, e))?;
+        f.sync_data().map_err(|e| io_err(&tmp, e))?;
+        drop(f);
+        failpoint(fp, "manifest-write", &self.dir)?;
+        self.storage
+            .rename(&tmp, &path)
+            .map_err(|e| io_err(&path, e))?;
+        failpoint(fp, "manifest-rename", &self.dir)?;
+        self.storage
+            .sync_dir(&self.dir)
+            .map_err(|e| io_err(&self.dir, e))
+    }
+
+    /// Opens (creating with their headers) a level's shard, sums and tail
+    /// files.
+    fn open_level_files(
+        &self,
+        level: usize,
+        created: &mut bool,
+    ) -> Result<[Box<dyn StorageFile>; 3]> {
+        let mut open =
+            |path: PathBuf, magic: [u8; 8], header: u64| -> Result<Box<dyn StorageFile>> {
+                let fresh = !self.storage.exists(&path);
+                let f = self
+                    .storage
+                    .open(&path, true)
+                    .map_err(|e| io_err(&path, e))?;
+                if fresh || f.len().map_err(|e| io_err(&path, e))? < header {
+                    f.write_at(0, &[&file_header(magic, level, header)])
+                        .map_err(|e| io_err(&path, e))?;
+                    *created = true;
+                }
+                Ok(f)
+            };
+        Ok([
+            open(shard_path(&self.dir, level), SHARD_MAGIC, SHARD_HEADER)?,
+            open(sums_path(&self.dir, level), SUMS_MAGIC, SUMS_HEADER)?,
+            open(tail_path(&self.dir, level), TAIL_MAGIC, SHARD_HEADER)?,
+        ])
+    }
+
+    /// Writes a checkpoint of `snap`, which holds every leaf the log below
+    /// `wal_position` holds. Returns the manifest written.
+    pub(crate) fn write(&mut self, snap: &Snapshot, wal_position: u64) -> Result<Manifest> {
+        let shards = self.dir.join(SHARDS);
+        self.storage
+            .create_dir_all(&shards)
+            .map_err(|e| io_err(&shards, e))?;
+        if !self.storage.exists(&self.dir.join(MANIFEST)) {
+            // Before the first shard file exists, an empty checkpoint (the
+            // same as none) is made durable: from then on a missing
+            // manifest beside shard files can only be damage.
+            let empty = Manifest {
+                arity: snap.arity() as u32,
+                leaves: 0,
+                root: [0; 32],
+                wal_position: 0,
+                levels: Vec::new(),
+            };
+            self.write_manifest(&empty, false)?;
+        }
+        let levels = if snap.size() == 0 {
+            0
+        } else {
+            snap.depth() + 1
+        };
+        let mut created = false;
+        let mut files = Vec::with_capacity(levels);
+        let mut sums = self.sums.clone();
+        sums.resize(levels.max(sums.len()), Vec::new());
+        let mut metas = Vec::with_capacity(levels);
+        for (d, level_sums) in sums.iter_mut().enumerate().take(levels) {
+            let level = snap.level(d);
+            let nodes = level.len();
+            let [shard, sumf, tail] = self.open_level_files(d, &mut created)?;
+            // Sealed chunks not yet written, appended after those the
+            // current manifest names: nothing it refers to is touched.
+            let first = sealed_chunks(self.nodes.get(d).copied().unwrap_or(0)) as usize;
+            let sealed = sealed_chunks(nodes) as usize;
+            level_sums.truncate(first);
+            const RUN: usize = 1024; // 4 MiB per write
+            let mut c = first;
+            while c < sealed {
+                let end = (c + RUN).min(sealed);
+                let mut buf = vec![0u8; (end - c) * CHUNK_BYTES as usize];
+                for (i, out) in buf.chunks_exact_mut(CHUNK_BYTES as usize).enumerate() {
+                    out.copy_from_slice(level.chunk(c + i).as_flattened());
+                    level_sums.push(crc32c::crc32c(out));
+                }
+                let off = SHARD_HEADER + c as u64 * CHUNK_BYTES;
+                shard
+                    .write_at(off, &[&buf])
+                    .map_err(|e| io_err(&shard_path(&self.dir, d), e))?;
+                c = end;
+            }
+            if sealed > first {
+                let bytes: Vec<u8> = level_sums[first..]
+                    .iter()
+                    .flat_map(|s| s.to_le_bytes())
+                    .collect();
+                sumf.write_at(SUMS_HEADER + 4 * first as u64, &[&bytes])
+                    .map_err(|e| io_err(&sums_path(&self.dir, d), e))?;
+            }
+            // The tail chunk into the slot the current manifest does not use.
+            let slot = 1 - self.slots.get(d).copied().unwrap_or(1).min(1);
+            let mut tbuf = vec![0u8; CHUNK_BYTES as usize];
+            let tnodes = level.chunk(sealed);
+            tbuf[..tnodes.len() * 32].copy_from_slice(tnodes.as_flattened());
+            tail.write_at(SHARD_HEADER + u64::from(slot) * CHUNK_BYTES, &[&tbuf])
+                .map_err(|e| io_err(&tail_path(&self.dir, d), e))?;
+            metas.push(LevelMeta {
+                nodes,
+                sums_crc: sums_crc(level_sums),
+                tail_slot: slot,
+                tail_crc: crc32c::crc32c(&tbuf),
+            });
+            files.push((d, [shard, sumf, tail]));
+            failpoint(self.failpoint, "shard-write", &shards)?;
+        }
+        for (d, fs) in &files {
+            for (f, path) in fs.iter().zip([
+                shard_path(&self.dir, *d),
+                sums_path(&self.dir, *d),
+                tail_path(&self.dir, *d),
+            ]) {
+                f.sync_data().map_err(|e| io_err(&path, e))?;
+            }
+        }
+        if created {
+            self.storage
+                .sync_dir(&shards)
+                .map_err(|e| io_err(&shards, e))?;
+            self.storage
+                .sync_dir(&self.dir)
+                .map_err(|e| io_err(&self.dir, e))?;
+        }
+        failpoint(self.failpoint, "shard-sync", &shards)?;
+        let manifest = Manifest {
+            arity: snap.arity() as u32,
+            leaves: snap.size(),
+            root: snap.root().unwrap_or([0; 32]),
+            wal_position,
+            levels: metas,
+        };
+        self.write_manifest(&manifest, true)?;
+        sums.truncate(levels);
+        self.sums = sums;
+        self.nodes = manifest.levels.iter().map(|l| l.nodes).collect();
+        self.slots = manifest.levels.iter().map(|l| l.tail_slot).collect();
+        self.wal_position = wal_position;
+        Ok(manifest)
+    }
+}
+
+fn chunk_from(bytes: &[u8]) -> Arc<Chunk> {
+    let mut chunk = Arc::new([[0u8; 32]; CHUNK_LEN]);
+    Arc::get_mut(&mut chunk)
+        .expect("fresh")
+        .as_flattened_mut()
+        .copy_from_slice(bytes);
+    chunk
+}
+
+/// A checkpoint read back: the levels, the manifest and the chunk sums.
+pub(crate) struct Loaded {
+    pub levels: Vec<(Vec<Arc<Chunk>>, u64)>,
+    pub manifest: Manifest,
+    pub sums: Vec<Vec<u32>>,
+}
+
+/// Reads the checkpoint of `dir`, if any, checking every checksum and the
+/// manifest against its shards.
+pub(crate) fn load(storage: &dyn Storage, dir: &Path, arity: usize) -> Result<Option<Loaded>> {
+    let path = dir.join(MANIFEST);
+    let shards = dir.join(SHARDS);
+    if !storage.exists(&path) {
+        if storage.exists(&shards)
+            && !storage
+                .list(&shards)
+                .map_err(|e| io_err(&shards, e))?
+                .is_empty()
+        {
+            return Err(corruption(
+                &path,
+                0,
+                "manifest missing while shard files exist",
+            ));
+        }
+        return Ok(None);
+    }
+    let f = storage.open(&path, false).map_err(|e| io_err(&path, e))?;
+    let len = f.len().map_err(|e| io_err(&path, e))?;
+    if len > 1 << 20 {
+        return Err(corruption(
+            &path,
+            0,
+            format!("manifest of {len} bytes is implausibly large"),
+        ));
+    }
+    let mut b = vec![0u8; len as usize];
+    f.read_at(0, &mut b).map_err(|e| io_err(&path, e))?;
+    let m = Manifest::decode(&path, &b)?;
+    if m.arity as usize != arity {
+        return Err(Error::Config(format!(
+            "the checkpoint is of a {}-ary tree, this tree type is {arity}-ary",
+            m.arity
+        )));
+    }
+    // The shape must be that of a tree of `leaves` leaves.
+    let mismatch =
+        |why: String| corruption(&path, 0, format!("manifest does not match a tree: {why}"));
+    if m.leaves == 0 {
+        if !m.levels.is_empty() {
+            return Err(mismatch("levels for an empty tree".into()));
+        }
+    } else {
+        let mut len = m.leaves;
+        for (d, l) in m.levels.iter().enumerate() {
+            if l.nodes != len {
+                return Err(mismatch(format!(
+                    "level {d} has {} nodes, {len} expected",
+                    l.nodes
+                )));
+            }
+            len = len.div_ceil(arity as u64);
+        }
+        if m.levels.last().map(|l| l.nodes) != Some(1) {
+            return Err(mismatch("the top level is not a single root".into()));
+        }
+    }
+    let mut levels = Vec::with_capacity(m.levels.len());
+    let mut all_sums = Vec::with_capacity(m.levels.len());
+    for (d, meta) in m.levels.iter().enumerate() {
+        let sealed = sealed_chunks(meta.nodes);
+        let (sp, up, tp) = (shard_path(dir, d), sums_path(dir, d), tail_path(dir, d));
+        let open = |p: &Path| -> Result<Box<dyn StorageFile>> {
+            storage.open(p, false).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    corruption(p, 0, "missing shard file named by the manifest")
+                } else {
+                    io_err(p, e)
+                }
+            })
+        };
+        let (shard, sumf, tail) = (open(&sp)?, open(&up)?, open(&tp)?);
+        check_header(&*shard, &sp, SHARD_MAGIC, d)?;
+        check_header(&*sumf, &up, SUMS_MAGIC, d)?;
+        check_header(&*tail, &tp, TAIL_MAGIC, d)?;
+        let need = SUMS_HEADER + 4 * sealed;
+        let have = sumf.len().map_err(|e| io_err(&up, e))?;
+        if have < need {
+            return Err(corruption(
+                &up,
+                have,
+                format!("short checksum file: {have} bytes, {need} needed"),
+            ));
+        }
+        let mut sb = vec![0u8; 4 * sealed as usize];
+        sumf.read_at(SUMS_HEADER, &mut sb)
+            .map_err(|e| io_err(&up, e))?;
+        let sums: Vec<u32> = sb
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        if sums_crc(&sums) != meta.sums_crc {
+            return Err(corruption(
+                &up,
+                SUMS_HEADER,
+                "chunk checksums do not match the manifest",
+            ));
+        }
+        let need = SHARD_HEADER + CHUNK_BYTES * sealed;
+        let have = shard.len().map_err(|e| io_err(&sp, e))?;
+        if have < need {
+            return Err(corruption(
+                &sp,
+                have,
+                format!("short shard: {have} bytes, {need} needed"),
+            ));
+        }
+        let mut out: Vec<Arc<Chunk>> = Vec::with_capacity(sealed as usize + 1);
+        const RUN: u64 = 1024;
+        let mut buf = Vec::new();
+        let mut c = 0;
+        while c < sealed {
+            let end = (c + RUN).min(sealed);
+            buf.resize(((end - c) * CHUNK_BYTES) as usize, 0);
+            let off = SHARD_HEADER + c * CHUNK_BYTES;
+            shard.read_at(off, &mut buf).map_err(|e| io_err(&sp, e))?;
+            for (i, bytes) in buf.chunks_exact(CHUNK_BYTES as usize).enumerate() {
+                let k = c + i as u64;
+                if crc32c::crc32c(bytes) != sums[k as usize] {
+                    return Err(corruption(
+                        &sp,
+                        SHARD_HEADER + k * CHUNK_BYTES,
+                        format!("chunk {k} checksum mismatch"),
+                    ));
+                }
+                out.push(chunk_from(bytes));
+            }
+            c = end;
+        }
+        if meta.tail_slot > 1 {
+            return Err(corruption(
+                &dir.join(MANIFEST),
+                0,
+                format!("level {d}: tail slot {}", meta.tail_slot),
+            ));
+        }
+        let toff = SHARD_HEADER + u64::from(meta.tail_slot) * CHUNK_BYTES;
+        let mut tb = vec![0u8; CHUNK_BYTES as usize];
+        let n = tail.read_at(toff, &mut tb).map_err(|e| io_err(&tp, e))?;
+        if n < tb.len() {
+            return Err(corruption(&tp, toff + n as u64, "short tail file"));
+        }
+        if crc32c::crc32c(&tb) != meta.tail_crc {
+            return Err(corruption(
+                &tp,
+                toff,
+                format!("tail chunk (slot {}) checksum mismatch", meta.tail_slot),
+            ));
+        }
+        out.push(chunk_from(&tb));
+        levels.push((out, meta.nodes));
+        all_sums.push(sums);
+    }
+    // The top node must be the manifest's root.
+    if let Some((chunks, _)) = levels.last()
+        && chunks[0][0] != m.root
+    {
+        return Err(corruption(
+            &shard_path(dir, levels.len() - 1),
+            SHARD_HEADER,
+            "root differs from the manifest's",
+        ));
+    }
+    Ok(Some(Loaded {
+        levels,
+        manifest: m,
+        sums: all_sums,
+    }))
+}

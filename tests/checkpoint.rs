@@ -1,0 +1,341 @@
+//! Checkpoints: reopen from shards + the log tail, recycling of the log,
+//! named crash points on the simulated disk, damage reported by file, and
+//! the checkpoint policies.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use common::{Rng, leaf, leaves};
+use ringtree::io::{SimStorage, Storage};
+use ringtree::{
+    Blake3, CheckpointPolicy, Config, Error, FlushPolicy, Hash, IoBackend, LeanImt, Tree,
+};
+
+type T4 = Tree<Blake3, 4, 32>;
+
+fn sim_config(sim: &SimStorage, dir: &str) -> Config {
+    Config::new(dir)
+        .storage(Arc::new(sim.clone()))
+        .segment_size(64 << 10)
+        .buffer_capacity(16 << 10)
+        .checkpoint(CheckpointPolicy::Manual)
+}
+
+fn model_root(leaves: &[Hash]) -> Option<Hash> {
+    let mut t = LeanImt::<Blake3, 4, 32>::new(Blake3);
+    if !leaves.is_empty() {
+        t.insert_many(leaves).unwrap();
+    }
+    t.root()
+}
+
+/// `insert_many` in batches the log takes; returns the last future.
+async fn insert_all(t: &T4, leaves: &[Hash]) -> ringtree::Durable {
+    let mut last = None;
+    for c in leaves.chunks(t.max_batch() as usize) {
+        last = Some(t.insert_many(c).await.unwrap().durable);
+    }
+    last.unwrap()
+}
+
+fn wal_segments(storage: &dyn Storage, dir: &str) -> Vec<String> {
+    storage
+        .list(&Path::new(dir).join("wal"))
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.ends_with(".wal"))
+        .collect()
+}
+
+#[test]
+fn checkpoint_reopen_and_recycle_on_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("t");
+    let cfg = Config::new(&dir)
+        .io(IoBackend::Threaded)
+        .segment_size(64 << 10)
+        .checkpoint(CheckpointPolicy::Manual);
+    let all = leaves(0..30_000);
+    let t = T4::open_blocking(cfg.clone()).unwrap();
+    let proofs_before = futures::executor::block_on(async {
+        for c in all[..20_000].chunks(700) {
+            insert_all(&t, c).await;
+        }
+        for l in &all[20_000..21_000] {
+            t.insert(*l).await.unwrap();
+        }
+        t.flush().await.unwrap();
+        let segs = std::fs::read_dir(dir.join("wal")).unwrap().count();
+        t.checkpoint().await.unwrap();
+        let after = std::fs::read_dir(dir.join("wal")).unwrap().count();
+        assert!(
+            after < segs,
+            "the log below the checkpoint is recycled: {segs} -> {after}"
+        );
+        // More after the checkpoint: they come back from the log tail.
+        insert_all(&t, &all[21_000..25_000]).await.await.unwrap();
+        let snap = t.snapshot();
+        let ps: Vec<_> = [0u64, 777, 20_999, 24_999]
+            .iter()
+            .map(|&i| snap.proof(i).unwrap())
+            .collect();
+        t.close().await.unwrap();
+        ps
+    });
+    let t = T4::open_blocking(cfg.clone().verify_on_open(true)).unwrap();
+    assert_eq!(t.size(), 25_000);
+    assert_eq!(t.root(), model_root(&all[..25_000]));
+    let snap = t.snapshot();
+    for p in &proofs_before {
+        assert_eq!(
+            &snap.proof(p.leaf_index()).unwrap(),
+            p,
+            "proofs from reopened levels equal proofs from memory"
+        );
+    }
+    // A second, incremental checkpoint, then reopen again.
+    futures::executor::block_on(async {
+        insert_all(&t, &all[25_000..30_000]).await;
+        t.checkpoint().await.unwrap();
+        t.close().await.unwrap();
+    });
+    let t = T4::open_blocking(cfg).unwrap();
+    assert_eq!(t.size(), 30_000);
+    assert_eq!(t.root(), model_root(&all));
+}
+
+/// Named crash points: the checkpoint stops there, more inserts follow, the
+/// disk crashes (torn, dropped or kept unsynced writes); reopening gives a
+/// tree of a prefix of the inserts holding every acknowledged one.
+#[test]
+fn crash_points_keep_the_durable_prefix() {
+    let points = [
+        "shard-write",
+        "shard-sync",
+        "manifest-write",
+        "manifest-rename",
+        "wal-recycle",
+    ];
+    let mut rng = Rng(42);
+    for (k, point) in points.iter().enumerate() {
+        for crash in 0..3 {
+            for earlier_checkpoint in [false, true] {
+                let ctx = format!("{point} crash {crash} earlier {earlier_checkpoint}");
+                let sim = SimStorage::new(100 + k as u64 * 10 + crash);
+                let mut model: Vec<Hash> = Vec::new();
+                let mut next = 0u64;
+                let mut batch = |n: u64| {
+                    let b = leaves(next..next + n);
+                    next += n;
+                    b
+                };
+                if earlier_checkpoint {
+                    let t = T4::open_blocking(sim_config(&sim, "/c")).unwrap();
+                    futures::executor::block_on(async {
+                        let b = batch(3000);
+                        insert_all(&t, &b).await.await.unwrap();
+                        model.extend_from_slice(&b);
+                        t.checkpoint().await.unwrap();
+                        t.close().await.unwrap();
+                    });
+                }
+                let t = T4::open_blocking(sim_config(&sim, "/c").failpoint(point)).unwrap();
+                let acked = futures::executor::block_on(async {
+                    for _ in 0..5 {
+                        let b = batch(1 + rng.below(400));
+                        insert_all(&t, &b).await.await.unwrap();
+                        model.extend_from_slice(&b);
+                    }
+                    let r = t.checkpoint().await;
+                    assert!(r.is_err(), "{ctx}: the failpoint stops the checkpoint");
+                    for _ in 0..3 {
+                        let b = batch(1 + rng.below(300));
+                        insert_all(&t, &b).await.await.unwrap();
+                        model.extend_from_slice(&b);
+                    }
+                    let acked = model.len();
+                    // Some not awaited: may or may not survive.
+                    let b = batch(50);
+                    t.insert_many(&b).await.unwrap();
+                    model.extend_from_slice(&b);
+                    acked
+                });
+                match crash {
+                    0 => sim.crash(),
+                    1 => sim.crash_drop_all(),
+                    _ => sim.crash_keep_all(),
+                }
+                drop(t);
+                let t = T4::open_blocking(sim_config(&sim.restart(), "/c").verify_on_open(true))
+                    .unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+                let size = t.size() as usize;
+                assert!(size >= acked, "{ctx}: {size} < {acked} acknowledged");
+                assert!(size <= model.len(), "{ctx}");
+                assert_eq!(
+                    t.root(),
+                    model_root(&model[..size]),
+                    "{ctx}: a prefix's tree"
+                );
+                // And it goes on: insert, checkpoint, reopen.
+                futures::executor::block_on(async {
+                    t.insert(leaf(1 << 40))
+                        .await
+                        .unwrap()
+                        .durable
+                        .await
+                        .unwrap();
+                    t.checkpoint().await.unwrap();
+                    t.close().await.unwrap();
+                });
+                let t = T4::open_blocking(sim_config(&sim.restart(), "/c")).unwrap();
+                assert_eq!(t.size() as usize, size + 1, "{ctx}");
+            }
+        }
+    }
+}
+
+fn build_checkpointed(sim: &SimStorage) -> (Vec<Hash>, Hash) {
+    let t = T4::open_blocking(sim_config(sim, "/d")).unwrap();
+    let all = leaves(0..20_000);
+    futures::executor::block_on(async {
+        insert_all(&t, &all[..10_000]).await;
+        t.checkpoint().await.unwrap();
+        insert_all(&t, &all[10_000..]).await;
+        t.close().await.unwrap();
+    });
+    let root = model_root(&all).unwrap();
+    (all, root)
+}
+
+fn expect_corruption(sim: &SimStorage, file_suffix: &str) {
+    match T4::open_blocking(sim_config(sim, "/d")) {
+        Err(Error::Corruption { file, .. }) => {
+            assert!(
+                file.to_string_lossy().ends_with(file_suffix),
+                "{} names {file_suffix}",
+                file.display()
+            )
+        }
+        Err(e) => panic!("expected Corruption in {file_suffix}, got {e}"),
+        Ok(t) => panic!(
+            "expected Corruption in {file_suffix}, opened {} leaves",
+            t.size()
+        ),
+    }
+}
+
+#[test]
+fn damage_is_reported_by_file() {
+    // A flipped byte in a shard chunk, in the checksums, in the manifest.
+    for (path, off, suffix) in [
+        ("/d/shards/level-00.shard", 4096 + 5000, "level-00.shard"),
+        ("/d/shards/level-02.shard", 4096 + 40, "level-02.shard"),
+        ("/d/shards/level-00.sums", 64 + 8, "level-00.sums"),
+        ("/d/shards/level-01.tail", 4096 + 10, "level-01.tail"),
+        ("/d/shards/level-00.shard", 3, "level-00.shard"),
+        ("/d/MANIFEST", 20, "MANIFEST"),
+    ] {
+        let sim = SimStorage::new(5);
+        build_checkpointed(&sim);
+        sim.corrupt(Path::new(path), off, 0x20).unwrap();
+        expect_corruption(&sim, suffix);
+    }
+    // A truncated shard, a deleted shard, a deleted manifest.
+    let sim = SimStorage::new(6);
+    build_checkpointed(&sim);
+    sim.truncate(Path::new("/d/shards/level-00.shard"), 4096 * 40)
+        .unwrap();
+    expect_corruption(&sim, "level-00.shard");
+
+    let sim = SimStorage::new(7);
+    build_checkpointed(&sim);
+    sim.remove(Path::new("/d/shards/level-01.shard")).unwrap();
+    expect_corruption(&sim, "level-01.shard");
+
+    let sim = SimStorage::new(8);
+    build_checkpointed(&sim);
+    sim.remove(Path::new("/d/MANIFEST")).unwrap();
+    expect_corruption(&sim, "MANIFEST");
+
+    // A flipped byte in a WAL record before the tail: corruption too.
+    let sim = SimStorage::new(9);
+    build_checkpointed(&sim);
+    // (in a segment after the checkpoint's position: before it, the log is
+    // covered by the checkpoint and not read)
+    let segs = wal_segments(&sim, "/d");
+    sim.corrupt(&Path::new("/d/wal").join(&segs[1]), 4096 + 30, 0x01)
+        .unwrap();
+    expect_corruption(&sim, &segs[1]);
+
+    // Undamaged, all of it opens, verified.
+    let sim = SimStorage::new(10);
+    let (all, root) = build_checkpointed(&sim);
+    let t = T4::open_blocking(sim_config(&sim, "/d").verify_on_open(true)).unwrap();
+    assert_eq!(t.size(), all.len() as u64);
+    assert_eq!(t.root(), Some(root));
+}
+
+/// Policies: by log bytes and by entries the tree checkpoints in the
+/// background and the log stays bounded; on close it checkpoints once.
+#[test]
+fn policies_bound_the_log() {
+    for policy in [
+        CheckpointPolicy::WalBytes(96 << 10),
+        CheckpointPolicy::EveryNEntries(500),
+    ] {
+        let sim = SimStorage::new(11);
+        let cfg = sim_config(&sim, "/p")
+            .checkpoint(policy)
+            .flush(FlushPolicy::GroupCommit);
+        let t = T4::open_blocking(cfg.clone()).unwrap();
+        let all = leaves(0..12_000);
+        futures::executor::block_on(async {
+            for (i, l) in all.iter().enumerate() {
+                let ins = t.insert(*l).await.unwrap();
+                if i % 100 == 99 {
+                    ins.durable.await.unwrap();
+                }
+            }
+            t.flush().await.unwrap();
+        });
+        // Background checkpoints ran and recycled the log.
+        let mut segs = wal_segments(&sim, "/p").len();
+        for _ in 0..200 {
+            if segs <= 4 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            segs = wal_segments(&sim, "/p").len();
+        }
+        assert!(
+            segs <= 4,
+            "{policy:?}: {segs} segments for 12k inserts (~10 uncheckpointed would be)"
+        );
+        assert!(sim.exists(Path::new("/p/MANIFEST")));
+        futures::executor::block_on(t.close()).unwrap();
+        drop(t);
+        let t = T4::open_blocking(cfg.verify_on_open(true)).unwrap();
+        assert_eq!(t.root(), model_root(&all), "{policy:?}");
+    }
+    let sim = SimStorage::new(12);
+    let cfg = sim_config(&sim, "/o").checkpoint(CheckpointPolicy::OnClose);
+    let t = T4::open_blocking(cfg.clone()).unwrap();
+    futures::executor::block_on(async {
+        insert_all(&t, &leaves(0..3000)).await;
+        assert!(!sim.exists(Path::new("/o/MANIFEST")));
+        t.close().await.unwrap();
+    });
+    assert!(sim.exists(Path::new("/o/MANIFEST")), "checkpoint on close");
+    let t = T4::open_blocking(cfg).unwrap();
+    assert_eq!(t.root(), model_root(&leaves(0..3000)));
+}
+
+#[test]
+fn an_arity_mismatch_is_a_config_error() {
+    let sim = SimStorage::new(13);
+    build_checkpointed(&sim);
+    let r = Tree::<Blake3, 2, 32>::open_blocking(sim_config(&sim, "/d"));
+    assert!(matches!(r, Err(Error::Config(_))));
+}
