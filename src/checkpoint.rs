@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::io::{Storage, StorageFile};
-use crate::tree::{CHUNK_LEN, Chunk, Snapshot};
+use crate::tree::{CHUNK_LEN, ChunkRef, Mapping, Snapshot};
 
 pub(crate) const MANIFEST: &str = "MANIFEST";
 const SHARDS: &str = "shards";
@@ -448,25 +448,74 @@ impl Checkpointer {
     }
 }
 
-fn chunk_from(bytes: &[u8]) -> Arc<Chunk> {
+fn chunk_from(bytes: &[u8]) -> ChunkRef {
     let mut chunk = Arc::new([[0u8; 32]; CHUNK_LEN]);
     Arc::get_mut(&mut chunk)
         .expect("fresh")
         .as_flattened_mut()
         .copy_from_slice(bytes);
-    chunk
+    ChunkRef::Owned(chunk)
+}
+
+/// Sealed chunks of one level served from a mapping whose checksums are yet
+/// to be checked (in the background, or at once with `verify_on_open`).
+pub(crate) struct Unverified {
+    pub path: PathBuf,
+    pub map: Mapping,
+    pub sums: Vec<u32>,
+}
+
+impl Unverified {
+    /// Checks every chunk against its sum.
+    pub(crate) fn verify(&self) -> Result<()> {
+        let bytes = self.map.bytes();
+        for (k, sum) in self.sums.iter().enumerate() {
+            let off = SHARD_HEADER as usize + k * CHUNK_BYTES as usize;
+            if crc32c::crc32c(&bytes[off..off + CHUNK_BYTES as usize]) != *sum {
+                return Err(corruption(
+                    &self.path,
+                    off as u64,
+                    format!("chunk {k} checksum mismatch"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Maps a level's shard after a checkpoint: the mapping and the offset of
+/// chunk 0 in it.
+pub(crate) fn map_shard(
+    storage: &dyn Storage,
+    dir: &Path,
+    level: usize,
+) -> Result<(Mapping, usize)> {
+    let p = shard_path(dir, level);
+    Ok((
+        storage.map(&p).map_err(|e| io_err(&p, e))?,
+        SHARD_HEADER as usize,
+    ))
 }
 
 /// A checkpoint read back: the levels, the manifest and the chunk sums.
 pub(crate) struct Loaded {
-    pub levels: Vec<(Vec<Arc<Chunk>>, u64)>,
+    pub levels: Vec<(Vec<ChunkRef>, u64)>,
     pub manifest: Manifest,
     pub sums: Vec<Vec<u32>>,
+    /// Mapped levels whose chunk checksums are not checked yet.
+    pub unverified: Vec<Unverified>,
 }
 
-/// Reads the checkpoint of `dir`, if any, checking every checksum and the
-/// manifest against its shards.
-pub(crate) fn load(storage: &dyn Storage, dir: &Path, arity: usize) -> Result<Option<Loaded>> {
+/// Reads the checkpoint of `dir`, if any, checking the manifest against its
+/// shards and every checksum, except those of the sealed chunks of levels
+/// below `map_below`, which are served from a mapping of their shard and
+/// returned as [`Unverified`].
+pub(crate) fn load(
+    storage: &dyn Storage,
+    dir: &Path,
+    arity: usize,
+    map_below: usize,
+) -> Result<Option<Loaded>> {
     let path = dir.join(MANIFEST);
     let shards = dir.join(SHARDS);
     if !storage.exists(&path) {
@@ -526,6 +575,7 @@ pub(crate) fn load(storage: &dyn Storage, dir: &Path, arity: usize) -> Result<Op
     }
     let mut levels = Vec::with_capacity(m.levels.len());
     let mut all_sums = Vec::with_capacity(m.levels.len());
+    let mut unverified = Vec::new();
     for (d, meta) in m.levels.iter().enumerate() {
         let sealed = sealed_chunks(meta.nodes);
         let (sp, up, tp) = (shard_path(dir, d), sums_path(dir, d), tail_path(dir, d));
@@ -574,10 +624,31 @@ pub(crate) fn load(storage: &dyn Storage, dir: &Path, arity: usize) -> Result<Op
                 format!("short shard: {have} bytes, {need} needed"),
             ));
         }
-        let mut out: Vec<Arc<Chunk>> = Vec::with_capacity(sealed as usize + 1);
+        let mut out: Vec<ChunkRef> = Vec::with_capacity(sealed as usize + 1);
+        if d < map_below && sealed > 0 {
+            let map = storage.map(&sp).map_err(|e| io_err(&sp, e))?;
+            if (map.bytes().len() as u64) < need {
+                return Err(corruption(
+                    &sp,
+                    map.bytes().len() as u64,
+                    "shard shorter than its mapping needs",
+                ));
+            }
+            for k in 0..sealed as usize {
+                out.push(ChunkRef::Mapped(
+                    map.clone(),
+                    SHARD_HEADER as usize + k * CHUNK_BYTES as usize,
+                ));
+            }
+            unverified.push(Unverified {
+                path: sp.clone(),
+                map,
+                sums: sums.clone(),
+            });
+        }
         const RUN: u64 = 1024;
         let mut buf = Vec::new();
-        let mut c = 0;
+        let mut c = if d < map_below { sealed } else { 0 };
         while c < sealed {
             let end = (c + RUN).min(sealed);
             buf.resize(((end - c) * CHUNK_BYTES) as usize, 0);
@@ -621,9 +692,11 @@ pub(crate) fn load(storage: &dyn Storage, dir: &Path, arity: usize) -> Result<Op
         all_sums.push(sums);
     }
     // The top node must be the manifest's root.
-    if let Some((chunks, _)) = levels.last()
-        && chunks[0][0] != m.root
-    {
+    let top = levels.last().map(|(chunks, _)| match &chunks[0] {
+        ChunkRef::Owned(c) => c[0],
+        ChunkRef::Mapped(map, off) => map.bytes()[*off..*off + 32].try_into().expect("32 bytes"),
+    });
+    if top.is_some_and(|t| t != m.root) {
         return Err(corruption(
             &shard_path(dir, levels.len() - 1),
             SHARD_HEADER,
@@ -634,5 +707,6 @@ pub(crate) fn load(storage: &dyn Storage, dir: &Path, arity: usize) -> Result<Op
         levels,
         manifest: m,
         sums: all_sums,
+        unverified,
     }))
 }

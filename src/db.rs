@@ -23,6 +23,25 @@ use crate::wal::{Durable, FlushPolicy, Log, LogConfig, ReserveError};
 /// Bytes of a record before its leaves: the index of its first leaf (u64).
 const RECORD_HEADER: u64 = 8;
 
+/// Which levels are served from the shard files (memory-mapped) once they
+/// are checkpointed, and which stay in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tiering {
+    /// Levels below this one (0 = the leaves) are served from their shard
+    /// files after a checkpoint and after reopening; levels at or above it
+    /// stay in memory. The default, `usize::MAX`, maps every level; 0 keeps
+    /// everything in memory. Each level's last chunk is always in memory.
+    pub pin_above_level: usize,
+}
+
+impl Default for Tiering {
+    fn default() -> Self {
+        Tiering {
+            pin_above_level: usize::MAX,
+        }
+    }
+}
+
 /// When a tree checkpoints by itself (it always can on `checkpoint()`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -67,9 +86,12 @@ pub struct Config {
     pub spin: Duration,
     /// When to checkpoint by itself (default: every 256 MiB of log).
     pub checkpoint: CheckpointPolicy,
-    /// At open, recompute every level and the root from the leaves and
-    /// compare with the checkpoint (default false: checksums only).
+    /// At open, check every chunk checksum before returning and recompute
+    /// every level and the root from the leaves (default false: mapped
+    /// chunks are checked in the background after open, the rest at once).
     pub verify_on_open: bool,
+    /// Which levels are served from the shard files.
+    pub tiering: Tiering,
     storage: Option<Arc<dyn Storage>>,
     failpoint: checkpoint::Failpoint,
 }
@@ -103,6 +125,7 @@ impl Config {
             spin: log.spin,
             checkpoint: CheckpointPolicy::default(),
             verify_on_open: false,
+            tiering: Tiering::default(),
             storage: None,
             failpoint: None,
         }
@@ -111,6 +134,12 @@ impl Config {
     /// Sets the checkpoint policy.
     pub fn checkpoint(mut self, policy: CheckpointPolicy) -> Self {
         self.checkpoint = policy;
+        self
+    }
+
+    /// Sets which levels are served from the shard files.
+    pub fn tiering(mut self, tiering: Tiering) -> Self {
+        self.tiering = tiering;
         self
     }
 
@@ -197,8 +226,11 @@ struct Inner<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     lock: Mutex<Option<LockGuard>>,
     /// The first close's failure, for later callers.
     close_failed: Mutex<Option<String>>,
+    storage: Arc<dyn Storage>,
     checkpointer: Mutex<Checkpointer>,
     policy: CheckpointPolicy,
+    /// Levels below this are served from their shards after a checkpoint.
+    pin: usize,
     /// A background checkpoint is running.
     checkpointing: AtomicBool,
     /// Inserts since open (counted only for `EveryNEntries`).
@@ -302,11 +334,18 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         };
         let backend = storage.backend();
         tracing::info!(dir = %dir.display(), backend = %backend, "opening tree");
-        let (mut tree, start, mut checkpointer) = match checkpoint::load(&*storage, &dir, N)? {
+        let pin = config.tiering.pin_above_level;
+        let mut unverified = Vec::new();
+        let (mut tree, start, mut checkpointer) = match checkpoint::load(&*storage, &dir, N, pin)? {
             Some(l) => {
                 let tree = LeanImt::<H, N, MAX_DEPTH>::from_levels(hasher, l.levels);
                 if config.verify_on_open {
+                    for u in &l.unverified {
+                        u.verify()?;
+                    }
                     verify_levels(&tree, &dir)?;
+                } else {
+                    unverified = l.unverified;
                 }
                 let cp = Checkpointer::new(storage.clone(), &dir, Some((&l.manifest, l.sums)));
                 (tree, l.manifest.wal_position, cp)
@@ -327,6 +366,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             tree: &mut tree,
             pending: Vec::new(),
         };
+        let storage_for_inner = storage.clone();
         let log = Log::open(
             storage,
             &dir.join("wal"),
@@ -341,6 +381,20 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         })?;
         tracing::info!(leaves = tree.size(), "tree recovered");
         let wal = Arc::new(log);
+        if !unverified.is_empty() {
+            // Checksums of the mapped chunks, checked off the open path; a
+            // mismatch stops the tree taking inserts (as a log failure does).
+            let wal = wal.clone();
+            let _ = std::thread::Builder::new().name("ringtree-verify".into()).spawn(move || {
+                for u in unverified {
+                    if let Err(e) = u.verify() {
+                        tracing::error!(error = %e, "checkpoint damaged; refusing further inserts");
+                        wal.poison(e.to_string());
+                        return;
+                    }
+                }
+            });
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 tree: Mutex::new(tree),
@@ -348,8 +402,10 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                 wal,
                 lock: Mutex::new(Some(lock)),
                 close_failed: Mutex::new(None),
+                storage: storage_for_inner,
                 checkpointer: Mutex::new(checkpointer),
                 policy: config.checkpoint,
+                pin,
                 checkpointing: AtomicBool::new(false),
                 inserts: AtomicU64::new(0),
                 inserts_at_checkpoint: AtomicU64::new(0),
@@ -583,8 +639,29 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
             )
         };
         let started = std::time::Instant::now();
-        cp.write(&snap, position)?;
+        let manifest = cp.write(&snap, position)?;
         self.last_checkpoint.store(position, Ordering::Relaxed);
+        // Serve what the checkpoint wrote from the shards: map them (outside
+        // the writer lock), then swap the directories (O(chunks) pointer
+        // copies under it); memory the snapshot alone holds goes with it.
+        let mut maps = Vec::new();
+        for (d, meta) in manifest.levels.iter().enumerate().take(self.pin) {
+            let sealed = (meta.nodes.saturating_sub(1) / crate::tree::CHUNK_LEN as u64) as usize;
+            if sealed > 0 {
+                maps.push((
+                    d,
+                    checkpoint::map_shard(&*self.storage, &self.dir, d)?,
+                    sealed,
+                ));
+            }
+        }
+        if !maps.is_empty() {
+            let mut t = self.tree.lock().unwrap_or_else(|e| e.into_inner());
+            for (d, (map, base), sealed) in &maps {
+                t.remap_level(*d, map, *base, *sealed);
+            }
+        }
+        drop(snap);
         self.inserts_at_checkpoint.store(inserts, Ordering::Relaxed);
         // The log below the checkpoint may go, but never past what the
         // committer has made durable: it may still be writing there.
@@ -592,7 +669,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
             .wal
             .remove_segments_below(position.min(self.wal.durable()), cp.failpoint)?;
         tracing::info!(
-            leaves = snap.size(),
+            leaves = manifest.leaves,
             wal_position = position,
             segments_removed = removed,
             took_ms = started.elapsed().as_millis() as u64,

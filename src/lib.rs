@@ -63,7 +63,7 @@ mod proof;
 mod tree;
 pub mod wal;
 
-pub use db::{CheckpointPolicy, Config, Inserted, Tree};
+pub use db::{CheckpointPolicy, Config, Inserted, Tiering, Tree};
 pub use error::{Error, Result};
 pub use hash::{Blake3, Hash, Hasher};
 pub use io::IoBackend;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use common::{Rng, leaf, leaves};
 use ringtree::io::{SimStorage, Storage};
 use ringtree::{
-    Blake3, CheckpointPolicy, Config, Error, FlushPolicy, Hash, IoBackend, LeanImt, Tree,
+    Blake3, CheckpointPolicy, Config, Error, FlushPolicy, Hash, IoBackend, LeanImt, Tiering, Tree,
 };
 
 type T4 = Tree<Blake3, 4, 32>;
@@ -68,7 +68,17 @@ fn checkpoint_reopen_and_recycle_on_disk() {
         }
         t.flush().await.unwrap();
         let segs = std::fs::read_dir(dir.join("wal")).unwrap().count();
+        let in_memory = t.snapshot();
         t.checkpoint().await.unwrap();
+        // Levels are now served from the mapped shards: same proofs.
+        let mapped = t.snapshot();
+        for i in [0u64, 1, 127, 128, 777, 12_345, 20_999] {
+            assert_eq!(
+                mapped.proof(i).unwrap(),
+                in_memory.proof(i).unwrap(),
+                "proof {i} from the mapped shards"
+            );
+        }
         let after = std::fs::read_dir(dir.join("wal")).unwrap().count();
         assert!(
             after < segs,
@@ -210,7 +220,11 @@ fn build_checkpointed(sim: &SimStorage) -> (Vec<Hash>, Hash) {
 }
 
 fn expect_corruption(sim: &SimStorage, file_suffix: &str) {
-    match T4::open_blocking(sim_config(sim, "/d")) {
+    expect_corruption_with(sim_config(sim, "/d"), file_suffix);
+}
+
+fn expect_corruption_with(cfg: Config, file_suffix: &str) {
+    match T4::open_blocking(cfg) {
         Err(Error::Corruption { file, .. }) => {
             assert!(
                 file.to_string_lossy().ends_with(file_suffix),
@@ -228,10 +242,37 @@ fn expect_corruption(sim: &SimStorage, file_suffix: &str) {
 
 #[test]
 fn damage_is_reported_by_file() {
-    // A flipped byte in a shard chunk, in the checksums, in the manifest.
+    // A flipped byte in a sealed chunk: found at open when levels are held
+    // in memory or with verify_on_open; when they are mapped (the default),
+    // found by the background check, which then refuses inserts naming it.
     for (path, off, suffix) in [
         ("/d/shards/level-00.shard", 4096 + 5000, "level-00.shard"),
-        ("/d/shards/level-02.shard", 4096 + 40, "level-02.shard"),
+        ("/d/shards/level-01.shard", 4096 + 40, "level-01.shard"),
+    ] {
+        let sim = SimStorage::new(4);
+        build_checkpointed(&sim);
+        sim.corrupt(Path::new(path), off, 0x20).unwrap();
+        expect_corruption_with(
+            sim_config(&sim, "/d").tiering(Tiering { pin_above_level: 0 }),
+            suffix,
+        );
+        expect_corruption_with(sim_config(&sim, "/d").verify_on_open(true), suffix);
+        let t = T4::open_blocking(sim_config(&sim, "/d")).unwrap();
+        let mut refused = None;
+        for _ in 0..500 {
+            match futures::executor::block_on(t.insert(leaf(9))) {
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+                Ok(_) => std::thread::sleep(std::time::Duration::from_millis(2)),
+            }
+        }
+        let e = refused.expect("the background check refuses inserts");
+        assert!(e.to_string().contains(suffix), "{e} names {suffix}");
+    }
+    // A flipped byte in the file headers, the checksums, a tail, the manifest.
+    for (path, off, suffix) in [
         ("/d/shards/level-00.sums", 64 + 8, "level-00.sums"),
         ("/d/shards/level-01.tail", 4096 + 10, "level-01.tail"),
         ("/d/shards/level-00.shard", 3, "level-00.shard"),

@@ -198,5 +198,8 @@ fn kill_child_and_recover() {
         futures::executor::block_on(tree.close()).unwrap();
     }
     assert!(last_size > 0);
-    assert!(dir.join("MANIFEST").exists(), "checkpoints ran under the policy");
+    assert!(
+        dir.join("MANIFEST").exists(),
+        "checkpoints ran under the policy"
+    );
 }

@@ -92,6 +92,24 @@ pub trait StorageFile: Send + Sync {
     }
 }
 
+/// A read-only view of a whole file: a memory mapping, or a copy.
+pub trait Mapped: Send + Sync {
+    /// The file's bytes (as of the mapping).
+    fn bytes(&self) -> &[u8];
+}
+
+impl Mapped for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Mapped for memmap2::Mmap {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
 /// The files and directories of one tree.
 pub trait Storage: Send + Sync + 'static {
     /// Which backend this is.
@@ -114,6 +132,16 @@ pub trait Storage: Send + Sync + 'static {
     /// until the guard drops or the process ends. `ErrorKind::WouldBlock`
     /// if another handle or process holds it.
     fn lock(&self, path: &Path) -> io::Result<LockGuard>;
+    /// A read-only view of `path` as it is now. The default reads it into
+    /// memory; the file backends map it. Callers only map files whose
+    /// mapped bytes are never rewritten (sealed shard chunks).
+    fn map(&self, path: &Path) -> io::Result<std::sync::Arc<dyn Mapped>> {
+        let f = self.open(path, false)?;
+        let mut b = vec![0u8; f.len()? as usize];
+        let n = f.read_at(0, &mut b)?;
+        b.truncate(n);
+        Ok(std::sync::Arc::new(b))
+    }
 }
 
 /// A held lock from [`Storage::lock`]; dropping it releases the lock.

@@ -91,6 +91,21 @@ impl Storage for ThreadedStorage {
     fn lock(&self, path: &Path) -> io::Result<LockGuard> {
         flock(path)
     }
+    fn map(&self, path: &Path) -> io::Result<std::sync::Arc<dyn super::Mapped>> {
+        map(path)
+    }
+}
+
+/// A read-only memory mapping of `path`.
+pub(crate) fn map(path: &Path) -> io::Result<std::sync::Arc<dyn super::Mapped>> {
+    let f = File::open(path)?;
+    // SAFETY: the crate maps only shard files, whose mapped part (sealed
+    // chunks) it never writes or truncates once written; other processes
+    // are kept out by the directory lock. Something else rewriting the file
+    // under us would change what reads see (not memory safety of Rust
+    // objects: chunks are plain bytes), and checksums would catch it.
+    let m = unsafe { memmap2::Mmap::map(&f)? };
+    Ok(std::sync::Arc::new(m))
 }
 
 /// `flock(LOCK_EX | LOCK_NB)` on `path`: per open file description, so a

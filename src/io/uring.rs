@@ -221,4 +221,7 @@ impl Storage for UringStorage {
     fn lock(&self, path: &Path) -> io::Result<LockGuard> {
         flock(path)
     }
+    fn map(&self, path: &Path) -> io::Result<Arc<dyn super::Mapped>> {
+        super::threaded::map(path)
+    }
 }

@@ -31,21 +31,39 @@ const FIRST: usize = 32;
 /// Segments: `FIRST * (2^SEGMENTS - 1)` chunks, far beyond any real tree.
 const SEGMENTS: usize = 48;
 
+/// A sealed chunk as handed to a directory: owned in memory, or a 4 KiB
+/// page of a read-only mapping of a shard file (the mapping stays alive as
+/// long as any directory holding one of its chunks).
+pub(crate) enum ChunkRef {
+    Owned(Arc<Chunk>),
+    Mapped(Mapping, usize),
+}
+
+/// A read-only mapping (or in-memory copy) of a file.
+pub(crate) type Mapping = Arc<dyn crate::io::Mapped>;
+
+/// Low bit of a directory entry: the chunk is in a mapping, not an `Arc`.
+const MAPPED: usize = 1;
+
 /// Append-only, lock-free directory of sealed chunks.
 ///
 /// One writer appends (through `&self`); any number of readers read entries
 /// below a count they got from the writer (through a clone of the level, so
 /// the entry was stored before they saw the count). Segments double in size
 /// and never move, so an entry's address is stable for the directory's life.
-/// Each entry owns one strong count of its chunk's `Arc`.
+/// An entry is either an owned chunk (it holds one strong count of its
+/// `Arc`) or, tagged with [`MAPPED`], a pointer into one of `maps`.
 pub(crate) struct ChunkDir {
     segments: [OnceLock<Box<[AtomicPtr<Chunk>]>>; SEGMENTS],
+    /// Mappings that mapped entries point into.
+    maps: Vec<Mapping>,
 }
 
 impl ChunkDir {
     fn new() -> Self {
         Self {
             segments: std::array::from_fn(|_| OnceLock::new()),
+            maps: Vec::new(),
         }
     }
 
@@ -62,8 +80,7 @@ impl ChunkDir {
         self.segments[k].get().map(|seg| &seg[off])
     }
 
-    /// Sets entry `i`. Each entry is set once, by the single writer.
-    fn set(&self, i: usize, chunk: Arc<Chunk>) {
+    fn store(&self, i: usize, tagged: *mut Chunk) {
         let (k, off) = Self::locate(i);
         let seg = self.segments[k].get_or_init(|| {
             (0..FIRST << k)
@@ -76,12 +93,33 @@ impl ChunkDir {
         );
         // A plain release store: a locked swap would stall on the chunk's
         // just-written bytes.
-        seg[off].store(Arc::into_raw(chunk).cast_mut(), Ordering::Release);
+        seg[off].store(tagged, Ordering::Release);
     }
 
-    /// The pointer of entry `i`, which the caller knows was set.
+    /// Sets entry `i` to an owned chunk. Each entry is set once, by the
+    /// single writer.
+    fn set(&self, i: usize, chunk: Arc<Chunk>) {
+        self.store(i, Arc::into_raw(chunk).cast_mut());
+    }
+
+    /// Sets entry `i` to the chunk at `off` of `map`, which is in `maps`.
+    fn set_mapped(&self, i: usize, map: &Mapping, off: usize) {
+        let bytes = map.bytes();
+        assert!(
+            off + CHUNK_LEN * 32 <= bytes.len(),
+            "mapped chunk {i} inside its mapping"
+        );
+        let p = bytes[off..].as_ptr();
+        assert!(
+            (p as usize) & MAPPED == 0,
+            "mapped chunks are at even addresses"
+        );
+        self.store(i, p.cast::<Chunk>().cast_mut().map_addr(|a| a | MAPPED));
+    }
+
+    /// The tagged entry `i`, which the caller knows was set.
     #[inline]
-    fn ptr(&self, i: usize) -> *const Chunk {
+    fn raw(&self, i: usize) -> *mut Chunk {
         let p = self
             .slot(i)
             .map_or(std::ptr::null_mut(), |s| s.load(Ordering::Acquire));
@@ -95,22 +133,32 @@ impl ChunkDir {
     /// Entry `i`, which the caller knows was set.
     #[inline]
     fn get(&self, i: usize) -> &Chunk {
-        // SAFETY: `ptr` is non-null (checked), so it came from
-        // `Arc::into_raw` in `set`; the directory holds that strong count
-        // until it drops, and entries are never replaced, so the chunk lives
-        // at least as long as `&self`. Chunks are never written once sealed.
-        unsafe { &*self.ptr(i) }
+        let p = self.raw(i).map_addr(|a| a & !MAPPED);
+        // SAFETY: the entry is set (checked by `raw`). An owned entry came
+        // from `Arc::into_raw` and the directory holds that strong count until
+        // it drops; a mapped one points at 4 KiB inside a mapping in
+        // `self.maps`, alive as long as `self`; entries are never replaced
+        // and sealed chunks are never written, so the chunk lives, unchanged,
+        // at least as long as `&self`.
+        unsafe { &*p }
     }
 
-    /// A new strong reference to entry `i`, which the caller knows was set.
-    fn get_arc(&self, i: usize) -> Arc<Chunk> {
-        let p = self.ptr(i);
-        // SAFETY: `p` came from `Arc::into_raw` and the directory still holds
-        // its strong count (see `get`), so adding one more is sound.
-        unsafe {
-            Arc::increment_strong_count(p);
-            Arc::from_raw(p)
+    /// A copy of the first `count` entries, sharing every chunk and mapping.
+    fn fork(&self, count: usize) -> Self {
+        let dir = ChunkDir {
+            segments: std::array::from_fn(|_| OnceLock::new()),
+            maps: self.maps.clone(),
+        };
+        for i in 0..count {
+            let p = self.raw(i);
+            if p.addr() & MAPPED == 0 {
+                // SAFETY: an owned entry came from `Arc::into_raw` and this
+                // directory still holds its count: one more for the copy.
+                unsafe { Arc::increment_strong_count(p.cast_const()) };
+            }
+            dir.store(i, p);
         }
+        dir
     }
 }
 
@@ -119,9 +167,10 @@ impl Drop for ChunkDir {
         for seg in self.segments.iter_mut().filter_map(OnceLock::get_mut) {
             for slot in seg.iter_mut() {
                 let p = *slot.get_mut();
-                if !p.is_null() {
-                    // SAFETY: `p` came from `Arc::into_raw` in `set` and this
-                    // is the one place that gives its strong count back.
+                if !p.is_null() && p.addr() & MAPPED == 0 {
+                    // SAFETY: `p` came from `Arc::into_raw` in `set` (or had
+                    // its count raised in `fork`) and this is the one place
+                    // that gives that strong count back.
                     drop(unsafe { Arc::from_raw(p) });
                 }
             }
@@ -178,7 +227,7 @@ impl Level {
 
     /// A level of `len` nodes held in `chunks` (`ceil(len / 128)` of them;
     /// bytes past `len` in the last one are ignored).
-    pub(crate) fn from_chunks(mut chunks: Vec<Arc<Chunk>>, len: u64) -> Self {
+    pub(crate) fn from_chunks(mut chunks: Vec<ChunkRef>, len: u64) -> Self {
         assert_eq!(
             chunks.len() as u64,
             len.div_ceil(CHUNK_LEN as u64),
@@ -188,13 +237,59 @@ impl Level {
         let Some(tail) = chunks.pop() else {
             return level;
         };
+        let mut dir = ChunkDir::new();
+        for c in &chunks {
+            if let ChunkRef::Mapped(m, _) = c
+                && !dir.maps.iter().any(|x| Arc::ptr_eq(x, m))
+            {
+                dir.maps.push(m.clone());
+            }
+        }
         for (i, c) in chunks.into_iter().enumerate() {
-            level.dir.set(i, c);
+            match c {
+                ChunkRef::Owned(a) => dir.set(i, a),
+                ChunkRef::Mapped(m, off) => dir.set_mapped(i, &m, off),
+            }
             level.sealed += 1;
         }
-        level.tail = tail;
+        level.dir = Arc::new(dir);
+        // The tail is written in place: it must be an owned copy.
+        level.tail = match tail {
+            ChunkRef::Owned(a) => a,
+            ChunkRef::Mapped(m, off) => {
+                let mut t = zeroed_chunk();
+                Arc::get_mut(&mut t)
+                    .expect("fresh")
+                    .as_flattened_mut()
+                    .copy_from_slice(&m.bytes()[off..off + CHUNK_LEN * 32]);
+                t
+            }
+        };
         level.len = len;
         level
+    }
+
+    /// Serves the first `count` sealed chunks from `map` (chunk `i` at
+    /// `base + i * 4096`) instead of memory: a new directory, so snapshots
+    /// keep the old one; the owned chunks it no longer holds are freed
+    /// when no snapshot holds them. Chunks sealed later stay as they are.
+    pub(crate) fn remap(&mut self, map: &Mapping, base: usize, count: usize) {
+        let count = count.min(self.sealed);
+        let mut dir = ChunkDir::new();
+        dir.maps = self.dir.maps.clone();
+        dir.maps.push(map.clone());
+        for i in 0..count {
+            dir.set_mapped(i, map, base + i * CHUNK_LEN * 32);
+        }
+        for i in count..self.sealed {
+            let p = self.dir.raw(i);
+            if p.addr() & MAPPED == 0 {
+                // SAFETY: as in `ChunkDir::fork`.
+                unsafe { Arc::increment_strong_count(p.cast_const()) };
+            }
+            dir.store(i, p);
+        }
+        self.dir = Arc::new(dir);
     }
 
     #[inline]
@@ -302,13 +397,9 @@ impl Level {
     /// A copy with its own directory (sharing every chunk), so the copy and
     /// `self` can both be written to.
     pub(crate) fn fork(&self) -> Self {
-        let dir = ChunkDir::new();
-        for c in 0..self.sealed {
-            dir.set(c, self.dir.get_arc(c));
-        }
         self.tail_shared.store(true, Ordering::Relaxed);
         Self {
-            dir: Arc::new(dir),
+            dir: Arc::new(self.dir.fork(self.sealed)),
             sealed: self.sealed,
             tail: self.tail.clone(),
             tail_shared: AtomicBool::new(true),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::hash::{Hash, Hasher};
-pub(crate) use level::{CHUNK_LEN, Chunk, Level};
+pub(crate) use level::{CHUNK_LEN, ChunkRef, Level, Mapping};
 
 /// `N^MAX_DEPTH`, saturated at `u64::MAX`.
 pub(crate) const fn capacity_of(arity: usize, max_depth: usize) -> u64 {
@@ -89,7 +89,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
     /// A tree from stored levels (`levels[0]` the leaves, each level's
     /// chunks and node count), as a checkpoint holds them. The caller has
     /// checked the shape; this only asserts it.
-    pub(crate) fn from_levels(hasher: H, levels: Vec<(Vec<Arc<Chunk>>, u64)>) -> Self {
+    pub(crate) fn from_levels(hasher: H, levels: Vec<(Vec<ChunkRef>, u64)>) -> Self {
         let mut t = Self::new(hasher);
         if levels.is_empty() {
             return t;
@@ -106,6 +106,14 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
             "one root"
         );
         t
+    }
+
+    /// Serves the first `count` sealed chunks of level `d` from `map`
+    /// (chunk `i` at `base + 4096 i`); see [`Level::remap`].
+    pub(crate) fn remap_level(&mut self, d: usize, map: &Mapping, base: usize, count: usize) {
+        if let Some(level) = self.levels.get_mut(d) {
+            level.remap(map, base, count);
+        }
     }
 
     /// The hasher.

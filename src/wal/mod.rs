@@ -456,6 +456,15 @@ impl Log {
         flushed.wait()
     }
 
+    /// Stops the log as a failed write would: pending and later futures fail.
+    pub(crate) fn poison(&self, reason: String) {
+        self.shared.mark.fail(Failure::Poisoned {
+            offset: self.shared.mark.durable(),
+            reason,
+        });
+        self.shared.wake_space();
+    }
+
     /// Removes every segment wholly below `position`, which must be durable
     /// and covered by a durable checkpoint; returns how many. `failpoint`
     /// `wal-recycle` stops after the first removal, before the directory
