@@ -42,12 +42,18 @@ fn fresh(dir: &Path) {
 }
 
 fn ours_config(dir: &Path) -> Config {
-    Config::new(dir).io(IoBackend::Threaded).checkpoint(CheckpointPolicy::Manual)
+    Config::new(dir)
+        .io(IoBackend::Threaded)
+        .checkpoint(CheckpointPolicy::Manual)
 }
 
 fn child_ours(dir: &Path, n: u64) {
     fresh(dir);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let t = Ours::open_blocking(ours_config(dir)).unwrap();
     let s = Instant::now();
     let chunk: Vec<Hash> = Vec::with_capacity(10_000);
@@ -86,7 +92,10 @@ fn child_ours(dir: &Path, n: u64) {
     stop.store(true, Ordering::Relaxed);
     let (worst, n_ins) = rt.block_on(writer).unwrap();
     println!("checkpoint {:.3} s", took.as_secs_f64());
-    println!("writer worst {:.2} ms over {n_ins} durable inserts", worst.as_secs_f64() * 1e3);
+    println!(
+        "writer worst {:.2} ms over {n_ins} durable inserts",
+        worst.as_secs_f64() * 1e3
+    );
     let root = t.root();
     rt.block_on(t.close()).unwrap();
     drop(t);
@@ -150,7 +159,10 @@ fn child_theirs(dir: &Path, n: u64) {
     stop.store(true, Ordering::Relaxed);
     let (worst, n_ins) = writer.join().unwrap();
     println!("checkpoint {:.3} s", took.as_secs_f64());
-    println!("writer worst {:.2} ms over {n_ins} durable inserts", worst.as_secs_f64() * 1e3);
+    println!(
+        "writer worst {:.2} ms over {n_ins} durable inserts",
+        worst.as_secs_f64() * 1e3
+    );
     let root = r.root();
     Arc::into_inner(r).unwrap().close().unwrap();
     let s = Instant::now();
@@ -167,12 +179,21 @@ fn child_theirs(dir: &Path, n: u64) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let n: u64 = std::env::var("RINGTREE_BENCH_LEAVES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
-    let base = PathBuf::from(std::env::var("RINGTREE_BENCH_DIR").unwrap_or_else(|_| "target/bench-tmp".into()));
+    let n: u64 = std::env::var("RINGTREE_BENCH_LEAVES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
+    let base = PathBuf::from(
+        std::env::var("RINGTREE_BENCH_DIR").unwrap_or_else(|_| "target/bench-tmp".into()),
+    );
     if let Some(pos) = args.iter().position(|a| a == "--child") {
         let who = &args[pos + 1];
         let dir = base.join(format!("ckpt-{who}"));
-        if who == "ours" { child_ours(&dir, n) } else { child_theirs(&dir, n) }
+        if who == "ours" {
+            child_ours(&dir, n)
+        } else {
+            child_theirs(&dir, n)
+        }
         let _ = std::fs::remove_dir_all(&dir);
         return;
     }
@@ -180,7 +201,11 @@ fn main() {
     let mut results = Vec::new();
     for who in ["ours", "theirs"] {
         let out = Command::new(&exe).args(["--child", who]).output().unwrap();
-        assert!(out.status.success(), "{who}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{who}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         results.push(text);
     }

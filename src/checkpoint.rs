@@ -389,7 +389,9 @@ impl Checkpointer {
                     .map_err(|e| io_err(&shard_path(&self.dir, d), e))?;
                 // Synced run by run: one large flush at the end would fill the
                 // device queue and stall the log's fdatasyncs behind it.
-                shard.sync_data().map_err(|e| io_err(&shard_path(&self.dir, d), e))?;
+                shard
+                    .sync_data()
+                    .map_err(|e| io_err(&shard_path(&self.dir, d), e))?;
                 c = end;
             }
             if sealed > first {

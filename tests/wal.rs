@@ -432,10 +432,23 @@ fn torn_tail_is_cut_and_damage_is_reported() {
             f.sync_data().unwrap();
         };
 
-        // Torn tail: damage the last record: cut, the rest is kept.
+        // After a clean close, damage anywhere before the end is corruption.
         let (last_lsn, _) = all[all.len() - 1];
         let (p, off) = locate(last_lsn);
         flip(&p, off + 20);
+        match open(&b.storage, &b.dir, &cfg) {
+            Err(Error::Corruption { file, offset, .. }) => {
+                assert_eq!((file, offset), (p.clone(), off), "{}", b.name)
+            }
+            other => panic!(
+                "{}: expected Corruption, got {:?}",
+                b.name,
+                other.map(|(_, g)| g.len())
+            ),
+        }
+        // Torn tail: as a crash leaves it (no clean-close record), the
+        // damaged last record is cut and the rest kept.
+        flip(&p, 2048);
         let (log, got) = open(&b.storage, &b.dir, &cfg).unwrap();
         assert_eq!(
             got.len(),

@@ -193,6 +193,12 @@ impl Committer {
             path: c.dir.join(segment_name(seq)),
             source: std::io::Error::other(reason),
         })?;
+        // A clean-close record lets the next open skip reading the rest of
+        // the segment; it must not outlive the first new write: erase it.
+        c.erase_clean().map_err(|reason| Error::Io {
+            path: c.dir.join(segment_name(seq)),
+            source: std::io::Error::other(reason),
+        })?;
         Ok(c)
     }
 
@@ -231,6 +237,40 @@ impl Committer {
         self.salt = header.salt;
         self.current = Some((seq, f));
         Ok(())
+    }
+
+    /// Erases the current segment's clean-close record, if it has one.
+    fn erase_clean(&mut self) -> std::result::Result<(), String> {
+        use super::recovery::CLEAN_AT;
+        let (_, f) = self.current.as_ref().expect("segment open");
+        let mut r = [0u8; 20];
+        f.read_at(CLEAN_AT as u64, &mut r)
+            .map_err(|e| e.to_string())?;
+        if r != [0u8; 20] {
+            f.write_at(CLEAN_AT as u64, &[&[0u8; 20]])
+                .map_err(|e| e.to_string())?;
+            f.sync_data().map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// On a clean stop: records where the log ends in the segment holding
+    /// that position, so the next open need not read the rest of it.
+    fn mark_clean(&mut self, end: u64) {
+        let seq = end / self.shared.seg_data;
+        if let Some((s, f)) = &self.current
+            && *s == seq
+        {
+            let r = super::recovery::clean_record(end);
+            if f.write_at(super::recovery::CLEAN_AT as u64, &[&r])
+                .and_then(|()| f.sync_data())
+                .is_err()
+            {
+                tracing::warn!(
+                    "could not record the clean close; the next open reads the whole segment"
+                );
+            }
+        }
     }
 
     /// Once the log is past half of segment `seq`, has the next one
@@ -366,6 +406,7 @@ impl Committer {
                 continue;
             }
             if stopping && s.reserved.load(Ordering::Acquire) == synced {
+                self.mark_clean(synced);
                 return;
             }
             self.idle(synced, scan, last, stopping);

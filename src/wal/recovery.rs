@@ -32,6 +32,8 @@ pub(crate) struct Recovered {
 struct Segment {
     seq: u64,
     salt: u64,
+    /// The clean-close record's end, if the last owner closed cleanly here.
+    clean: Option<u64>,
     path: std::path::PathBuf,
     file: Box<dyn StorageFile>,
 }
@@ -51,73 +53,134 @@ fn corruption(path: &Path, offset: u64, reason: impl Into<String>) -> Error {
     }
 }
 
-/// Reads a segment's data area (`data` bytes after the header).
-fn read_data(seg: &Segment, data: u64) -> Result<Vec<u8>> {
-    // Check the length before allocating what the header claims.
-    let len = seg.file.len().map_err(|e| io_err(&seg.path, e))?;
-    if len < SEGMENT_HEADER + data {
-        return Err(corruption(
-            &seg.path,
-            len,
-            format!(
-                "segment is {len} bytes, its header says {}",
-                SEGMENT_HEADER + data
-            ),
-        ));
-    }
-    let mut buf = vec![0u8; data as usize];
-    let n = seg
-        .file
-        .read_at(SEGMENT_HEADER, &mut buf)
-        .map_err(|e| io_err(&seg.path, e))?;
-    if (n as u64) < data {
-        return Err(corruption(
-            &seg.path,
-            SEGMENT_HEADER + n as u64,
-            format!(
-                "segment is {} bytes, its header says {}",
-                SEGMENT_HEADER + n as u64,
-                SEGMENT_HEADER + data
-            ),
-        ));
-    }
-    Ok(buf)
+/// A segment's data area read through a window, so recovery holds at most
+/// a window (or one frame) of it in memory.
+struct Window<'a> {
+    seg: &'a Segment,
+    data: u64,
+    start: u64,
+    buf: Vec<u8>,
 }
 
-/// The frame at `off` of a segment's data area whose first LSN is `base`, if
-/// valid: (header, payload range).
-fn frame_at(data: &[u8], base: u64, off: usize) -> Option<(FrameHeader, std::ops::Range<usize>)> {
-    let h = FrameHeader::decode(data.get(off..off + 8)?.try_into().ok()?)?;
-    let end = off.checked_add(h.len() as usize)?;
-    if end > data.len() {
-        return None;
+const WINDOW: u64 = 4 << 20;
+
+impl<'a> Window<'a> {
+    fn new(seg: &'a Segment, data: u64) -> Result<Self> {
+        // Check the length before reading what the header claims.
+        let len = seg.file.len().map_err(|e| io_err(&seg.path, e))?;
+        if len < SEGMENT_HEADER + data {
+            return Err(corruption(
+                &seg.path,
+                len,
+                format!(
+                    "segment is {len} bytes, its header says {}",
+                    SEGMENT_HEADER + data
+                ),
+            ));
+        }
+        Ok(Self {
+            seg,
+            data,
+            start: 0,
+            buf: Vec::new(),
+        })
     }
-    let payload = off + FRAME_HEADER as usize..off + FRAME_HEADER as usize + h.payload as usize;
-    let lsn = base + off as u64;
-    let covered: &[&[u8]] = if h.kind == Kind::Pad {
-        &[]
-    } else {
-        &[&data[payload.clone()]]
-    };
-    (frame_crc(lsn, h.word(), covered) == h.crc).then_some((h, payload))
+
+    /// Bytes `[off, off + len)` of the data area (clipped to its end).
+    fn get(&mut self, off: u64, len: u64) -> Result<&[u8]> {
+        let end = (off + len).min(self.data);
+        if off < self.start || end > self.start + self.buf.len() as u64 {
+            let want = (end - off).max(WINDOW).min(self.data - off);
+            self.buf.resize(want as usize, 0);
+            let n = self
+                .seg
+                .file
+                .read_at(SEGMENT_HEADER + off, &mut self.buf)
+                .map_err(|e| io_err(&self.seg.path, e))?;
+            if (n as u64) < want {
+                return Err(corruption(
+                    &self.seg.path,
+                    SEGMENT_HEADER + off + n as u64,
+                    "segment shorter than its header says",
+                ));
+            }
+            self.start = off;
+        }
+        let at = (off - self.start) as usize;
+        Ok(&self.buf[at..at + (end - off) as usize])
+    }
+
+    /// The valid frame at `off` (LSN `base + off`): its header and payload.
+    fn frame(&mut self, base: u64, off: u64) -> Result<Option<(FrameHeader, &[u8])>> {
+        if off + 8 > self.data {
+            return Ok(None);
+        }
+        let Some(h) = FrameHeader::decode(self.get(off, 8)?.try_into().expect("8 bytes")) else {
+            return Ok(None);
+        };
+        if off + h.len() > self.data {
+            return Ok(None);
+        }
+        let bytes = self.get(off, h.len())?;
+        let payload = &bytes[FRAME_HEADER as usize..FRAME_HEADER as usize + h.payload as usize];
+        let covered: &[&[u8]] = if h.kind == Kind::Pad { &[] } else { &[payload] };
+        Ok((frame_crc(base + off, h.word(), covered) == h.crc).then_some((h, payload)))
+    }
 }
 
-/// Whether any valid commit frame in `data[from..]` (carrying the segment's
-/// `salt`) names a group starting after `x`.
-fn later_commit(data: &[u8], base: u64, salt: u64, from: usize, x: u64) -> bool {
-    (from..data.len().saturating_sub(23)).step_by(8).any(|off| {
-        let Some((h, p)) = frame_at(data, base, off) else {
-            return false;
-        };
-        let word = |at: usize| {
-            data.get(p.start + at..p.start + at + 8)
-                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
-        };
-        h.kind == Kind::Commit
-            && p.len() == 16
-            && word(8) == Some(salt)
-            && word(0).is_some_and(|start| start > x)
-    })
+/// Whether any valid commit frame in `[from, data)` (carrying the
+/// segment's `salt`) names a group starting after `x`; and whether any byte
+/// there is non-zero.
+fn scan_rest(w: &mut Window<'_>, base: u64, salt: u64, from: u64, x: u64) -> Result<(bool, bool)> {
+    let mut nonzero = false;
+    let mut off = from - from % 8;
+    while off < w.data {
+        let end = (off + WINDOW).min(w.data);
+        let piece = w.get(off, end - off)?;
+        let mut candidates = Vec::new();
+        if piece.iter().any(|&b| b != 0) {
+            nonzero = true;
+            // A commit frame's header word: length 16, tag 0xC1.
+            let word = super::format::header_word(Kind::Commit, 16).to_le_bytes();
+            for at in (0..piece.len().saturating_sub(3)).step_by(8) {
+                if piece[at..at + 4] == word {
+                    candidates.push(off + at as u64);
+                }
+            }
+        }
+        for o in candidates {
+            if let Some((h, p)) = w.frame(base, o)?
+                && h.kind == Kind::Commit
+                && p.len() == 16
+                && u64::from_le_bytes(p[8..].try_into().expect("8 bytes")) == salt
+                && u64::from_le_bytes(p[..8].try_into().expect("8 bytes")) > x
+            {
+                return Ok((true, true));
+            }
+        }
+        off = end;
+    }
+    Ok((false, nonzero))
+}
+
+/// The clean-close record in a segment's header block: where the log ended
+/// when its last owner closed it (`"RTCLEAN1" | end LSN u64 | crc32c u32`).
+pub(crate) const CLEAN_AT: usize = 2048;
+const CLEAN_MAGIC: [u8; 8] = *b"RTCLEAN1";
+
+pub(crate) fn clean_record(end: u64) -> [u8; 20] {
+    let mut r = [0u8; 20];
+    r[..8].copy_from_slice(&CLEAN_MAGIC);
+    r[8..16].copy_from_slice(&end.to_le_bytes());
+    let crc = crc32c::crc32c(&r[..16]);
+    r[16..].copy_from_slice(&crc.to_le_bytes());
+    r
+}
+
+fn parse_clean(h: &[u8]) -> Option<u64> {
+    let r = h.get(CLEAN_AT..CLEAN_AT + 20)?;
+    (r[..8] == CLEAN_MAGIC && crc32c::crc32c(&r[..16]).to_le_bytes() == r[16..20])
+        .then(|| u64::from_le_bytes(r[8..16].try_into().expect("8 bytes")))
 }
 
 pub(crate) fn recover(
@@ -166,6 +229,7 @@ pub(crate) fn recover(
         segs.push(Segment {
             seq,
             salt: h.salt,
+            clean: parse_clean(&hb[..got]),
             path,
             file,
         });
@@ -215,42 +279,32 @@ pub(crate) fn recover(
     while i < segs.len() {
         let seg = &segs[i];
         let base = seg.seq * data;
-        let buf = read_data(seg, data)?;
-        let mut off = (pos - base) as usize;
-        while (off as u64) < data {
-            let Some((h, payload)) = frame_at(&buf, base, off) else {
-                break;
-            };
+        let mut w = Window::new(seg, data)?;
+        let mut off = pos - base;
+        while let Some((h, payload)) = w.frame(base, off)? {
             if h.kind == Kind::Record {
-                replay(base + off as u64, &buf[payload]).map_err(|reason| {
+                replay(base + off, payload).map_err(|reason| {
                     corruption(
                         &seg.path,
-                        SEGMENT_HEADER + off as u64,
+                        SEGMENT_HEADER + off,
                         format!("record rejected on replay: {reason}"),
                     )
                 })?;
             }
-            off += h.len() as usize;
+            off += h.len();
         }
-        pos = base + off as u64;
-        if (off as u64) == data {
+        pos = base + off;
+        if off == data {
             // The segment is complete; the log goes on in the next one.
             i += 1;
             continue;
         }
         // The first invalid frame: torn tail or damage?
         let x = pos;
-        let file_off = SEGMENT_HEADER + off as u64;
-        if later_commit(&buf, base, seg.salt, off + 8, x) {
-            return Err(corruption(
-                &seg.path,
-                file_off,
-                "invalid frame followed by frames of a later, synced group",
-            ));
-        }
+        let file_off = SEGMENT_HEADER + off;
         for later in &segs[i + 1..] {
-            let lb = read_data(later, data)?;
-            if frame_at(&lb, later.seq * data, 0).is_some() {
+            let mut lw = Window::new(later, data)?;
+            if lw.frame(later.seq * data, 0)?.is_some() {
                 return Err(corruption(
                     &seg.path,
                     file_off,
@@ -261,8 +315,35 @@ pub(crate) fn recover(
                 ));
             }
         }
-        if buf[off..].iter().any(|&b| b != 0) {
-            cut_tail(seg, off, &buf)?;
+        if seg.clean.is_some_and(|end| x < end) {
+            // Its last owner closed cleanly at `end`: every byte before was
+            // synced, so an invalid frame there is damage.
+            return Err(corruption(
+                &seg.path,
+                file_off,
+                "invalid frame before the position of a clean close",
+            ));
+        }
+        let zero_here = w.get(off, 8)?.iter().all(|&b| b == 0);
+        if seg.clean == Some(x) && zero_here {
+            // Its last owner closed cleanly right here, and nobody wrote
+            // since (an owner erases the record before writing): no torn
+            // group can follow, no need to read the rest.
+            return Ok(Recovered {
+                end: x,
+                segment_size,
+            });
+        }
+        let (later, nonzero) = scan_rest(&mut w, base, seg.salt, off + 8, x)?;
+        if later {
+            return Err(corruption(
+                &seg.path,
+                file_off,
+                "invalid frame followed by frames of a later, synced group",
+            ));
+        }
+        if nonzero || !zero_here {
+            cut_tail(&mut w, off)?;
             tracing::warn!(file = %seg.path.display(), offset = file_off, "cut a torn WAL tail");
         }
         return Ok(Recovered {
@@ -278,18 +359,19 @@ pub(crate) fn recover(
 
 /// Zeroes the non-zero bytes from `off` to the end of the data area and
 /// syncs, so frames of a lost group can never be read again.
-fn cut_tail(seg: &Segment, off: usize, buf: &[u8]) -> Result<()> {
-    const STEP: usize = 1 << 16;
-    let zeros = vec![0u8; STEP];
+fn cut_tail(w: &mut Window<'_>, off: u64) -> Result<()> {
+    const STEP: u64 = 1 << 16;
+    let zeros = vec![0u8; STEP as usize];
     let mut at = off;
-    while at < buf.len() {
-        let n = STEP.min(buf.len() - at);
-        if buf[at..at + n].iter().any(|&b| b != 0) {
-            seg.file
-                .write_at(SEGMENT_HEADER + at as u64, &[&zeros[..n]])
-                .map_err(|e| io_err(&seg.path, e))?;
+    while at < w.data {
+        let n = STEP.min(w.data - at);
+        if w.get(at, n)?.iter().any(|&b| b != 0) {
+            w.seg
+                .file
+                .write_at(SEGMENT_HEADER + at, &[&zeros[..n as usize]])
+                .map_err(|e| io_err(&w.seg.path, e))?;
         }
         at += n;
     }
-    seg.file.sync_data().map_err(|e| io_err(&seg.path, e))
+    w.seg.file.sync_data().map_err(|e| io_err(&w.seg.path, e))
 }
