@@ -103,6 +103,16 @@ fn child_ours(dir: &Path, n: u64) {
     let t = Ours::open_blocking(ours_config(dir)).unwrap();
     println!("reopen {:.1} ms", s.elapsed().as_secs_f64() * 1e3);
     assert_eq!(t.root(), root);
+    // Proofs from the reopened (mapped) levels.
+    let snap = t.snapshot();
+    let (size, proof_root) = (snap.size(), snap.root().unwrap());
+    let s = Instant::now();
+    for k in 0..10_000u64 {
+        let i = k.wrapping_mul(0x9E37_79B9_7F4A_7C15) % size;
+        snap.proof(i).unwrap().verify_at(&Blake3, &proof_root, size).unwrap();
+    }
+    println!("10k proofs after reopen {:.1} ms", s.elapsed().as_secs_f64() * 1e3);
+    drop(snap);
     rt.block_on(t.close()).unwrap();
     drop(t);
     let s = Instant::now();
@@ -169,6 +179,14 @@ fn child_theirs(dir: &Path, n: u64) {
     let r = Theirs::open(Blake3Hasher, theirs_config(dir, false)).unwrap();
     println!("reopen {:.1} ms", s.elapsed().as_secs_f64() * 1e3);
     assert_eq!(r.root(), root);
+    let snap = r.snapshot();
+    let s = Instant::now();
+    for k in 0..10_000u64 {
+        let i = k.wrapping_mul(0x9E37_79B9_7F4A_7C15) % snap.size();
+        assert!(snap.generate_proof(i).unwrap().verify(&Blake3Hasher).unwrap());
+    }
+    println!("10k proofs after reopen {:.1} ms", s.elapsed().as_secs_f64() * 1e3);
+    drop(snap);
     r.close().unwrap();
     let s = Instant::now();
     let r = Theirs::open(Blake3Hasher, theirs_config(dir, true)).unwrap();

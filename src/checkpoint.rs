@@ -374,7 +374,7 @@ impl Checkpointer {
             let first = sealed_chunks(self.nodes.get(d).copied().unwrap_or(0)) as usize;
             let sealed = sealed_chunks(nodes) as usize;
             level_sums.truncate(first);
-            const RUN: usize = 256; // 1 MiB per write and sync
+            const RUN: usize = 1024; // 4 MiB per write and sync
             let mut c = first;
             while c < sealed {
                 let end = (c + RUN).min(sealed);
