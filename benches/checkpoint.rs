@@ -109,9 +109,15 @@ fn child_ours(dir: &Path, n: u64) {
     let s = Instant::now();
     for k in 0..10_000u64 {
         let i = k.wrapping_mul(0x9E37_79B9_7F4A_7C15) % size;
-        snap.proof(i).unwrap().verify_at(&Blake3, &proof_root, size).unwrap();
+        snap.proof(i)
+            .unwrap()
+            .verify_at(&Blake3, &proof_root, size)
+            .unwrap();
     }
-    println!("10k proofs after reopen {:.1} ms", s.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "10k proofs after reopen {:.1} ms",
+        s.elapsed().as_secs_f64() * 1e3
+    );
     drop(snap);
     rt.block_on(t.close()).unwrap();
     drop(t);
@@ -183,9 +189,17 @@ fn child_theirs(dir: &Path, n: u64) {
     let s = Instant::now();
     for k in 0..10_000u64 {
         let i = k.wrapping_mul(0x9E37_79B9_7F4A_7C15) % snap.size();
-        assert!(snap.generate_proof(i).unwrap().verify(&Blake3Hasher).unwrap());
+        assert!(
+            snap.generate_proof(i)
+                .unwrap()
+                .verify(&Blake3Hasher)
+                .unwrap()
+        );
     }
-    println!("10k proofs after reopen {:.1} ms", s.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "10k proofs after reopen {:.1} ms",
+        s.elapsed().as_secs_f64() * 1e3
+    );
     drop(snap);
     r.close().unwrap();
     let s = Instant::now();

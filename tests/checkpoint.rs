@@ -5,30 +5,21 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 
 use common::{Rng, leaf, leaves};
 use ringtree::io::{SimStorage, Storage};
 use ringtree::{
-    Blake3, CheckpointPolicy, Config, Error, FlushPolicy, Hash, IoBackend, LeanImt, Tiering, Tree,
+    Blake3, CheckpointPolicy, Config, Error, FlushPolicy, Hash, IoBackend, Tiering, Tree,
 };
 
 type T4 = Tree<Blake3, 4, 32>;
 
 fn sim_config(sim: &SimStorage, dir: &str) -> Config {
-    Config::new(dir)
-        .storage(Arc::new(sim.clone()))
-        .segment_size(64 << 10)
-        .buffer_capacity(16 << 10)
-        .checkpoint(CheckpointPolicy::Manual)
+    common::sim_config(sim, dir).checkpoint(CheckpointPolicy::Manual)
 }
 
 fn model_root(leaves: &[Hash]) -> Option<Hash> {
-    let mut t = LeanImt::<Blake3, 4, 32>::new(Blake3);
-    if !leaves.is_empty() {
-        t.insert_many(leaves).unwrap();
-    }
-    t.root()
+    common::naive_root(4, leaves)
 }
 
 /// `insert_many` in batches the log takes; returns the last future.

@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Rng, leaf, leaves};
@@ -14,19 +13,10 @@ use ringtree::{Blake3, Config, Error, FlushPolicy, Hash, IoBackend, LeanImt, Tre
 
 type T4 = Tree<Blake3, 4, 32>;
 
-fn sim_config(sim: &SimStorage, dir: &str) -> Config {
-    Config::new(dir)
-        .storage(Arc::new(sim.clone()))
-        .segment_size(64 << 10)
-        .buffer_capacity(16 << 10)
-}
+use common::sim_config;
 
 fn model_root(leaves: &[Hash]) -> Option<Hash> {
-    let mut t = LeanImt::<Blake3, 4, 32>::new(Blake3);
-    if !leaves.is_empty() {
-        t.insert_many(leaves).unwrap();
-    }
-    t.root()
+    common::naive_root(4, leaves)
 }
 
 #[test]

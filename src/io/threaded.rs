@@ -63,6 +63,38 @@ impl StorageFile for StdFile {
     }
 }
 
+/// The namespace calls of the backends on the OS file system (threaded and
+/// io_uring alike), as `Storage` methods.
+macro_rules! os_namespace {
+    () => {
+        fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+            std::fs::create_dir_all(path)
+        }
+        fn sync_dir(&self, path: &Path) -> io::Result<()> {
+            $crate::io::threaded::sync_dir(path)
+        }
+        fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+            $crate::io::threaded::list(dir)
+        }
+        fn remove(&self, path: &Path) -> io::Result<()> {
+            std::fs::remove_file(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            std::fs::rename(from, to)
+        }
+        fn exists(&self, path: &Path) -> bool {
+            path.exists()
+        }
+        fn lock(&self, path: &Path) -> io::Result<$crate::io::LockGuard> {
+            $crate::io::threaded::flock(path)
+        }
+        fn map(&self, path: &Path) -> io::Result<std::sync::Arc<dyn $crate::io::Mapped>> {
+            $crate::io::threaded::map(path)
+        }
+    };
+}
+pub(crate) use os_namespace;
+
 impl Storage for ThreadedStorage {
     fn backend(&self) -> IoBackend {
         IoBackend::Threaded
@@ -70,30 +102,7 @@ impl Storage for ThreadedStorage {
     fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn StorageFile>> {
         Ok(Box::new(StdFile::open(path, create)?))
     }
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(path)
-    }
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        sync_dir(path)
-    }
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        list(dir)
-    }
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        std::fs::remove_file(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        std::fs::rename(from, to)
-    }
-    fn exists(&self, path: &Path) -> bool {
-        path.exists()
-    }
-    fn lock(&self, path: &Path) -> io::Result<LockGuard> {
-        flock(path)
-    }
-    fn map(&self, path: &Path) -> io::Result<std::sync::Arc<dyn super::Mapped>> {
-        map(path)
-    }
+    os_namespace!();
 }
 
 /// A read-only memory mapping of `path`.

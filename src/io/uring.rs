@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 
 use io_uring::{IoUring, opcode, squeue, types};
 
-use super::threaded::{StdFile, flock, list, sync_dir};
-use super::{IoBackend, LockGuard, Storage, StorageFile};
+use super::threaded::StdFile;
+use super::{IoBackend, Storage, StorageFile};
 
 /// Files whose writes and syncs go through an io_uring.
 #[derive(Clone)]
@@ -200,28 +200,5 @@ impl Storage for UringStorage {
             broken: self.broken.clone(),
         }))
     }
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(path)
-    }
-    fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        sync_dir(path)
-    }
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        list(dir)
-    }
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        std::fs::remove_file(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        std::fs::rename(from, to)
-    }
-    fn exists(&self, path: &Path) -> bool {
-        path.exists()
-    }
-    fn lock(&self, path: &Path) -> io::Result<LockGuard> {
-        flock(path)
-    }
-    fn map(&self, path: &Path) -> io::Result<Arc<dyn super::Mapped>> {
-        super::threaded::map(path)
-    }
+    super::threaded::os_namespace!();
 }

@@ -72,6 +72,17 @@ impl Ring {
             .to_ne_bytes()
     }
 
+    /// `[a, b)` as (ring offset, length before the wrap, total length).
+    fn split(&self, a: u64, b: u64) -> (usize, usize, usize) {
+        assert!(
+            a <= b && b - a <= self.cap(),
+            "ring range [{a}, {b}) exceeds the ring"
+        );
+        let len = (b - a) as usize;
+        let at = (a & self.mask) as usize;
+        (at, len.min(self.cap() as usize - at), len)
+    }
+
     /// The bytes of `[a, b)` as one or two slices.
     ///
     /// # Safety
@@ -79,13 +90,7 @@ impl Ring {
     /// acquire ordering by this thread) and the range is not handed back for
     /// reuse while the slices live; `b - a <= cap`.
     pub(crate) unsafe fn slices(&self, a: u64, b: u64) -> [&[u8]; 2] {
-        assert!(
-            a <= b && b - a <= self.cap(),
-            "ring range [{a}, {b}) exceeds the ring"
-        );
-        let len = (b - a) as usize;
-        let at = (a & self.mask) as usize;
-        let first = len.min(self.cap() as usize - at);
+        let (at, first, len) = self.split(a, b);
         // SAFETY: both ranges are inside the ring; no thread writes them
         // until they are handed back (the caller's promise).
         unsafe {
@@ -101,13 +106,7 @@ impl Ring {
     /// # Safety
     /// As for [`slices`](Self::slices), and no slice of the range is alive.
     pub(crate) unsafe fn zero(&self, a: u64, b: u64) {
-        assert!(
-            a <= b && b - a <= self.cap(),
-            "ring range [{a}, {b}) exceeds the ring"
-        );
-        let len = (b - a) as usize;
-        let at = (a & self.mask) as usize;
-        let first = len.min(self.cap() as usize - at);
+        let (at, first, len) = self.split(a, b);
         // SAFETY: inside the ring, and exclusively the committer's now.
         unsafe {
             std::ptr::write_bytes(self.base().add(at), 0, first);

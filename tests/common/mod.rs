@@ -50,3 +50,11 @@ pub fn naive_root(arity: usize, leaves: &[Hash]) -> Option<Hash> {
     }
     Some(level[0])
 }
+
+/// A tree config on the simulated disk with small segments and buffer.
+pub fn sim_config(sim: &ringtree::io::SimStorage, dir: &str) -> ringtree::Config {
+    ringtree::Config::new(dir)
+        .storage(std::sync::Arc::new(sim.clone()))
+        .segment_size(64 << 10)
+        .buffer_capacity(16 << 10)
+}
