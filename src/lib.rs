@@ -8,6 +8,9 @@
 //!   future that resolves once the insert is on disk. A write-ahead
 //!   [`Log`] takes records without locks and a committer thread
 //!   group-commits them, one fdatasync in flight.
+//! - Checkpoints ([`Tree::checkpoint`], [`CheckpointPolicy`]) stream the
+//!   tree's levels to shard files in the background and recycle the log;
+//!   checkpointed levels are served from memory-mapped shards ([`Tiering`]).
 //! - [`LeanImt`]: the in-memory core, with copy-on-write [`Snapshot`]s.
 //! - [`Proof`] and [`ConsistencyProof`]: strictly verified proofs.
 //! - [`io`]: the storage backends (io_uring, threaded, simulated).
