@@ -239,6 +239,7 @@ struct Inner<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     inserts_at_checkpoint: AtomicU64,
     /// The last checkpoint's WAL position.
     last_checkpoint: AtomicU64,
+    checkpoint_latency: crate::metrics::Histogram,
     backend: IoBackend,
     closed: AtomicBool,
     dir: PathBuf,
@@ -410,6 +411,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                 inserts: AtomicU64::new(0),
                 inserts_at_checkpoint: AtomicU64::new(0),
                 last_checkpoint: AtomicU64::new(start),
+                checkpoint_latency: crate::metrics::Histogram::new(),
                 backend,
                 closed: AtomicBool::new(false),
                 dir,
@@ -613,6 +615,32 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     pub fn syncs(&self) -> u64 {
         self.inner.wal.syncs()
     }
+
+    /// The tree's counters and latency histograms now.
+    ///
+    /// ```
+    /// # use ringtree::{Blake3, Config, Tree, io::SimStorage};
+    /// # use std::sync::Arc;
+    /// # let tree = Tree::<Blake3, 4, 32>::open_blocking(Config::new("/m").storage(Arc::new(SimStorage::new(1))))?;
+    /// futures::executor::block_on(tree.insert_durable([1; 32]))?;
+    /// let m = tree.metrics();
+    /// assert_eq!(m.leaves, 1);
+    /// assert!(m.fsyncs >= 1 && m.records_committed >= 1);
+    /// # Ok::<(), ringtree::Error>(())
+    /// ```
+    pub fn metrics(&self) -> crate::Metrics {
+        let wal = &self.inner.wal;
+        let end = wal.end();
+        crate::Metrics {
+            leaves: self.size(),
+            wal_bytes: end,
+            durable_lag_bytes: end.saturating_sub(wal.durable()),
+            fsyncs: wal.syncs(),
+            records_committed: wal.records_committed(),
+            fsync_latency: wal.fsync_latency(),
+            checkpoint_duration: self.inner.checkpoint_latency.summary(),
+        }
+    }
 }
 
 impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
@@ -668,6 +696,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         let removed = self
             .wal
             .remove_segments_below(position.min(self.wal.durable()), cp.failpoint)?;
+        self.checkpoint_latency.record(started.elapsed());
         tracing::info!(
             leaves = manifest.leaves,
             wal_position = position,

@@ -371,3 +371,34 @@ fn an_arity_mismatch_is_a_config_error() {
     let r = Tree::<Blake3, 2, 32>::open_blocking(sim_config(&sim, "/d"));
     assert!(matches!(r, Err(Error::Config(_))));
 }
+
+/// `Tree::metrics`: counts match what happened.
+#[test]
+fn metrics_count_what_happened() {
+    let sim = SimStorage::new(14);
+    let t = T4::open_blocking(sim_config(&sim, "/m").flush(FlushPolicy::Manual)).unwrap();
+    futures::executor::block_on(async {
+        for i in 0..100 {
+            t.insert(leaf(i)).await.unwrap();
+        }
+        t.insert_many(&leaves(100..150)).await.unwrap();
+        let m = t.metrics();
+        assert_eq!(m.leaves, 150);
+        assert_eq!(m.wal_bytes, 100 * 48 + (16 + 50 * 32));
+        assert_eq!(
+            m.durable_lag_bytes, m.wal_bytes,
+            "Manual: nothing synced yet"
+        );
+        assert_eq!(m.fsyncs, 0);
+        t.flush().await.unwrap();
+        let m = t.metrics();
+        assert_eq!(m.durable_lag_bytes, 0);
+        assert_eq!(m.records_committed, 101, "100 single records and one batch");
+        assert!(m.fsyncs >= 1);
+        assert_eq!(m.fsync_latency.count, m.fsyncs);
+        assert!(m.records_per_fsync() > 1.0);
+        assert_eq!(m.checkpoint_duration.count, 0);
+        t.checkpoint().await.unwrap();
+        assert_eq!(t.metrics().checkpoint_duration.count, 1);
+    });
+}

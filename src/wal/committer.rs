@@ -298,11 +298,13 @@ impl Committer {
         scan - synced < self.shared.ring.cap() && self.shared.ring.header(scan) != [0; 8]
     }
 
-    /// Moves `scan` over published frames, stopping at an unpublished one.
-    fn advance_scan(&self, synced: u64, mut scan: u64) -> u64 {
+    /// Moves `scan` over published frames, stopping at an unpublished one;
+    /// counts the records passed in `records`.
+    fn advance_scan(&self, synced: u64, mut scan: u64, records: &mut u64) -> u64 {
         while self.published(synced, scan) {
-            let h = self.shared.ring.header(scan);
-            scan += FrameHeader::decode(h).map_or(FRAME_HEADER, |f| f.len());
+            let h = FrameHeader::decode(self.shared.ring.header(scan));
+            *records += u64::from(h.is_some_and(|f| f.kind == Kind::Record));
+            scan += h.map_or(FRAME_HEADER, |f| f.len());
         }
         scan
     }
@@ -375,8 +377,10 @@ impl Committer {
         let mut synced = s.mark.durable();
         let mut scan = synced;
         let mut last = Instant::now();
+        // Records scanned and not yet counted as committed.
+        let mut records = 0u64;
         loop {
-            scan = self.advance_scan(synced, scan);
+            scan = self.advance_scan(synced, scan, &mut records);
             let stopping = s.stop.load(Ordering::Acquire);
             if self.wants_sync(synced, scan, last, stopping) {
                 // One segment per write and sync; the rest on the next turn.
@@ -385,6 +389,7 @@ impl Committer {
                     scan = self.commit_marker(synced, scan);
                 }
                 let end = scan.min(seg_end);
+                let t0 = Instant::now();
                 if let Err(reason) = self.commit(synced, end) {
                     tracing::error!(offset = synced, %reason, "WAL write or sync failed; log poisoned");
                     s.mark.fail(Failure::Poisoned {
@@ -397,8 +402,14 @@ impl Committer {
                 // SAFETY: the slices of this range were dropped in `commit`.
                 unsafe { s.ring.zero(synced, end) };
                 s.freed.store(end, Ordering::Release);
-                s.syncs.fetch_add(1, Ordering::Relaxed);
                 s.mark.advance(end);
+                s.sync_latency.record(t0.elapsed());
+                s.syncs.fetch_add(1, Ordering::Relaxed);
+                if end == scan {
+                    // (Split at a segment end, the count goes with the last part.)
+                    s.records
+                        .fetch_add(std::mem::take(&mut records), Ordering::Relaxed);
+                }
                 s.wake_space();
                 synced = end;
                 last = Instant::now();

@@ -130,6 +130,8 @@ pub(crate) struct Shared {
     max_frame: u64,
     /// Groups and records committed (metrics).
     pub(crate) syncs: AtomicU64,
+    pub(crate) records: AtomicU64,
+    pub(crate) sync_latency: crate::metrics::Histogram,
 }
 
 impl Shared {
@@ -281,6 +283,8 @@ impl Log {
             space: Mutex::new(Vec::new()),
             max_frame: (cap.min(seg_data) / 2) & !7,
             syncs: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            sync_latency: crate::metrics::Histogram::new(),
         });
         let committer = committer::Committer::new(
             shared.clone(),
@@ -509,6 +513,16 @@ impl Log {
     /// The directory of the log.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Records made durable so far.
+    pub fn records_committed(&self) -> u64 {
+        self.shared.records.load(Ordering::Relaxed)
+    }
+
+    /// Latency of the group commits so far.
+    pub fn fsync_latency(&self) -> crate::LatencySummary {
+        self.shared.sync_latency.summary()
     }
 
     /// Group commits (write + fdatasync) completed so far.

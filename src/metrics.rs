@@ -1,0 +1,143 @@
+//! Counters and latency histograms a tree keeps about itself, read with
+//! `Tree::metrics()`.
+//!
+//! Owns the histogram type; the log and the tree record into it. Recording
+//! is a few relaxed atomic adds, done once per group commit or checkpoint,
+//! never per insert.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// A lock-free histogram of durations with power-of-two buckets (in
+/// microseconds): quantiles are upper bounds within a factor of two.
+pub(crate) struct Histogram {
+    buckets: [AtomicU64; 64],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+    max_us: AtomicU64,
+}
+
+impl Histogram {
+    pub(crate) const fn new() -> Self {
+        Self {
+            buckets: [const { AtomicU64::new(0) }; 64],
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+            max_us: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn record(&self, d: Duration) {
+        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        self.buckets[64 - us.leading_zeros() as usize % 64].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.max_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    pub(crate) fn summary(&self) -> LatencySummary {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        let quantile = |q: f64| {
+            if total == 0 {
+                return Duration::ZERO;
+            }
+            let want = ((total as f64) * q).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= want {
+                    // Bucket i holds values below 2^i µs.
+                    return Duration::from_micros(if i == 0 { 0 } else { (1u64 << i) - 1 });
+                }
+            }
+            Duration::from_micros(self.max_us.load(Ordering::Relaxed))
+        };
+        let count = self.count.load(Ordering::Relaxed);
+        LatencySummary {
+            count,
+            mean: Duration::from_micros(
+                self.sum_us
+                    .load(Ordering::Relaxed)
+                    .checked_div(count)
+                    .unwrap_or(0),
+            ),
+            p50: quantile(0.5),
+            p99: quantile(0.99),
+            max: Duration::from_micros(self.max_us.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// Summary of a latency histogram. Quantiles are upper bounds of
+/// power-of-two buckets (within a factor of two); mean and max are exact.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LatencySummary {
+    /// Samples recorded.
+    pub count: u64,
+    /// Mean.
+    pub mean: Duration,
+    /// Median (bucket upper bound).
+    pub p50: Duration,
+    /// 99th percentile (bucket upper bound).
+    pub p99: Duration,
+    /// Largest sample.
+    pub max: Duration,
+}
+
+/// A reading of a tree's counters, from [`Tree::metrics`](crate::Tree::metrics).
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Metrics {
+    /// Leaves in the tree.
+    pub leaves: u64,
+    /// The log's end position: bytes appended since the log was created.
+    pub wal_bytes: u64,
+    /// Bytes appended but not yet durable.
+    pub durable_lag_bytes: u64,
+    /// Group commits (write + fdatasync) since open.
+    pub fsyncs: u64,
+    /// Records those commits made durable.
+    pub records_committed: u64,
+    /// Latency of a group commit's write + fdatasync.
+    pub fsync_latency: LatencySummary,
+    /// Checkpoints written since open, and how long they took.
+    pub checkpoint_duration: LatencySummary,
+}
+
+impl Metrics {
+    /// Records per fsync on average: how much the group commit batches.
+    pub fn records_per_fsync(&self) -> f64 {
+        if self.fsyncs == 0 {
+            0.0
+        } else {
+            self.records_committed as f64 / self.fsyncs as f64
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_bound_the_samples() {
+        let h = Histogram::new();
+        for us in 1..=1000u64 {
+            h.record(Duration::from_micros(us));
+        }
+        let s = h.summary();
+        assert_eq!(s.count, 1000);
+        assert_eq!(s.max, Duration::from_micros(1000));
+        assert_eq!(s.mean, Duration::from_micros(500));
+        // p50 = 500 µs lies in [256, 512): reported as 511.
+        assert_eq!(s.p50, Duration::from_micros(511));
+        assert_eq!(s.p99, Duration::from_micros(1023));
+        assert_eq!(Histogram::new().summary(), LatencySummary::default());
+    }
+}
