@@ -29,7 +29,9 @@ impl Histogram {
 
     pub(crate) fn record(&self, d: Duration) {
         let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
-        self.buckets[64 - us.leading_zeros() as usize % 64].fetch_add(1, Ordering::Relaxed);
+        // Bucket i holds values below 2^i µs (0 in bucket 0).
+        let i = (64 - us.leading_zeros()) as usize;
+        self.buckets[i.min(63)].fetch_add(1, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
         self.max_us.fetch_max(us, Ordering::Relaxed);
@@ -127,6 +129,11 @@ mod tests {
 
     #[test]
     fn quantiles_bound_the_samples() {
+        let h = Histogram::new();
+        h.record(Duration::ZERO);
+        h.record(Duration::from_secs(u64::MAX));
+        let s = h.summary();
+        assert_eq!((s.count, s.p50), (2, Duration::ZERO));
         let h = Histogram::new();
         for us in 1..=1000u64 {
             h.record(Duration::from_micros(us));

@@ -293,9 +293,27 @@ impl Log {
             config,
             rec.segment_size,
         )?;
+        let sh = shared.clone();
         let thread = std::thread::Builder::new()
             .name("ringtree-committer".into())
-            .spawn(move || committer.run())
+            .spawn(move || {
+                // A panic must not leave futures waiting on a dead thread.
+                if let Err(p) =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| committer.run()))
+                {
+                    let what = p
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(panic = %what, "committer panicked; log poisoned");
+                    sh.mark.fail(Failure::Poisoned {
+                        offset: sh.mark.durable(),
+                        reason: format!("committer panicked: {what}"),
+                    });
+                    sh.wake_space();
+                }
+            })
             .map_err(|e| Error::Io {
                 path: dir.to_path_buf(),
                 source: e,
