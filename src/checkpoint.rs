@@ -255,6 +255,8 @@ pub(crate) struct Checkpointer {
     /// The last checkpoint's WAL position.
     pub(crate) wal_position: u64,
     pub(crate) failpoint: Failpoint,
+    /// Set when a manifest rename may or may not have taken effect.
+    broken: std::sync::Mutex<Option<String>>,
 }
 
 impl Checkpointer {
@@ -280,6 +282,7 @@ impl Checkpointer {
             slots,
             wal_position,
             failpoint: None,
+            broken: std::sync::Mutex::new(None),
         }
     }
 
@@ -298,13 +301,21 @@ impl Checkpointer {
         f.sync_data().map_err(|e| io_err(&tmp, e))?;
         drop(f);
         failpoint(fp, "manifest-write", &self.dir)?;
-        self.storage
-            .rename(&tmp, &path)
-            .map_err(|e| io_err(&path, e))?;
-        failpoint(fp, "manifest-rename", &self.dir)?;
-        self.storage
-            .sync_dir(&self.dir)
-            .map_err(|e| io_err(&self.dir, e))
+        // From the rename on, a failure leaves it unknown which manifest is
+        // current: this checkpointer's notion of the tail slots may be
+        // wrong, so it refuses to write another until the tree is reopened.
+        let after_rename = || -> Result<()> {
+            self.storage
+                .rename(&tmp, &path)
+                .map_err(|e| io_err(&path, e))?;
+            failpoint(fp, "manifest-rename", &self.dir)?;
+            self.storage
+                .sync_dir(&self.dir)
+                .map_err(|e| io_err(&self.dir, e))
+        };
+        after_rename().inspect_err(|e| {
+            *self.broken.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string())
+        })
     }
 
     /// Opens (creating with their headers) a level's shard, sums and tail
@@ -338,6 +349,14 @@ impl Checkpointer {
     /// Writes a checkpoint of `snap`, which holds every leaf the log below
     /// `wal_position` holds. Returns the manifest written.
     pub(crate) fn write(&mut self, snap: &Snapshot, wal_position: u64) -> Result<Manifest> {
+        if let Some(why) = &*self.broken.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Err(Error::Io {
+                path: self.dir.join(MANIFEST),
+                source: std::io::Error::other(format!(
+                    "an earlier checkpoint failed after renaming its manifest ({why}); reopen the tree to checkpoint again"
+                )),
+            });
+        }
         let shards = self.dir.join(SHARDS);
         self.storage
             .create_dir_all(&shards)
@@ -427,14 +446,15 @@ impl Checkpointer {
                 f.sync_data().map_err(|e| io_err(&path, e))?;
             }
         }
-        if created {
-            self.storage
-                .sync_dir(&shards)
-                .map_err(|e| io_err(&shards, e))?;
-            self.storage
-                .sync_dir(&self.dir)
-                .map_err(|e| io_err(&self.dir, e))?;
-        }
+        // Always, not only when this checkpoint created files: an earlier,
+        // failed one may have created them without syncing their names.
+        let _ = created;
+        self.storage
+            .sync_dir(&shards)
+            .map_err(|e| io_err(&shards, e))?;
+        self.storage
+            .sync_dir(&self.dir)
+            .map_err(|e| io_err(&self.dir, e))?;
         failpoint(self.failpoint, "shard-sync", &shards)?;
         let manifest = Manifest {
             arity: snap.arity() as u32,
@@ -519,6 +539,7 @@ pub(crate) fn load(
     storage: &dyn Storage,
     dir: &Path,
     arity: usize,
+    max_depth: usize,
     map_below: usize,
 ) -> Result<Option<Loaded>> {
     let path = dir.join(MANIFEST);
@@ -577,6 +598,16 @@ pub(crate) fn load(
         if m.levels.last().map(|l| l.nodes) != Some(1) {
             return Err(mismatch("the top level is not a single root".into()));
         }
+        // Exactly one level of one node: depth + 1 levels, no more.
+        if m.levels.len() > 1 && m.levels[m.levels.len() - 2].nodes == 1 {
+            return Err(mismatch("levels above the root".into()));
+        }
+        if m.levels.len() > max_depth + 1 {
+            return Err(Error::Depth {
+                depth: m.levels.len() - 1,
+                max_depth,
+            });
+        }
     }
     let mut levels = Vec::with_capacity(m.levels.len());
     let mut all_sums = Vec::with_capacity(m.levels.len());
@@ -606,7 +637,16 @@ pub(crate) fn load(
                 format!("short checksum file: {have} bytes, {need} needed"),
             ));
         }
-        let mut sb = vec![0u8; 4 * sealed as usize];
+        // Sized from the manifest: allocate fallibly, never abort.
+        let mut sb = Vec::new();
+        sb.try_reserve_exact(4 * sealed as usize).map_err(|_| {
+            corruption(
+                &dir.join(MANIFEST),
+                0,
+                format!("level {d}: {sealed} chunks cannot be held in memory"),
+            )
+        })?;
+        sb.resize(4 * sealed as usize, 0);
         sumf.read_at(SUMS_HEADER, &mut sb)
             .map_err(|e| io_err(&up, e))?;
         let sums: Vec<u32> = sb
@@ -714,4 +754,74 @@ pub(crate) fn load(
         sums: all_sums,
         unverified,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::SimStorage;
+
+    fn manifest(leaves: u64, nodes: &[u64]) -> Manifest {
+        Manifest {
+            arity: 4,
+            leaves,
+            root: [7; 32],
+            wal_position: 96,
+            levels: nodes
+                .iter()
+                .map(|&n| LevelMeta {
+                    nodes: n,
+                    sums_crc: 1,
+                    tail_slot: 0,
+                    tail_crc: 2,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn manifest_round_trip_and_every_byte_checked() {
+        let m = manifest(1000, &[1000, 250, 63, 16, 4, 1]);
+        let b = m.encode();
+        assert_eq!(Manifest::decode(Path::new("M"), &b).unwrap(), m);
+        for i in 0..b.len() {
+            let mut x = b.clone();
+            x[i] ^= 0x08;
+            assert!(Manifest::decode(Path::new("M"), &x).is_err(), "byte {i}");
+        }
+        assert!(Manifest::decode(Path::new("M"), &b[..b.len() - 1]).is_err());
+    }
+
+    /// Shapes that are not a tree's are corruption before any shard is read.
+    #[test]
+    fn manifest_shapes_that_are_no_tree_are_rejected() {
+        let sim = SimStorage::new(1);
+        let dir = Path::new("/t");
+        sim.create_dir_all(dir).unwrap();
+        let put = |m: &Manifest| {
+            let f = sim.open(&dir.join(MANIFEST), true).unwrap();
+            f.write_at(0, &[&m.encode()]).unwrap();
+        };
+        for (leaves, nodes) in [
+            (1u64, vec![1u64, 1, 1]), // levels above the root
+            (5, vec![5, 2]),          // no single root
+            (5, vec![5, 3, 1]),       // wrong parent count
+            (0, vec![1]),             // levels for an empty tree
+        ] {
+            put(&manifest(leaves, &nodes));
+            assert!(
+                matches!(
+                    load(&sim, dir, 4, 32, usize::MAX),
+                    Err(Error::Corruption { .. })
+                ),
+                "{leaves} {nodes:?}"
+            );
+        }
+        put(&manifest(5, &[5, 2, 1]));
+        // Deeper than the tree type allows: a clear error.
+        assert!(matches!(
+            load(&sim, dir, 4, 1, usize::MAX),
+            Err(Error::Depth { .. })
+        ));
+    }
 }

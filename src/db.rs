@@ -337,26 +337,27 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         tracing::info!(dir = %dir.display(), backend = %backend, "opening tree");
         let pin = config.tiering.pin_above_level;
         let mut unverified = Vec::new();
-        let (mut tree, start, mut checkpointer) = match checkpoint::load(&*storage, &dir, N, pin)? {
-            Some(l) => {
-                let tree = LeanImt::<H, N, MAX_DEPTH>::from_levels(hasher, l.levels);
-                if config.verify_on_open {
-                    for u in &l.unverified {
-                        u.verify()?;
+        let (mut tree, start, mut checkpointer) =
+            match checkpoint::load(&*storage, &dir, N, MAX_DEPTH, pin)? {
+                Some(l) => {
+                    let tree = LeanImt::<H, N, MAX_DEPTH>::from_levels(hasher, l.levels);
+                    if config.verify_on_open {
+                        for u in &l.unverified {
+                            u.verify()?;
+                        }
+                        verify_levels(&tree, &dir)?;
+                    } else {
+                        unverified = l.unverified;
                     }
-                    verify_levels(&tree, &dir)?;
-                } else {
-                    unverified = l.unverified;
+                    let cp = Checkpointer::new(storage.clone(), &dir, Some((&l.manifest, l.sums)));
+                    (tree, l.manifest.wal_position, cp)
                 }
-                let cp = Checkpointer::new(storage.clone(), &dir, Some((&l.manifest, l.sums)));
-                (tree, l.manifest.wal_position, cp)
-            }
-            None => (
-                LeanImt::new(hasher),
-                0,
-                Checkpointer::new(storage.clone(), &dir, None),
-            ),
-        };
+                None => (
+                    LeanImt::new(hasher),
+                    0,
+                    Checkpointer::new(storage.clone(), &dir, None),
+                ),
+            };
         checkpointer.failpoint = config.failpoint;
         tracing::info!(
             leaves = tree.size(),
@@ -385,16 +386,32 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         if !unverified.is_empty() {
             // Checksums of the mapped chunks, checked off the open path; a
             // mismatch stops the tree taking inserts (as a log failure does).
-            let wal = wal.clone();
-            let _ = std::thread::Builder::new().name("ringtree-verify".into()).spawn(move || {
-                for u in unverified {
-                    if let Err(e) = u.verify() {
-                        tracing::error!(error = %e, "checkpoint damaged; refusing further inserts");
-                        wal.poison(e.to_string());
-                        return;
+            let check = {
+                let wal = wal.clone();
+                move || {
+                    for u in unverified {
+                        if let Err(e) = u.verify() {
+                            tracing::error!(error = %e, "checkpoint damaged; refusing further inserts");
+                            wal.poison(e.to_string());
+                            return;
+                        }
                     }
                 }
-            });
+            };
+            let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+            let spawned = std::thread::Builder::new()
+                .name("ringtree-verify".into())
+                .spawn(move || {
+                    if let Ok(f) = rx.recv() {
+                        f();
+                    }
+                });
+            if spawned.is_ok() {
+                let _ = tx.send(Box::new(check));
+            } else {
+                // No thread to spare: check now.
+                check();
+            }
         }
         Ok(Self {
             inner: Arc::new(Inner {
@@ -656,6 +673,13 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         if !closing && self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
+        // After a log failure the tree holds leaves whose inserts were
+        // reported failed: do not make them durable now.
+        if let Some(e) = self.wal.failure()
+            && !matches!(e, Error::Closed)
+        {
+            return Err(e);
+        }
         // Index assignment and log reservation share the writer lock, so
         // every record below `position` is for a leaf in `snap`.
         let (snap, position, inserts) = {
@@ -676,11 +700,14 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         for (d, meta) in manifest.levels.iter().enumerate().take(self.pin) {
             let sealed = (meta.nodes.saturating_sub(1) / crate::tree::CHUNK_LEN as u64) as usize;
             if sealed > 0 {
-                maps.push((
-                    d,
-                    checkpoint::map_shard(&*self.storage, &self.dir, d)?,
-                    sealed,
-                ));
+                // The checkpoint is durable already: a failed mapping only
+                // keeps that level in memory.
+                match checkpoint::map_shard(&*self.storage, &self.dir, d) {
+                    Ok(m) => maps.push((d, m, sealed)),
+                    Err(e) => {
+                        tracing::warn!(level = d, error = %e, "could not map a shard; the level stays in memory")
+                    }
+                }
             }
         }
         if !maps.is_empty() {

@@ -402,3 +402,55 @@ fn metrics_count_what_happened() {
         assert_eq!(t.metrics().checkpoint_duration.count, 1);
     });
 }
+
+/// A checkpoint that failed after creating shard files, then a later one
+/// that succeeds: the later one syncs the directory too, so a power loss
+/// keeps the files its manifest names (the log below it is gone).
+#[test]
+fn a_later_checkpoint_syncs_names_an_earlier_one_created() {
+    let sim = SimStorage::new(15);
+    let cfg = |s: &SimStorage| sim_config(s, "/f").segment_size(8192).buffer_capacity(4096);
+    let t = T4::open_blocking(cfg(&sim)).unwrap();
+    futures::executor::block_on(async {
+        for i in 0..100 {
+            t.insert_durable(leaf(i)).await.unwrap();
+        }
+        sim.fail_syncs_after(0);
+        assert!(t.checkpoint().await.is_err());
+    });
+    sim.kill(); // the process dies; the page cache keeps the unsynced names
+    sim.clear_faults();
+    drop(t);
+    let t = T4::open_blocking(cfg(&sim.restart())).unwrap();
+    assert_eq!(t.size(), 100);
+    futures::executor::block_on(async {
+        for i in 100..200 {
+            t.insert_durable(leaf(i)).await.unwrap();
+        }
+        t.checkpoint().await.unwrap();
+    });
+    sim.crash_drop_all();
+    drop(t);
+    let t = T4::open_blocking(cfg(&sim.restart())).unwrap();
+    assert_eq!(t.size(), 200);
+    assert_eq!(t.root(), model_root(&leaves(0..200)));
+}
+
+/// After a failure at or past the manifest rename, which manifest is current
+/// is unknown: further checkpoints are refused until the tree is reopened.
+#[test]
+fn a_checkpoint_failing_after_its_rename_stops_checkpoints() {
+    let sim = SimStorage::new(16);
+    let t = T4::open_blocking(sim_config(&sim, "/r").failpoint("manifest-rename")).unwrap();
+    futures::executor::block_on(async {
+        insert_all(&t, &leaves(0..1000)).await.await.unwrap();
+        assert!(t.checkpoint().await.is_err());
+        t.insert(leaf(5000)).await.unwrap().durable.await.unwrap();
+        let again = t.checkpoint().await.unwrap_err();
+        assert!(again.to_string().contains("reopen"), "{again}");
+        t.close().await.unwrap();
+    });
+    let t = T4::open_blocking(sim_config(&sim.restart(), "/r")).unwrap();
+    assert_eq!(t.size(), 1001);
+    futures::executor::block_on(t.checkpoint()).unwrap();
+}

@@ -276,13 +276,15 @@ impl Level {
     pub(crate) fn remap(&mut self, map: &Mapping, base: usize, count: usize) {
         let count = count.min(self.sealed);
         let mut dir = ChunkDir::new();
-        dir.maps = self.dir.maps.clone();
-        dir.maps.push(map.clone());
+        // Only the new mapping: it covers every mapped entry (`count` only
+        // grows), so older mappings go once no snapshot holds them.
+        dir.maps = vec![map.clone()];
         for i in 0..count {
             dir.set_mapped(i, map, base + i * CHUNK_LEN * 32);
         }
         for i in count..self.sealed {
             let p = self.dir.raw(i);
+            debug_assert!(p.addr() & MAPPED == 0, "chunks past a remap are owned");
             if p.addr() & MAPPED == 0 {
                 // SAFETY: as in `ChunkDir::fork`.
                 unsafe { Arc::increment_strong_count(p.cast_const()) };
