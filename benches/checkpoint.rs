@@ -74,20 +74,36 @@ fn child_ours(dir: &Path, n: u64) {
         rt.spawn(async move {
             let (mut worst, mut n_ins) = (Duration::ZERO, 0u64);
             let mut i = 1u64 << 40;
+            let mut slow = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let s = Instant::now();
                 t.insert_durable(leaf(i)).await.unwrap();
-                worst = worst.max(s.elapsed());
+                let d = s.elapsed();
+                worst = worst.max(d);
+                if d > Duration::from_millis(3) {
+                    slow.push((s, d));
+                }
                 n_ins += 1;
                 i += 1;
+            }
+            if std::env::var("RINGTREE_BENCH_TIMELINE").is_ok() {
+                for (s, d) in slow {
+                    eprintln!("slow insert {:.2} ms at {:?}", d.as_secs_f64() * 1e3, s);
+                }
             }
             (worst, n_ins)
         })
     };
     std::thread::sleep(Duration::from_millis(200));
     let s = Instant::now();
+    if std::env::var("RINGTREE_BENCH_TIMELINE").is_ok() {
+        eprintln!("checkpoint starts at {s:?}");
+    }
     rt.block_on(t.checkpoint()).unwrap();
     let took = s.elapsed();
+    if std::env::var("RINGTREE_BENCH_TIMELINE").is_ok() {
+        eprintln!("checkpoint ends at {:?}", Instant::now());
+    }
     std::thread::sleep(Duration::from_millis(100));
     stop.store(true, Ordering::Relaxed);
     let (worst, n_ins) = rt.block_on(writer).unwrap();

@@ -132,6 +132,13 @@ pub trait Storage: Send + Sync + 'static {
     /// until the guard drops or the process ends. `ErrorKind::WouldBlock`
     /// if another handle or process holds it.
     fn lock(&self, path: &Path) -> io::Result<LockGuard>;
+    /// Shortens the file at `path` to `len` bytes (a file that is about to
+    /// be removed is shortened in steps so freeing its blocks never stalls
+    /// the log's syncs). The default does nothing.
+    fn shrink(&self, path: &Path, len: u64) -> io::Result<()> {
+        let _ = (path, len);
+        Ok(())
+    }
     /// A read-only view of `path` as it is now. The default reads it into
     /// memory; the file backends map it. Callers only map files whose
     /// mapped bytes are never rewritten (sealed shard chunks).

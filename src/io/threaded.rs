@@ -91,6 +91,12 @@ macro_rules! os_namespace {
         fn map(&self, path: &Path) -> io::Result<std::sync::Arc<dyn $crate::io::Mapped>> {
             $crate::io::threaded::map(path)
         }
+        fn shrink(&self, path: &Path, len: u64) -> io::Result<()> {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)?
+                .set_len(len)
+        }
     };
 }
 pub(crate) use os_namespace;
