@@ -22,44 +22,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+
+mod common;
+use common::{env, fresh, hist, row, us};
 use ringtree::{Blake3, Config, Hash, IoBackend, Tree};
 use rotortree::{Blake3Hasher, FlushPolicy as RFlush, RotorTree, RotorTreeConfig};
 
 type Ours = Tree<Blake3, 4, 16>;
 type Theirs = RotorTree<Blake3Hasher, 4, 16>;
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 600_000_000_000, 3).unwrap()
-}
-
-fn us(h: &Histogram<u64>, q: f64) -> f64 {
-    h.value_at_quantile(q) as f64 / 1000.0
-}
-
-fn row(name: &str, h: &Histogram<u64>, extra: &str) {
-    println!(
-        "{name:46} n={:>8} p50={:>9.1}µs p99={:>9.1}µs p999={:>9.1}µs max={:>10.1}µs {extra}",
-        h.len(),
-        us(h, 0.5),
-        us(h, 0.99),
-        us(h, 0.999),
-        h.max() as f64 / 1000.0
-    );
-}
-
-fn fresh(dir: &Path, name: &str) -> PathBuf {
-    let d = dir.join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn leaf(i: u64) -> Hash {
     *blake3::hash(&i.to_le_bytes()).as_bytes()

@@ -18,38 +18,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+
+mod common;
+use common::{env, fresh, hist, row};
 use ringtree::io::{Storage, ThreadedStorage, UringStorage};
 use ringtree::wal::{Log, LogConfig};
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000_000, 3).unwrap()
-}
-
-fn row(name: &str, h: &Histogram<u64>, extra: &str) {
-    let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    println!(
-        "{name:44} n={:>8} p50={:>8.1}µs p99={:>8.1}µs p999={:>8.1}µs max={:>9.1}µs {extra}",
-        h.len(),
-        us(0.5),
-        us(0.99),
-        us(0.999),
-        h.max() as f64 / 1000.0
-    );
-}
-
-fn fresh(dir: &Path, name: &str) -> PathBuf {
-    let d = dir.join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// The floor: 64 B pwrite + fdatasync at increasing offsets of a pre-zeroed
 /// (written and synced) file.

@@ -1,0 +1,44 @@
+//! Helpers shared by the latency harnesses.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use hdrhistogram::Histogram;
+
+/// An integer setting from the environment.
+pub fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A histogram of nanoseconds up to 10 minutes.
+pub fn hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000_000, 3).unwrap()
+}
+
+/// Quantile `q` in microseconds.
+pub fn us(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+/// One line: count, p50/p99/p999/max in µs, and `extra`.
+pub fn row(name: &str, h: &Histogram<u64>, extra: &str) {
+    println!(
+        "{name:46} n={:>8} p50={:>9.1}µs p99={:>9.1}µs p999={:>9.1}µs max={:>10.1}µs {extra}",
+        h.len(),
+        us(h, 0.5),
+        us(h, 0.99),
+        us(h, 0.999),
+        h.max() as f64 / 1000.0
+    );
+}
+
+/// `dir/name`, emptied.
+pub fn fresh(dir: &Path, name: &str) -> PathBuf {
+    let d = dir.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
