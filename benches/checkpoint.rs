@@ -6,7 +6,8 @@
 //! 4. peak RSS (VmHWM).
 //!
 //! `cargo bench --bench checkpoint` (env `RINGTREE_BENCH_LEAVES`, default
-//! 10,000,000; `RINGTREE_BENCH_DIR`, default `target/bench-tmp`).
+//! 10,000,000; `RINGTREE_BENCH_DIR`, default `target/bench-tmp`;
+//! `RINGTREE_BENCH_IO=threaded|uring`, default uring).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -42,9 +43,20 @@ fn fresh(dir: &Path) {
 }
 
 fn ours_config(dir: &Path) -> Config {
-    Config::new(dir)
-        .io(IoBackend::Threaded)
-        .checkpoint(CheckpointPolicy::Manual)
+    let io = match std::env::var("RINGTREE_BENCH_IO").as_deref() {
+        Ok("uring") => IoBackend::Uring,
+        _ => IoBackend::Threaded,
+    };
+    let mut c = Config::new(dir).io(io).checkpoint(CheckpointPolicy::Manual);
+    if let Some(pin) = std::env::var("RINGTREE_BENCH_PIN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        c = c.tiering(ringtree::Tiering {
+            pin_above_level: pin,
+        });
+    }
+    c
 }
 
 fn child_ours(dir: &Path, n: u64) {

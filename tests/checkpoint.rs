@@ -42,10 +42,19 @@ fn wal_segments(storage: &dyn Storage, dir: &str) -> Vec<String> {
 
 #[test]
 fn checkpoint_reopen_and_recycle_on_disk() {
+    for io in [IoBackend::Threaded, IoBackend::Uring] {
+        if io == IoBackend::Uring && ringtree::io::UringStorage::new().is_err() {
+            continue;
+        }
+        checkpoint_reopen_and_recycle(io);
+    }
+}
+
+fn checkpoint_reopen_and_recycle(io: IoBackend) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("t");
     let cfg = Config::new(&dir)
-        .io(IoBackend::Threaded)
+        .io(io)
         .segment_size(64 << 10)
         .checkpoint(CheckpointPolicy::Manual);
     let all = leaves(0..30_000);

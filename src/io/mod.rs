@@ -61,6 +61,21 @@ pub trait StorageFile: Send + Sync {
     /// returns Ok. After an error nothing about unsynced data is known, and
     /// the call must not be retried.
     fn sync_data(&self) -> io::Result<()>;
+    /// Many writes at once (offset, bytes); io_uring keeps them all in
+    /// flight together. The default writes them one after another.
+    fn write_many(&self, writes: &[(u64, &[u8])]) -> io::Result<()> {
+        for (off, b) in writes {
+            self.write_at(*off, &[b])?;
+        }
+        Ok(())
+    }
+    /// Reserves disk space for the file up to `len` bytes (without
+    /// changing what reads return below its current length), so writes
+    /// there need not allocate. The default does nothing.
+    fn preallocate(&self, len: u64) -> io::Result<()> {
+        let _ = len;
+        Ok(())
+    }
     /// [`write_at`](Self::write_at) then [`sync_data`](Self::sync_data);
     /// io_uring links the two into one submission.
     fn write_sync(&self, off: u64, bufs: &[&[u8]]) -> io::Result<()> {

@@ -61,6 +61,30 @@ impl StorageFile for StdFile {
     fn sync_data(&self) -> io::Result<()> {
         self.0.sync_data()
     }
+
+    fn preallocate(&self, len: u64) -> io::Result<()> {
+        preallocate(&self.0, len)
+    }
+}
+
+/// `fallocate` up to `len` (keeping the file's size when it is shorter).
+pub(crate) fn preallocate(f: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let Ok(len) = libc::off_t::try_from(len) else {
+        return Ok(());
+    };
+    // SAFETY: `f` is an open descriptor for the call; fallocate only
+    // reserves blocks (FALLOC_FL_KEEP_SIZE leaves the size and contents).
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, len) };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        // A file system without fallocate: nothing to reserve.
+        if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// The namespace calls of the backends on the OS file system (threaded and

@@ -22,6 +22,9 @@ use super::{IoBackend, Storage, StorageFile};
 #[derive(Clone)]
 pub struct UringStorage {
     ring: Arc<Mutex<IoUring>>,
+    /// A second ring for bulk writes (checkpoints), so they never hold the
+    /// commit path's ring.
+    bulk: Arc<Mutex<IoUring>>,
     broken: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -38,6 +41,7 @@ impl UringStorage {
         let ring = IoUring::new(64)?;
         Ok(Self {
             ring: Arc::new(Mutex::new(ring)),
+            bulk: Arc::new(Mutex::new(IoUring::new(64)?)),
             broken: Arc::default(),
         })
     }
@@ -46,6 +50,7 @@ impl UringStorage {
 struct UringFile {
     file: StdFile,
     ring: Arc<Mutex<IoUring>>,
+    bulk: Arc<Mutex<IoUring>>,
     broken: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -55,13 +60,24 @@ const SYNC: u64 = 2;
 impl UringFile {
     /// Submits `entries` (linked in order) and waits for all completions;
     /// returns each one's result by user data.
-    fn run(&self, entries: &[squeue::Entry], results: &mut [i32; 3]) -> io::Result<()> {
+    fn run(&self, entries: &[squeue::Entry], results: &mut [i32]) -> io::Result<()> {
+        self.run_on(&self.ring, entries, results)
+    }
+
+    /// Submits `entries` on `ring` and waits for all of them; `results[u]`
+    /// gets the result of the entry with user data `u`.
+    fn run_on(
+        &self,
+        ring: &Mutex<IoUring>,
+        entries: &[squeue::Entry],
+        results: &mut [i32],
+    ) -> io::Result<()> {
         if self.broken.load(std::sync::atomic::Ordering::Acquire) {
             return Err(io::Error::other(
                 "io_uring ring unusable after an earlier failure",
             ));
         }
-        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ring = ring.lock().unwrap_or_else(|e| e.into_inner());
         {
             let mut sq = ring.submission();
             for e in entries {
@@ -165,6 +181,35 @@ impl StorageFile for UringFile {
         self.file.sync_data()
     }
 
+    fn preallocate(&self, len: u64) -> io::Result<()> {
+        super::threaded::preallocate(&self.file.0, len)
+    }
+
+    /// All in flight at once on the bulk ring (32 per submission).
+    fn write_many(&self, writes: &[(u64, &[u8])]) -> io::Result<()> {
+        for batch in writes.chunks(32) {
+            let entries: Vec<squeue::Entry> = batch
+                .iter()
+                .enumerate()
+                .map(|(i, (off, b))| {
+                    opcode::Write::new(self.fd(), b.as_ptr(), b.len() as u32)
+                        .offset(*off)
+                        .build()
+                        .user_data(i as u64)
+                })
+                .collect();
+            let mut res = vec![0i32; batch.len()];
+            self.run_on(&self.bulk, &entries, &mut res)?;
+            for ((off, b), r) in batch.iter().zip(res) {
+                let n = check(r)?;
+                if n < b.len() {
+                    finish_write(&self.file, *off, &[b], n)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn write_sync(&self, off: u64, bufs: &[&[u8]]) -> io::Result<()> {
         let iov = Self::iovecs(bufs);
         let w = opcode::Writev::new(self.fd(), iov.as_ptr(), iov.len() as u32)
@@ -197,6 +242,7 @@ impl Storage for UringStorage {
         Ok(Box::new(UringFile {
             file: StdFile::open(path, create)?,
             ring: self.ring.clone(),
+            bulk: self.bulk.clone(),
             broken: self.broken.clone(),
         }))
     }
