@@ -223,6 +223,19 @@ fn check_header(file: &dyn StorageFile, path: &Path, magic: [u8; 8], level: usiz
     Ok(())
 }
 
+/// Corruption unless `file` holds at least `need` bytes.
+fn check_len(file: &dyn StorageFile, path: &Path, need: u64, what: &str) -> Result<()> {
+    let have = file.len().map_err(|e| io_err(path, e))?;
+    if have < need {
+        return Err(corruption(
+            path,
+            have,
+            format!("{what}: {have} bytes, {need} needed"),
+        ));
+    }
+    Ok(())
+}
+
 fn sums_crc(sums: &[u32]) -> u32 {
     let bytes: Vec<u8> = sums.iter().flat_map(|s| s.to_le_bytes()).collect();
     crc32c::crc32c(&bytes)
@@ -644,14 +657,7 @@ pub(crate) fn load(
         check_header(&*sumf, &up, SUMS_MAGIC, d)?;
         check_header(&*tail, &tp, TAIL_MAGIC, d)?;
         let need = SUMS_HEADER + 4 * sealed;
-        let have = sumf.len().map_err(|e| io_err(&up, e))?;
-        if have < need {
-            return Err(corruption(
-                &up,
-                have,
-                format!("short checksum file: {have} bytes, {need} needed"),
-            ));
-        }
+        check_len(&*sumf, &up, need, "short checksum file")?;
         // Sized from the manifest: allocate fallibly, never abort.
         let mut sb = Vec::new();
         sb.try_reserve_exact(4 * sealed as usize).map_err(|_| {
@@ -676,14 +682,7 @@ pub(crate) fn load(
             ));
         }
         let need = SHARD_HEADER + CHUNK_BYTES * sealed;
-        let have = shard.len().map_err(|e| io_err(&sp, e))?;
-        if have < need {
-            return Err(corruption(
-                &sp,
-                have,
-                format!("short shard: {have} bytes, {need} needed"),
-            ));
-        }
+        check_len(&*shard, &sp, need, "short shard")?;
         let mut out: Vec<ChunkRef> = Vec::with_capacity(sealed as usize + 1);
         if d < map_below && sealed > 0 {
             let map = storage.map(&sp).map_err(|e| io_err(&sp, e))?;

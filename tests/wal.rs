@@ -390,6 +390,25 @@ fn io_failures_poison_the_log() {
     }
 }
 
+/// Opening fails with `Corruption` naming `path` at `off`.
+fn expect_corruption_at(b: &Backend, cfg: &LogConfig, path: &Path, off: u64) {
+    match open(&b.storage, &b.dir, cfg) {
+        Err(Error::Corruption { file, offset, .. }) => {
+            assert_eq!(
+                (file.as_path(), offset),
+                (path, off),
+                "{}: names file and offset",
+                b.name
+            )
+        }
+        other => panic!(
+            "{}: expected Corruption, got {:?}",
+            b.name,
+            other.map(|(_, g)| g.len())
+        ),
+    }
+}
+
 /// Damage on each backend: a torn (or zeroed) tail is cut to the durable
 /// prefix; a bad record before the tail, or in an older segment, is
 /// `Corruption` naming the file and offset.
@@ -436,16 +455,7 @@ fn torn_tail_is_cut_and_damage_is_reported() {
         let (last_lsn, _) = all[all.len() - 1];
         let (p, off) = locate(last_lsn);
         flip(&p, off + 20);
-        match open(&b.storage, &b.dir, &cfg) {
-            Err(Error::Corruption { file, offset, .. }) => {
-                assert_eq!((file, offset), (p.clone(), off), "{}", b.name)
-            }
-            other => panic!(
-                "{}: expected Corruption, got {:?}",
-                b.name,
-                other.map(|(_, g)| g.len())
-            ),
-        }
+        expect_corruption_at(&b, &cfg, &p, off);
         // Torn tail: as a crash leaves it (no clean-close record), the
         // damaged last record is cut and the rest kept.
         flip(&p, 2048);
@@ -471,21 +481,7 @@ fn torn_tail_is_cut_and_damage_is_reported() {
         let (mid_lsn, _) = all[all.len() - 200];
         let (p, off) = locate(mid_lsn);
         flip(&p, off + 12);
-        match open(&b.storage, &b.dir, &cfg) {
-            Err(Error::Corruption { file, offset, .. }) => {
-                assert_eq!(
-                    (file, offset),
-                    (p.clone(), off),
-                    "{}: names file and offset",
-                    b.name
-                )
-            }
-            other => panic!(
-                "{}: expected Corruption, got {:?}",
-                b.name,
-                other.map(|(_, g)| g.len())
-            ),
-        }
+        expect_corruption_at(&b, &cfg, &p, off);
         flip(&p, off + 12);
 
         // A bad record in the oldest segment.
@@ -493,16 +489,7 @@ fn torn_tail_is_cut_and_damage_is_reported() {
         let (p, off) = locate(old_lsn);
         assert!(p.ends_with("00000000000000000000.wal"));
         flip(&p, off + 40);
-        match open(&b.storage, &b.dir, &cfg) {
-            Err(Error::Corruption { file, offset, .. }) => {
-                assert_eq!((file, offset), (p.clone(), off), "{}", b.name)
-            }
-            other => panic!(
-                "{}: expected Corruption, got {:?}",
-                b.name,
-                other.map(|(_, g)| g.len())
-            ),
-        }
+        expect_corruption_at(&b, &cfg, &p, off);
         flip(&p, off + 40);
 
         // A damaged segment header.
