@@ -84,6 +84,9 @@ pub struct Config {
     /// How long the committer spins for new records before sleeping
     /// (default 50 µs).
     pub spin: Duration,
+    /// Whether the log writes around the page cache (`O_DIRECT`) where it
+    /// can (default true; see [`LogConfig::direct_io`]).
+    pub direct_io: bool,
     /// When to checkpoint by itself (default: every 256 MiB of log).
     pub checkpoint: CheckpointPolicy,
     /// At open, check every chunk checksum before returning and recompute
@@ -105,6 +108,7 @@ impl std::fmt::Debug for Config {
             .field("buffer_capacity", &self.buffer_capacity)
             .field("segment_size", &self.segment_size)
             .field("spin", &self.spin)
+            .field("direct_io", &self.direct_io)
             .field("checkpoint", &self.checkpoint)
             .field("verify_on_open", &self.verify_on_open)
             .field("custom_storage", &self.storage.is_some())
@@ -123,6 +127,7 @@ impl Config {
             buffer_capacity: log.buffer_capacity,
             segment_size: log.segment_size,
             spin: log.spin,
+            direct_io: log.direct_io,
             checkpoint: CheckpointPolicy::default(),
             verify_on_open: false,
             tiering: Tiering::default(),
@@ -182,6 +187,12 @@ impl Config {
         self
     }
 
+    /// Sets whether the log writes around the page cache where it can.
+    pub fn direct_io(mut self, direct: bool) -> Self {
+        self.direct_io = direct;
+        self
+    }
+
     /// Sets how long the committer spins before sleeping.
     pub fn spin(mut self, spin: Duration) -> Self {
         self.spin = spin;
@@ -201,6 +212,7 @@ impl Config {
             buffer_capacity: self.buffer_capacity,
             segment_size: self.segment_size,
             spin: self.spin,
+            direct_io: self.direct_io,
         }
     }
 }
@@ -240,6 +252,8 @@ struct Inner<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     /// The last checkpoint's WAL position.
     last_checkpoint: AtomicU64,
     checkpoint_latency: crate::metrics::Histogram,
+    #[cfg(feature = "metrics")]
+    export: Arc<crate::metrics::Export>,
     backend: IoBackend,
     closed: AtomicBool,
     dir: PathBuf,
@@ -304,6 +318,19 @@ impl<H: Hasher + Default, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX
     /// Fails with [`Error::Locked`] if another handle or process has the
     /// directory open, [`Error::Corruption`] naming the file and offset if
     /// the log is damaged before its tail.
+    /// ```
+    /// # use ringtree::{Blake3, Config, Tree};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let tree = Tree::<Blake3, 4, 32>::open(Config::new(dir.path())).await?;
+    /// assert_eq!(tree.size(), 0);
+    /// // A second handle on the same directory is refused.
+    /// let again = Tree::<Blake3, 4, 32>::open(Config::new(dir.path())).await;
+    /// assert!(matches!(again, Err(ringtree::Error::Locked(_))));
+    /// tree.close().await?;
+    /// # Ok::<(), ringtree::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn open(config: Config) -> Result<Self> {
         off_thread("ringtree-open", move || Self::open_blocking(config)).await
     }
@@ -413,6 +440,13 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                 check();
             }
         }
+        #[cfg(feature = "metrics")]
+        let export = {
+            let e = Arc::new(crate::metrics::Export::new(&dir));
+            e.leaves.set(tree.size() as f64);
+            wal.export_to(e.clone());
+            e
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 tree: Mutex::new(tree),
@@ -429,6 +463,8 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                 inserts_at_checkpoint: AtomicU64::new(0),
                 last_checkpoint: AtomicU64::new(start),
                 checkpoint_latency: crate::metrics::Histogram::new(),
+                #[cfg(feature = "metrics")]
+                export,
                 backend,
                 closed: AtomicBool::new(false),
                 dir,
@@ -483,6 +519,9 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             } else {
                 t.insert_many(leaves)?
             };
+            // Under the lock, so the gauge never moves backwards.
+            #[cfg(feature = "metrics")]
+            self.inner.export.leaves.set(t.size() as f64);
             (r, size, root)
         };
         let durable = reservation.write(&[&index.to_le_bytes(), leaves.as_flattened()]);
@@ -521,6 +560,18 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     /// Fails with [`Error::Poisoned`] once the log failed, [`Error::Closed`]
     /// after `close`, [`Error::Capacity`] when the tree is full; the tree is
     /// then unchanged.
+    /// ```
+    /// # use ringtree::{Blake3, Config, Tree};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let tree = Tree::<Blake3, 4, 32>::open(Config::new(dir.path())).await?;
+    /// let ins = tree.insert([1; 32]).await?;
+    /// assert_eq!((ins.index, ins.root), (0, [1; 32])); // one leaf: the root
+    /// ins.durable.await?; // now it survives a crash
+    /// # tree.close().await?;
+    /// # Ok::<(), ringtree::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn insert(&self, leaf: Hash) -> Result<Inserted> {
         self.insert_slice(std::slice::from_ref(&leaf)).await
     }
@@ -528,11 +579,34 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     /// Appends `leaves` as one log record with one durability future;
     /// `index` is the first leaf's. At most [`max_batch`](Self::max_batch)
     /// leaves; a larger batch is rejected before anything changes.
+    /// ```
+    /// # use ringtree::{Blake3, Config, Tree};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let tree = Tree::<Blake3, 4, 32>::open(Config::new(dir.path())).await?;
+    /// let ins = tree.insert_many(&[[1; 32], [2; 32], [3; 32]]).await?;
+    /// assert_eq!((ins.index, tree.size()), (0, 3));
+    /// ins.durable.await?;
+    /// # tree.close().await?;
+    /// # Ok::<(), ringtree::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn insert_many(&self, leaves: &[Hash]) -> Result<Inserted> {
         self.insert_slice(leaves).await
     }
 
     /// Appends `leaf` and waits until it is durable.
+    /// ```
+    /// # use ringtree::{Blake3, Config, Tree};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let tree = Tree::<Blake3, 4, 32>::open(Config::new(dir.path())).await?;
+    /// let (index, root) = tree.insert_durable([9; 32]).await?;
+    /// assert_eq!((index, Some(root)), (0, tree.root()));
+    /// # tree.close().await?;
+    /// # Ok::<(), ringtree::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn insert_durable(&self, leaf: Hash) -> Result<(u64, Hash)> {
         let ins = self.insert(leaf).await?;
         ins.durable.await?;
@@ -576,6 +650,17 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     /// Writes a checkpoint now: every level of a snapshot to its shard file
     /// (only what changed since the last one), then the manifest; then the
     /// log it covers is recycled. Inserts and commits go on meanwhile.
+    /// ```
+    /// # use ringtree::{Blake3, Config, Tree};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let tree = Tree::<Blake3, 4, 32>::open(Config::new(dir.path())).await?;
+    /// tree.insert_many(&vec![[5; 32]; 10_000]).await?;
+    /// tree.checkpoint().await?; // reopening now reads shards, not the log
+    /// # tree.close().await?;
+    /// # Ok::<(), ringtree::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn checkpoint(&self) -> Result<()> {
         self.check_open()?;
         let inner = self.inner.clone();
@@ -584,6 +669,22 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
 
     /// Waits until every insert made so far is durable (whatever the flush
     /// policy).
+    /// ```
+    /// # use ringtree::{Blake3, Config, Tree};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # use ringtree::FlushPolicy;
+    /// # let cfg = Config::new(dir.path()).flush(FlushPolicy::Manual);
+    /// # let tree = Tree::<Blake3, 4, 32>::open(cfg).await?;
+    /// let a = tree.insert([1; 32]).await?;
+    /// let b = tree.insert([2; 32]).await?;
+    /// tree.flush().await?; // both are durable now
+    /// a.durable.await?;
+    /// b.durable.await?;
+    /// # tree.close().await?;
+    /// # Ok::<(), ringtree::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn flush(&self) -> Result<()> {
         self.check_open()?;
         self.inner.wal.flush().await
@@ -592,6 +693,21 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     /// Syncs every insert made so far, stops the log and releases the
     /// directory. Every pending durability future resolves. Later calls
     /// fail with [`Error::Closed`]; clones of the tree are closed too.
+    /// ```
+    /// # use ringtree::{Blake3, Config, Tree};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let tree = Tree::<Blake3, 4, 32>::open(Config::new(dir.path())).await?;
+    /// let root = tree.insert_durable([3; 32]).await?.1;
+    /// tree.close().await?;
+    /// assert!(matches!(tree.insert([4; 32]).await, Err(ringtree::Error::Closed)));
+    /// // The directory is free again, and the tree is all there.
+    /// let tree = Tree::<Blake3, 4, 32>::open(Config::new(dir.path())).await?;
+    /// assert_eq!(tree.root(), Some(root));
+    /// # tree.close().await?;
+    /// # Ok::<(), ringtree::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn close(&self) -> Result<()> {
         let inner = self.inner.clone();
         off_thread("ringtree-close", move || inner.close()).await
@@ -599,6 +715,20 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
 
     /// An immutable view of the tree now: O(depth), never blocks inserts for
     /// longer than cloning `depth` pointers. Proofs come from snapshots.
+    /// ```
+    /// # use ringtree::{Blake3, Config, Tree};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let tree = Tree::<Blake3, 4, 32>::open(Config::new(dir.path())).await?;
+    /// tree.insert_many(&[[1; 32], [2; 32], [3; 32]]).await?;
+    /// let snap = tree.snapshot();
+    /// tree.insert([4; 32]).await?; // the snapshot does not move
+    /// let proof = snap.proof(1)?;
+    /// proof.verify_at(&Blake3, &snap.root().unwrap(), 3)?;
+    /// # tree.close().await?;
+    /// # Ok::<(), ringtree::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub fn snapshot(&self) -> Snapshot {
         self.tree().snapshot()
     }
@@ -724,6 +854,8 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
             .wal
             .remove_segments_below(position.min(self.wal.durable()), cp.failpoint)?;
         self.checkpoint_latency.record(started.elapsed());
+        #[cfg(feature = "metrics")]
+        self.export.checkpoint(started.elapsed());
         tracing::info!(
             leaves = manifest.leaves,
             wal_position = position,

@@ -4,6 +4,20 @@
 //! Owns the histogram type; the log and the tree record into it. Recording
 //! is a few relaxed atomic adds, done once per group commit or checkpoint,
 //! never per insert.
+//!
+//! With the `metrics` feature the same figures also go to the [`metrics`
+//! facade](https://docs.rs/metrics) (whatever recorder the application
+//! installed: Prometheus, StatsD, …), labelled `tree=<directory>`:
+//!
+//! | name | kind | unit |
+//! |---|---|---|
+//! | `ringtree_fsyncs_total` | counter | group commits |
+//! | `ringtree_records_committed_total` | counter | records |
+//! | `ringtree_fsync_seconds` | histogram | seconds per write + fdatasync |
+//! | `ringtree_wal_bytes` | gauge | the log's durable end |
+//! | `ringtree_durable_lag_bytes` | gauge | appended, not yet durable (at each commit) |
+//! | `ringtree_checkpoint_seconds` | histogram | seconds per checkpoint |
+//! | `ringtree_leaves` | gauge | leaves in the tree |
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -72,6 +86,51 @@ impl Histogram {
             p99: quantile(0.99),
             max: Duration::from_micros(self.max_us.load(Ordering::Relaxed)),
         }
+    }
+}
+
+/// Handles into the `metrics` facade for one tree, registered once at open
+/// so each update is one call on the recorder's handle.
+#[cfg(feature = "metrics")]
+pub(crate) struct Export {
+    fsyncs: ::metrics::Counter,
+    records: ::metrics::Counter,
+    fsync_seconds: ::metrics::Histogram,
+    wal_bytes: ::metrics::Gauge,
+    durable_lag: ::metrics::Gauge,
+    checkpoint_seconds: ::metrics::Histogram,
+    pub(crate) leaves: ::metrics::Gauge,
+}
+
+#[cfg(feature = "metrics")]
+impl Export {
+    pub(crate) fn new(tree: &std::path::Path) -> Self {
+        let label = tree.display().to_string();
+        let l = [("tree", label)];
+        Self {
+            fsyncs: ::metrics::counter!("ringtree_fsyncs_total", &l),
+            records: ::metrics::counter!("ringtree_records_committed_total", &l),
+            fsync_seconds: ::metrics::histogram!("ringtree_fsync_seconds", &l),
+            wal_bytes: ::metrics::gauge!("ringtree_wal_bytes", &l),
+            durable_lag: ::metrics::gauge!("ringtree_durable_lag_bytes", &l),
+            checkpoint_seconds: ::metrics::histogram!("ringtree_checkpoint_seconds", &l),
+            leaves: ::metrics::gauge!("ringtree_leaves", &l),
+        }
+    }
+
+    /// One group commit: its latency, records, the new durable end and
+    /// what was appended past it meanwhile.
+    pub(crate) fn group(&self, took: Duration, records: u64, durable: u64, reserved: u64) {
+        self.fsyncs.increment(1);
+        self.records.increment(records);
+        self.fsync_seconds.record(took.as_secs_f64());
+        self.wal_bytes.set(durable as f64);
+        self.durable_lag
+            .set(reserved.saturating_sub(durable) as f64);
+    }
+
+    pub(crate) fn checkpoint(&self, took: Duration) {
+        self.checkpoint_seconds.record(took.as_secs_f64());
     }
 }
 

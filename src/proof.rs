@@ -162,6 +162,17 @@ impl Proof {
     ///
     /// The size is the proof's own claim; when you know the size the root
     /// belongs to, use [`verify_at`](Self::verify_at).
+    ///
+    /// ```
+    /// use ringtree::{Blake3, LeanImt};
+    ///
+    /// let mut tree = LeanImt::<Blake3, 4, 32>::new(Blake3);
+    /// let root = tree.insert_many(&[[1; 32], [2; 32], [3; 32], [4; 32], [5; 32]])?;
+    /// let proof = tree.snapshot().proof(2)?;
+    /// proof.verify(&Blake3, &root)?;
+    /// assert!(proof.verify(&Blake3, &[0; 32]).is_err()); // another root
+    /// # Ok::<(), ringtree::Error>(())
+    /// ```
     pub fn verify<H: Hasher>(&self, hasher: &H, trusted_root: &Hash) -> Result<()> {
         check_arity(self.arity)?;
         if self.tree_size == 0 || self.leaf_index >= self.tree_size {
@@ -218,6 +229,18 @@ impl Proof {
     /// The stable encoding (little-endian):
     /// `"RTIP" | version u8 = 1 | arity u32 | leaf_index u64 | tree_size u64 |
     /// leaf [32] | sibling count u32 | siblings [32] ...`.
+    ///
+    /// ```
+    /// use ringtree::{Blake3, LeanImt, Proof};
+    ///
+    /// let mut tree = LeanImt::<Blake3, 2, 32>::new(Blake3);
+    /// let root = tree.insert_many(&[[1; 32], [2; 32], [3; 32]])?;
+    /// let bytes = tree.snapshot().proof(0)?.to_bytes();
+    /// // ... sent over the wire ...
+    /// Proof::from_bytes(&bytes)?.verify_at(&Blake3, &root, 3)?;
+    /// assert!(Proof::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+    /// # Ok::<(), ringtree::Error>(())
+    /// ```
     pub fn to_bytes(&self) -> Vec<u8> {
         encode(
             PROOF_MAGIC,
@@ -507,6 +530,17 @@ impl Snapshot {
 
     /// A proof that the tree of its first `old_size` leaves is a prefix of
     /// this one (`1 <= old_size <= size`).
+    ///
+    /// ```
+    /// use ringtree::{Blake3, LeanImt};
+    ///
+    /// let mut tree = LeanImt::<Blake3, 4, 32>::new(Blake3);
+    /// let old_root = tree.insert_many(&[[1; 32], [2; 32], [3; 32]])?;
+    /// let new_root = tree.insert_many(&[[4; 32], [5; 32]])?;
+    /// let proof = tree.snapshot().consistency_proof(3)?;
+    /// proof.verify_at(&Blake3, &old_root, 3, &new_root, 5)?;
+    /// # Ok::<(), ringtree::Error>(())
+    /// ```
     pub fn consistency_proof(&self, old_size: u64) -> Result<ConsistencyProof> {
         let size = self.size();
         if old_size == 0 || old_size > size {

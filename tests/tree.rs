@@ -181,8 +181,11 @@ fn run_tree_schedule(seed: u64) {
     let mut next_leaf = 0u64;
     let mut storage = sim.clone();
     for round in 0..3 {
-        let ctx = format!("seed {seed} round {round} {flush:?}");
-        let cfg = sim_config(&storage, "/crash").flush(flush);
+        let direct = !seed.is_multiple_of(3);
+        let ctx = format!("seed {seed} round {round} {flush:?} direct {direct}");
+        let cfg = sim_config(&storage, "/crash")
+            .flush(flush)
+            .direct_io(direct);
         let tree = T4::open_blocking(cfg).unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
         let size = tree.size();
         assert!(

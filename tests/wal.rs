@@ -221,13 +221,19 @@ fn run_schedule(seed: u64) {
         1 => FlushPolicy::Manual,
         _ => FlushPolicy::Interval(Duration::from_micros(200)),
     };
-    let cfg = config(16 << 10, 4096, flush);
+    let mut cfg = config(16 << 10, 4096, flush);
+    // Groups go through direct (block-rewriting) writes in two schedules
+    // out of three, through the page cache in the third.
+    cfg.direct_io = !seed.is_multiple_of(3);
     // (end LSN, record) in reservation order, across crashes.
     let mut model: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut seq = 0u32;
     let mut prev_acked = 0;
     for round in 0..3 {
-        let ctx = format!("seed {seed} round {round} {flush:?}");
+        let ctx = format!(
+            "seed {seed} round {round} {flush:?} direct {}",
+            cfg.direct_io
+        );
         let (log, recovered) = open(&storage, dir, &cfg).unwrap_or_else(|e| {
             let files: Vec<_> = storage
                 .list(dir)

@@ -49,6 +49,8 @@ use super::{IoBackend, LockGuard, Storage, StorageFile};
 /// this).
 pub const SECTOR_SIZE: u64 = 512;
 
+/// `EINVAL`, what a direct handle answers an unaligned write.
+const EINVAL: i32 = 22;
 /// `EIO`, the error of an injected write or sync failure.
 const EIO: i32 = 5;
 /// `ENOSPC`, the error of a write past the injected space limit.
@@ -720,6 +722,12 @@ impl Storage for SimStorage {
         disk.is_dir(&p) || disk.live_ns.contains_key(&p)
     }
 
+    /// A handle that refuses unaligned writes with `EINVAL`, as `O_DIRECT`
+    /// does, so tests catch a caller that breaks the alignment rule.
+    fn open_direct(&self, path: &Path) -> io::Result<Option<Box<dyn StorageFile>>> {
+        Ok(Some(Box::new(DirectSimFile(self.open(path, false)?))))
+    }
+
     fn lock(&self, path: &Path) -> io::Result<LockGuard> {
         let p = norm(path);
         let mut disk = self.live()?;
@@ -731,6 +739,34 @@ impl Storage for SimStorage {
             path: p,
             generation: self.generation,
         }))
+    }
+}
+
+/// A [`SimStorage`] file opened for direct writes: every write must be
+/// aligned to [`DIRECT_ALIGN`](super::DIRECT_ALIGN) in offset, length and
+/// buffer address.
+struct DirectSimFile(Box<dyn StorageFile>);
+
+impl StorageFile for DirectSimFile {
+    fn len(&self) -> io::Result<u64> {
+        self.0.len()
+    }
+    fn read_at(&self, off: u64, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read_at(off, buf)
+    }
+    fn write_at(&self, off: u64, bufs: &[&[u8]]) -> io::Result<()> {
+        let a = super::DIRECT_ALIGN;
+        let aligned = off.is_multiple_of(a as u64)
+            && bufs
+                .iter()
+                .all(|b| b.len().is_multiple_of(a) && (b.as_ptr() as usize).is_multiple_of(a));
+        if !aligned {
+            return Err(io::Error::from_raw_os_error(EINVAL));
+        }
+        self.0.write_at(off, bufs)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
     }
 }
 

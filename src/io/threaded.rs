@@ -26,6 +26,21 @@ impl StdFile {
             .open(path)
             .map(StdFile)
     }
+
+    /// Opens the existing `path` with `O_DIRECT`; `None` where the file
+    /// system refuses it (`EINVAL`, e.g. tmpfs on older kernels).
+    pub(crate) fn open_direct(path: &Path) -> io::Result<Option<Self>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+        {
+            Ok(f) => Ok(Some(StdFile(f))),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 impl StorageFile for StdFile {
@@ -131,6 +146,9 @@ impl Storage for ThreadedStorage {
     }
     fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn StorageFile>> {
         Ok(Box::new(StdFile::open(path, create)?))
+    }
+    fn open_direct(&self, path: &Path) -> io::Result<Option<Box<dyn StorageFile>>> {
+        Ok(StdFile::open_direct(path)?.map(|f| Box::new(f) as Box<dyn StorageFile>))
     }
     os_namespace!();
 }

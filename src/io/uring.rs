@@ -246,5 +246,15 @@ impl Storage for UringStorage {
             broken: self.broken.clone(),
         }))
     }
+    fn open_direct(&self, path: &Path) -> io::Result<Option<Box<dyn StorageFile>>> {
+        Ok(StdFile::open_direct(path)?.map(|file| {
+            Box::new(UringFile {
+                file,
+                ring: self.ring.clone(),
+                bulk: self.bulk.clone(),
+                broken: self.broken.clone(),
+            }) as Box<dyn StorageFile>
+        }))
+    }
     super::threaded::os_namespace!();
 }

@@ -162,6 +162,16 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
     ///
     /// Fails with [`Error::Capacity`] when the tree holds `N^MAX_DEPTH`
     /// leaves already; the tree is then unchanged.
+    ///
+    /// ```
+    /// use ringtree::{Blake3, Hasher, LeanImt};
+    ///
+    /// let mut tree = LeanImt::<Blake3, 2, 32>::new(Blake3);
+    /// assert_eq!(tree.insert([1; 32])?, [1; 32]); // one leaf: the root
+    /// let root = tree.insert([2; 32])?;
+    /// assert_eq!(root, Blake3.hash_children(&[[1; 32], [2; 32]]));
+    /// # Ok::<(), ringtree::Error>(())
+    /// ```
     pub fn insert(&mut self, leaf: Hash) -> Result<Hash> {
         self.check_room(1)?;
         self.levels[0].push(leaf);
@@ -214,6 +224,19 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
     /// ([`Hasher::hash_groups`]), so large batches run at SIMD speed. Fails
     /// with [`Error::EmptyBatch`] for no leaves and [`Error::Capacity`] when
     /// they do not all fit; the tree is then unchanged.
+    ///
+    /// ```
+    /// use ringtree::{Blake3, LeanImt};
+    ///
+    /// let leaves: Vec<[u8; 32]> = (0..100u8).map(|i| [i; 32]).collect();
+    /// let mut a = LeanImt::<Blake3, 4, 32>::new(Blake3);
+    /// let mut b = LeanImt::<Blake3, 4, 32>::new(Blake3);
+    /// for l in &leaves {
+    ///     a.insert(*l)?;
+    /// }
+    /// assert_eq!(b.insert_many(&leaves)?, a.root().unwrap());
+    /// # Ok::<(), ringtree::Error>(())
+    /// ```
     pub fn insert_many(&mut self, leaves: &[Hash]) -> Result<Hash> {
         if leaves.is_empty() {
             return Err(Error::EmptyBatch);

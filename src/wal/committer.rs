@@ -147,6 +147,12 @@ pub(crate) struct Committer {
     preparer: Preparer,
     /// The segment being written: (seq, file).
     current: Option<(u64, Box<dyn StorageFile>)>,
+    /// The same segment opened for direct writes, when the log uses them.
+    direct: Option<Box<dyn StorageFile>>,
+    /// Whether to open segments for direct writes (cleared when the
+    /// storage has no such mode).
+    use_direct: bool,
+    blocks: super::direct::Blocks,
     /// Sequences asked of the preparer and not yet waited for.
     requested: HashSet<u64>,
     segment_size: u64,
@@ -171,6 +177,9 @@ impl Committer {
             spin: config.spin,
             preparer,
             current: None,
+            direct: None,
+            use_direct: config.direct_io,
+            blocks: super::direct::Blocks::new(),
             requested: HashSet::new(),
             segment_size,
             salt: 0,
@@ -234,6 +243,20 @@ impl Committer {
             .read_at(0, &mut hb)
             .map_err(|e| format!("reading {}: {e}", path.display()))?;
         let header = SegmentHeader::decode(&path, &hb[..n]).map_err(|e| e.to_string())?;
+        self.direct = None;
+        self.blocks.forget();
+        if self.use_direct {
+            match self.storage.open_direct(&path) {
+                Ok(Some(d)) => self.direct = Some(d),
+                Ok(None) => {
+                    tracing::info!(
+                        "direct I/O unavailable for the WAL; writing through the page cache"
+                    );
+                    self.use_direct = false;
+                }
+                Err(e) => return Err(format!("opening {} for direct writes: {e}", path.display())),
+            }
+        }
         self.salt = header.salt;
         self.current = Some((seq, f));
         Ok(())
@@ -364,7 +387,11 @@ impl Committer {
         // `advance_scan`/`commit_marker` on this thread, and the range is
         // not handed back (`freed`) before these slices are dropped.
         let bufs = unsafe { self.shared.ring.slices(synced, end) };
-        file.write_sync(off, &bufs).map_err(|e| {
+        let done = match &self.direct {
+            Some(direct) => self.blocks.write_sync(&**direct, &**file, off, &bufs),
+            None => file.write_sync(off, &bufs),
+        };
+        done.map_err(|e| {
             format!(
                 "{} at file offset {off}: {e}",
                 self.dir.join(segment_name(seq)).display()
@@ -402,14 +429,23 @@ impl Committer {
                 // SAFETY: the slices of this range were dropped in `commit`.
                 unsafe { s.ring.zero(synced, end) };
                 s.freed.store(end, Ordering::Release);
-                s.mark.advance(end);
-                s.sync_latency.record(t0.elapsed());
+                // Counted before the futures wake, so a woken writer's
+                // metrics include its own group.
+                let took = t0.elapsed();
+                s.sync_latency.record(took);
                 s.syncs.fetch_add(1, Ordering::Relaxed);
-                if end == scan {
-                    // (Split at a segment end, the count goes with the last part.)
-                    s.records
-                        .fetch_add(std::mem::take(&mut records), Ordering::Relaxed);
+                // (Split at a segment end, the count goes with the last part.)
+                let counted = if end == scan {
+                    std::mem::take(&mut records)
+                } else {
+                    0
+                };
+                s.records.fetch_add(counted, Ordering::Relaxed);
+                #[cfg(feature = "metrics")]
+                if let Some(e) = s.export.get() {
+                    e.group(took, counted, end, s.reserved.load(Ordering::Relaxed));
                 }
+                s.mark.advance(end);
                 s.wake_space();
                 synced = end;
                 last = Instant::now();
