@@ -7,7 +7,7 @@
 //!
 //! `cargo bench --bench checkpoint` (env `RINGTREE_BENCH_LEAVES`, default
 //! 10,000,000; `RINGTREE_BENCH_DIR`, default `target/bench-tmp`;
-//! `RINGTREE_BENCH_IO=threaded|uring`, default uring).
+//! `RINGTREE_BENCH_IO=threaded|uring`, default threaded).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -59,7 +59,7 @@ fn ours_config(dir: &Path) -> Config {
     c
 }
 
-fn child_ours(dir: &Path, n: u64) {
+pub fn child_ours(dir: &Path, n: u64) {
     fresh(dir);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -167,7 +167,7 @@ fn theirs_config(dir: &Path, verify: bool) -> RotorTreeConfig {
     }
 }
 
-fn child_theirs(dir: &Path, n: u64) {
+pub fn child_theirs(dir: &Path, n: u64) {
     fresh(dir);
     let r = Arc::new(Theirs::open(Blake3Hasher, theirs_config(dir, false)).unwrap());
     let s = Instant::now();
@@ -237,6 +237,7 @@ fn child_theirs(dir: &Path, n: u64) {
     println!("peak rss {:.0} MB", peak_rss_mb());
 }
 
+#[allow(dead_code)]
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let n: u64 = std::env::var("RINGTREE_BENCH_LEAVES")

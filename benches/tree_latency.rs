@@ -57,7 +57,10 @@ fn theirs(dir: &Path, flush: RFlush) -> Theirs {
     .unwrap()
 }
 
-fn one_task(rt: &tokio::runtime::Runtime, dir: &Path, io: IoBackend, n: u64) {
+/// Latencies of one task's durable inserts: (raw, ringtree, rotortree).
+pub type OneTask = (Histogram<u64>, Histogram<u64>, Histogram<u64>);
+
+pub fn one_task(rt: &tokio::runtime::Runtime, dir: &Path, io: IoBackend, n: u64) -> OneTask {
     let raw_path = fresh(dir, "raw").join("file");
     let raw = OpenOptions::new()
         .read(true)
@@ -114,9 +117,15 @@ fn one_task(rt: &tokio::runtime::Runtime, dir: &Path, io: IoBackend, n: u64) {
         ),
     );
     row("rotortree insert_durable", &h_theirs, "");
+    (h_raw, h_ours, h_theirs)
 }
 
-fn many_tasks(rt: &tokio::runtime::Runtime, dir: &Path, io: IoBackend, secs: u64) -> f64 {
+pub fn many_tasks(
+    rt: &tokio::runtime::Runtime,
+    dir: &Path,
+    io: IoBackend,
+    secs: u64,
+) -> (f64, Histogram<u64>) {
     let t = ours(&fresh(dir, "many-ours"), io);
     let syncs0 = t.syncs();
     let t0 = Instant::now();
@@ -158,10 +167,10 @@ fn many_tasks(rt: &tokio::runtime::Runtime, dir: &Path, io: IoBackend, secs: u64
         ),
     );
     futures::executor::block_on(t.close()).unwrap();
-    rate
+    (rate, h)
 }
 
-fn rotortree_threads(dir: &Path, secs: u64, flush: Duration) -> (f64, Histogram<u64>) {
+pub fn rotortree_threads(dir: &Path, secs: u64, flush: Duration) -> (f64, Histogram<u64>) {
     let r = Arc::new(theirs(&fresh(dir, "many-theirs"), RFlush::Interval(flush)));
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(secs);
@@ -191,7 +200,7 @@ fn rotortree_threads(dir: &Path, secs: u64, flush: Duration) -> (f64, Histogram<
     (all.len() as f64 / el, all)
 }
 
-fn fire_and_forget(
+pub fn fire_and_forget(
     rt: &tokio::runtime::Runtime,
     dir: &Path,
     io: IoBackend,
@@ -224,7 +233,14 @@ fn fire_and_forget(
     (ours_rate, theirs_rate, bytes)
 }
 
-fn batches(rt: &tokio::runtime::Runtime, dir: &Path, io: IoBackend) {
+/// Chunk latencies and leaves/s of `insert_many` 10k + await: ringtree's,
+/// then rotortree's by name.
+pub type Batches = (
+    (f64, Histogram<u64>),
+    Vec<(&'static str, f64, Histogram<u64>)>,
+);
+
+pub fn batches(rt: &tokio::runtime::Runtime, dir: &Path, io: IoBackend) -> Batches {
     let chunks: Vec<Vec<Hash>> = (0..100u64)
         .map(|c| (c * 10_000..(c + 1) * 10_000).map(leaf).collect())
         .collect();
@@ -245,6 +261,7 @@ fn batches(rt: &tokio::runtime::Runtime, dir: &Path, io: IoBackend) {
         &h_ours,
         &format!("{:.2}M leaves/s", ours_rate / 1e6),
     );
+    let mut others = Vec::new();
     // rotortree as configured by default (Interval(10ms)) with token.wait(),
     // the BASELINES workload, and at its best (Manual + explicit flush).
     for (name, flush, explicit) in [
@@ -283,9 +300,12 @@ fn batches(rt: &tokio::runtime::Runtime, dir: &Path, io: IoBackend) {
                 us(&h_ours, 0.5) / us(&h, 0.5)
             ),
         );
+        others.push((name, rate, h));
     }
+    ((ours_rate, h_ours), others)
 }
 
+#[allow(dead_code)]
 fn main() {
     let dir = PathBuf::from(
         std::env::var("RINGTREE_BENCH_DIR").unwrap_or_else(|_| "target/bench-tmp".into()),
@@ -320,7 +340,7 @@ fn main() {
             &format!("{r_rate:.0} durable/s"),
         );
         for &io in &ios {
-            let rate = many_tasks(&rt, &dir, io, secs);
+            let (rate, _) = many_tasks(&rt, &dir, io, secs);
             println!(
                 "{:46} {:.1}x rotortree's durable inserts/s",
                 "",

@@ -87,6 +87,9 @@ pub struct Config {
     /// Whether the log writes around the page cache (`O_DIRECT`) where it
     /// can (default true; see [`LogConfig::direct_io`]).
     pub direct_io: bool,
+    /// Whether a lone writer's durability future spins briefly before it
+    /// sleeps (default true; see [`LogConfig::lone_waiter_spin`]).
+    pub lone_waiter_spin: bool,
     /// When to checkpoint by itself (default: every 256 MiB of log).
     pub checkpoint: CheckpointPolicy,
     /// At open, check every chunk checksum before returning and recompute
@@ -109,6 +112,7 @@ impl std::fmt::Debug for Config {
             .field("segment_size", &self.segment_size)
             .field("spin", &self.spin)
             .field("direct_io", &self.direct_io)
+            .field("lone_waiter_spin", &self.lone_waiter_spin)
             .field("checkpoint", &self.checkpoint)
             .field("verify_on_open", &self.verify_on_open)
             .field("custom_storage", &self.storage.is_some())
@@ -128,6 +132,7 @@ impl Config {
             segment_size: log.segment_size,
             spin: log.spin,
             direct_io: log.direct_io,
+            lone_waiter_spin: log.lone_waiter_spin,
             checkpoint: CheckpointPolicy::default(),
             verify_on_open: false,
             tiering: Tiering::default(),
@@ -193,6 +198,12 @@ impl Config {
         self
     }
 
+    /// Sets whether a lone writer's durability future spins briefly.
+    pub fn lone_waiter_spin(mut self, spin: bool) -> Self {
+        self.lone_waiter_spin = spin;
+        self
+    }
+
     /// Sets how long the committer spins before sleeping.
     pub fn spin(mut self, spin: Duration) -> Self {
         self.spin = spin;
@@ -213,6 +224,7 @@ impl Config {
             segment_size: self.segment_size,
             spin: self.spin,
             direct_io: self.direct_io,
+            lone_waiter_spin: self.lone_waiter_spin,
         }
     }
 }

@@ -15,7 +15,7 @@ mod level;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::hash::{Hash, Hasher};
+use crate::hash::{Hash, Hasher, Resume};
 pub(crate) use level::{CHUNK_LEN, ChunkRef, Level, Mapping};
 
 /// `N^MAX_DEPTH`, saturated at `u64::MAX`.
@@ -62,6 +62,8 @@ pub struct LeanImt<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     levels: Vec<Level>,
     /// Reused buffer of recomputed parents for `insert_many`.
     scratch: Vec<Hash>,
+    /// Per level, the hash progress over its last group's final children.
+    resume: Vec<Resume>,
 }
 
 impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH> {
@@ -83,6 +85,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
             hasher,
             levels: vec![Level::new()],
             scratch: Vec::new(),
+            resume: Vec::new(),
         }
     }
 
@@ -179,7 +182,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
         let mut d = 0;
         while self.levels[d].len() > 1 {
             let parent = idx / N as u64;
-            let value = self.group_value(d, parent);
+            let value = self.last_group_value(d, parent);
             if d + 1 == self.levels.len() {
                 self.levels.push(Level::new());
             }
@@ -193,6 +196,28 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
             d += 1;
         }
         Ok(self.levels[d].get(0))
+    }
+
+    /// [`group_value`](Self::group_value) of the last group of level `d`
+    /// (whose children are final but for the last), resuming the hash of
+    /// its final children where the hasher can.
+    #[inline]
+    fn last_group_value(&mut self, d: usize, parent: u64) -> Hash {
+        let level = &self.levels[d];
+        let start = parent * N as u64;
+        let k = (level.len() - start) as usize;
+        let c = (start / CHUNK_LEN as u64) as usize;
+        let off = (start % CHUNK_LEN as u64) as usize;
+        if k == 1 || off + k > CHUNK_LEN {
+            return self.group_value(d, parent);
+        }
+        if self.resume.len() <= d {
+            self.resume.resize(d + 1, Resume::default());
+        }
+        let r = &mut self.resume[d];
+        r.aim(d, parent);
+        self.hasher
+            .hash_children_resume(&level.chunk(c)[off..off + k], r)
     }
 
     /// The value of parent `parent` from its children at level `d`.
@@ -314,6 +339,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Clone for LeanImt<H, N, 
             hasher: self.hasher.clone(),
             levels: self.levels.iter().map(Level::fork).collect(),
             scratch: Vec::new(),
+            resume: self.resume.clone(),
         }
     }
 }

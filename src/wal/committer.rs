@@ -153,6 +153,8 @@ pub(crate) struct Committer {
     /// storage has no such mode).
     use_direct: bool,
     blocks: super::direct::Blocks,
+    /// Whether a lone writer's future may spin (see `Watermark::tune_spin`).
+    lone_spin: bool,
     /// Sequences asked of the preparer and not yet waited for.
     requested: HashSet<u64>,
     segment_size: u64,
@@ -180,6 +182,7 @@ impl Committer {
             direct: None,
             use_direct: config.direct_io,
             blocks: super::direct::Blocks::new(),
+            lone_spin: config.lone_waiter_spin,
             requested: HashSet::new(),
             segment_size,
             salt: 0,
@@ -441,6 +444,9 @@ impl Committer {
                     0
                 };
                 s.records.fetch_add(counted, Ordering::Relaxed);
+                if self.lone_spin {
+                    s.mark.tune_spin(counted, took);
+                }
                 #[cfg(feature = "metrics")]
                 if let Some(e) = s.export.get() {
                     e.group(took, counted, end, s.reserved.load(Ordering::Relaxed));
