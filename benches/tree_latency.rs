@@ -37,6 +37,9 @@ fn leaf(i: u64) -> Hash {
 
 fn ours(dir: &Path, io: IoBackend) -> Ours {
     let mut cfg = Config::new(dir).io(io);
+    if let Ok(mb) = std::env::var("RINGTREE_BENCH_SEGMENT_MB") {
+        cfg = cfg.segment_size(mb.parse::<u64>().unwrap() << 20);
+    }
     if let Ok(us) = std::env::var("RINGTREE_BENCH_SPIN_US") {
         cfg = cfg.spin(Duration::from_micros(us.parse().unwrap()));
     }

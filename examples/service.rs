@@ -113,6 +113,9 @@ impl From<ringtree::Error> for ApiError {
             ringtree::Error::Closed | ringtree::Error::Poisoned { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ringtree::Error::BatchTooLarge { .. } | ringtree::Error::EmptyBatch => {
+                StatusCode::BAD_REQUEST
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())

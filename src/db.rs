@@ -485,6 +485,21 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     }
 
     fn tree(&self) -> MutexGuard<'_, LeanImt<H, N, MAX_DEPTH>> {
+        // The critical section is a microsecond or two: wait about that
+        // long (a few of them) before sleeping. A thread that sleeps on the
+        // lock stalls every task queued on its executor thread for a
+        // wake-up, which costs far more than the wait.
+        for i in 0..24u32 {
+            match self.inner.tree.try_lock() {
+                Ok(g) => return g,
+                Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    for _ in 0..(4u32 << i.min(4)) {
+                        std::hint::spin_loop();
+                    }
+                }
+            }
+        }
         self.inner.tree.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -549,11 +564,10 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             return Err(Error::EmptyBatch);
         }
         if leaves.len() as u64 > self.max_batch() {
-            return Err(Error::Config(format!(
-                "insert_many of {} leaves exceeds one record's {} (buffer_capacity / 64); split the batch",
-                leaves.len(),
-                self.max_batch()
-            )));
+            return Err(Error::BatchTooLarge {
+                len: leaves.len() as u64,
+                max: self.max_batch(),
+            });
         }
         let payload = RECORD_HEADER + 32 * leaves.len() as u64;
         loop {

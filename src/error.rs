@@ -95,6 +95,15 @@ pub enum Error {
     /// The tree was closed.
     #[error("tree is closed")]
     Closed,
+    /// An `insert_many` of more leaves than one log record holds
+    /// ([`Tree::max_batch`](crate::Tree::max_batch)); nothing was inserted.
+    #[error("a batch of {len} leaves exceeds the {max} one record holds; split it")]
+    BatchTooLarge {
+        /// Leaves in the batch.
+        len: u64,
+        /// The most one `insert_many` takes.
+        max: u64,
+    },
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -108,7 +108,7 @@ fn bad_batches_change_nothing() {
         let too_many = leaves(0..tree.max_batch() + 1);
         assert!(matches!(
             tree.insert_many(&too_many).await,
-            Err(Error::Config(_))
+            Err(Error::BatchTooLarge { len, max }) if len == max + 1 && max == tree.max_batch()
         ));
         assert_eq!(tree.root(), root);
         assert_eq!(tree.size(), 10);
