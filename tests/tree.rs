@@ -425,3 +425,115 @@ fn storage_trait_objects_are_usable_directly() {
     );
     assert!(sim.syncs() > 0);
 }
+
+/// The log falls back to writes through the page cache by itself: where
+/// the storage has no direct mode, where it refuses direct writes only when
+/// they are made, and across reopens of one directory that switch between
+/// the three. Every acknowledged leaf is there after each reopen.
+#[test]
+fn direct_writes_fall_back_by_themselves() {
+    use ringtree::io::SimDirect;
+    let mut sim = SimStorage::new(11);
+    let mut all: Vec<Hash> = Vec::new();
+    for (round, mode) in [
+        SimDirect::Refused,
+        SimDirect::Aligned,
+        SimDirect::Unsupported,
+        SimDirect::Aligned,
+        SimDirect::Refused,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        sim.set_direct(mode);
+        let tree = T4::open_blocking(sim_config(&sim, "/fallback")).unwrap();
+        assert_eq!(tree.size(), all.len() as u64, "round {round} {mode:?}");
+        assert_eq!(tree.root(), model_root(&all), "round {round} {mode:?}");
+        futures::executor::block_on(async {
+            // Singles and batches, enough to cross 64 KiB segments.
+            for i in 0..300u64 {
+                let l = leaf(round as u64 * 100_000 + i);
+                tree.insert_durable(l).await.unwrap();
+                all.push(l);
+            }
+            let batch = leaves(round as u64 * 100_000 + 500..round as u64 * 100_000 + 700);
+            tree.insert_many(&batch)
+                .await
+                .unwrap()
+                .durable
+                .await
+                .unwrap();
+            all.extend(batch);
+        });
+        futures::executor::block_on(tree.close()).unwrap();
+        // Only what was synced survives.
+        sim.crash();
+        sim = sim.restart();
+    }
+    let tree = T4::open_blocking(sim_config(&sim.restart(), "/fallback")).unwrap();
+    assert_eq!(tree.root(), model_root(&all));
+}
+
+/// A task that inserts and awaits durability in a loop on a current-thread
+/// runtime leaves room for the tasks beside it, though its futures resolve
+/// by spinning (the log serves it alone).
+#[test]
+fn a_lone_writer_does_not_starve_its_neighbours() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // A real disk: its fsync takes long enough that the spin budget (about
+    // two fsyncs) covers it, so the writer's futures resolve by spinning.
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = T4::open_blocking(Config::new(tmp.path()).io(IoBackend::Threaded)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ticks = Arc::new(AtomicU64::new(0));
+    let seen = rt.block_on(async {
+        let ticker = {
+            let ticks = ticks.clone();
+            tokio::spawn(async move {
+                loop {
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                    // Back of the run queue (tokio's `yield_now` would wait
+                    // for the scheduler's next driver tick instead).
+                    let mut yielded = false;
+                    std::future::poll_fn(|cx| {
+                        if yielded {
+                            return std::task::Poll::Ready(());
+                        }
+                        yielded = true;
+                        cx.waker().wake_by_ref();
+                        std::task::Poll::Pending
+                    })
+                    .await;
+                }
+            })
+        };
+        let writer = {
+            let (tree, ticks) = (tree.clone(), ticks.clone());
+            tokio::spawn(async move {
+                // The most inserts in a row with no turn for the neighbour.
+                let (mut streak, mut longest, mut last) = (0, 0, 0);
+                for i in 0..800 {
+                    tree.insert_durable(leaf(i)).await.unwrap();
+                    let now = ticks.load(Ordering::Relaxed);
+                    streak = if now == last { streak + 1 } else { 0 };
+                    longest = longest.max(streak);
+                    last = now;
+                }
+                longest
+            })
+        };
+        let seen = writer.await.unwrap();
+        ticker.abort();
+        seen
+    });
+    // A spinning writer yields at least every eighth insert.
+    assert!(
+        seen <= 8,
+        "{seen} durable inserts in a row left the neighbour no turn"
+    );
+    futures::executor::block_on(tree.close()).unwrap();
+}

@@ -14,7 +14,7 @@ mod threaded;
 #[cfg(target_os = "linux")]
 mod uring;
 
-pub use sim::SimStorage;
+pub use sim::{SimDirect, SimStorage};
 pub use threaded::ThreadedStorage;
 #[cfg(target_os = "linux")]
 pub use uring::UringStorage;

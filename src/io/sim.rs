@@ -148,6 +148,22 @@ struct Disk {
     bytes_written: u64,
     /// Paths locked by the current process (cleared by a crash or kill).
     locks: BTreeSet<PathBuf>,
+    direct: SimDirect,
+}
+
+/// What [`Storage::open_direct`] does on a [`SimStorage`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SimDirect {
+    /// Direct handles whose writes must be aligned (as `O_DIRECT`'s).
+    #[default]
+    Aligned,
+    /// No direct mode (`Ok(None)`, as a file system without `O_DIRECT`).
+    Unsupported,
+    /// Direct handles open, but every write fails with `EINVAL` before
+    /// writing anything (as a file system that accepts `O_DIRECT` at open
+    /// and refuses it later).
+    Refused,
 }
 
 /// What a crash does with unsynced writes and namespace changes.
@@ -181,9 +197,15 @@ impl SimStorage {
                 syncs: 0,
                 bytes_written: 0,
                 locks: BTreeSet::new(),
+                direct: SimDirect::default(),
             })),
             generation: 0,
         }
+    }
+
+    /// Sets what opening a file for direct writes does from now on.
+    pub fn set_direct(&self, mode: SimDirect) {
+        self.lock().direct = mode;
     }
 
     /// The handle of a process started after the last crash or kill.
@@ -725,7 +747,14 @@ impl Storage for SimStorage {
     /// A handle that refuses unaligned writes with `EINVAL`, as `O_DIRECT`
     /// does, so tests catch a caller that breaks the alignment rule.
     fn open_direct(&self, path: &Path) -> io::Result<Option<Box<dyn StorageFile>>> {
-        Ok(Some(Box::new(DirectSimFile(self.open(path, false)?))))
+        let mode = self.live()?.direct;
+        if mode == SimDirect::Unsupported {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(DirectSimFile(
+            self.open(path, false)?,
+            mode == SimDirect::Refused,
+        ))))
     }
 
     fn lock(&self, path: &Path) -> io::Result<LockGuard> {
@@ -745,7 +774,7 @@ impl Storage for SimStorage {
 /// A [`SimStorage`] file opened for direct writes: every write must be
 /// aligned to [`DIRECT_ALIGN`](super::DIRECT_ALIGN) in offset, length and
 /// buffer address.
-struct DirectSimFile(Box<dyn StorageFile>);
+struct DirectSimFile(Box<dyn StorageFile>, bool);
 
 impl StorageFile for DirectSimFile {
     fn len(&self) -> io::Result<u64> {
@@ -760,7 +789,7 @@ impl StorageFile for DirectSimFile {
             && bufs
                 .iter()
                 .all(|b| b.len().is_multiple_of(a) && (b.as_ptr() as usize).is_multiple_of(a));
-        if !aligned {
+        if !aligned || self.1 {
             return Err(io::Error::from_raw_os_error(EINVAL));
         }
         self.0.write_at(off, bufs)

@@ -251,18 +251,24 @@ impl Committer {
         if self.use_direct {
             match self.storage.open_direct(&path) {
                 Ok(Some(d)) => self.direct = Some(d),
-                Ok(None) => {
-                    tracing::info!(
-                        "direct I/O unavailable for the WAL; writing through the page cache"
-                    );
-                    self.use_direct = false;
+                Ok(None) => self.no_direct("the storage has no direct mode".into()),
+                // The buffered handle is open: write through it this time.
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "could not open a WAL segment for direct writes; writing it through the page cache");
                 }
-                Err(e) => return Err(format!("opening {} for direct writes: {e}", path.display())),
             }
         }
         self.salt = header.salt;
         self.current = Some((seq, f));
         Ok(())
+    }
+
+    /// Stops writing groups around the page cache, for good.
+    fn no_direct(&mut self, why: String) {
+        tracing::info!(reason = %why, "WAL writes go through the page cache");
+        self.use_direct = false;
+        self.direct = None;
+        self.blocks.forget();
     }
 
     /// Erases the current segment's clean-close record, if it has one.
@@ -384,16 +390,29 @@ impl Committer {
             "commit range [{synced}, {end}) must lie in one segment and the ring"
         );
         self.open_segment(seq)?;
-        let (_, file) = self.current.as_ref().expect("segment open");
-        let off = SEGMENT_HEADER + synced % self.shared.seg_data;
+        let shared = self.shared.clone();
+        let off = SEGMENT_HEADER + synced % shared.seg_data;
         // SAFETY: every frame in `[synced, end)` was found published by
         // `advance_scan`/`commit_marker` on this thread, and the range is
         // not handed back (`freed`) before these slices are dropped.
-        let bufs = unsafe { self.shared.ring.slices(synced, end) };
-        let done = match &self.direct {
+        let bufs = unsafe { shared.ring.slices(synced, end) };
+        let (_, file) = self.current.as_ref().expect("segment open");
+        let mut done = match &self.direct {
             Some(direct) => self.blocks.write_sync(&**direct, &**file, off, &bufs),
             None => file.write_sync(off, &bufs),
         };
+        if self.direct.is_some()
+            && done
+                .as_ref()
+                .is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL))
+        {
+            // Refused for its alignment or mode before anything was written
+            // (a file system that takes O_DIRECT at open, not at write):
+            // write this group and the rest through the page cache.
+            self.no_direct(format!("a direct write was refused: {}", done.unwrap_err()));
+            let (_, file) = self.current.as_ref().expect("segment open");
+            done = file.write_sync(off, &bufs);
+        }
         done.map_err(|e| {
             format!(
                 "{} at file offset {off}: {e}",
@@ -444,15 +463,15 @@ impl Committer {
                     0
                 };
                 s.records.fetch_add(counted, Ordering::Relaxed);
-                if self.lone_spin {
+                if self.lone_spin && end == scan && self.policy == FlushPolicy::GroupCommit {
                     s.mark.tune_spin(counted, took);
                 }
+                s.mark.advance(end);
+                s.wake_space();
                 #[cfg(feature = "metrics")]
                 if let Some(e) = s.export.get() {
                     e.group(took, counted, end, s.reserved.load(Ordering::Relaxed));
                 }
-                s.mark.advance(end);
-                s.wake_space();
                 synced = end;
                 last = Instant::now();
                 self.prepare_ahead(synced);

@@ -163,7 +163,7 @@ impl Watermark {
                 // Reading the clock costs more than a look: look often.
                 for _ in 0..32 {
                     if let Some(r) = self.check(lsn) {
-                        return Poll::Ready(r);
+                        return spun(r, cx);
                     }
                     std::hint::spin_loop();
                 }
@@ -175,6 +175,7 @@ impl Watermark {
                 std::thread::yield_now();
             }
         }
+        SPUN.set(0);
         let mut w = self.waiters();
         // Checked again under the lock: `advance` and `fail` update the state
         // before they take it, so no wake-up is lost in between.
@@ -187,6 +188,27 @@ impl Watermark {
         });
         Poll::Pending
     }
+}
+
+thread_local! {
+    /// Futures resolved by spinning in a row on this thread.
+    static SPUN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// A spin resolved the future with `r`. Every eighth time in a row on a
+/// thread it yields instead (wakes itself and returns `Pending`; the next
+/// poll finds it resolved): a task that inserts and awaits in a loop would
+/// otherwise never return `Pending`, and starve the tasks that share its
+/// executor thread.
+fn spun(r: Result<(), Error>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    let n = SPUN.get() + 1;
+    if n >= 8 {
+        SPUN.set(0);
+        cx.waker().wake_by_ref();
+        return Poll::Pending;
+    }
+    SPUN.set(n);
+    Poll::Ready(r)
 }
 
 /// Resolves once an insert is on stable storage.
