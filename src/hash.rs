@@ -113,8 +113,24 @@ fn words_to_hash(cv: &[u32; 8]) -> Hash {
 fn hash_one_chunk(platform: Platform, bytes: &[u8]) -> Hash {
     debug_assert!(!bytes.is_empty() && bytes.len() <= CHUNK_LEN);
     let mut cv = IV;
+    compress_blocks(platform, &mut cv, bytes, 0, |_, _| {});
+    words_to_hash(&cv)
+}
+
+/// Compresses blocks `first..` of the one-chunk message `bytes` into `cv`
+/// (which holds the chaining value after blocks `..first`), the last as
+/// root output; `after(i, cv)` sees the chaining value after each block
+/// but the last.
+fn compress_blocks(
+    platform: Platform,
+    cv: &mut [u32; 8],
+    bytes: &[u8],
+    first: usize,
+    mut after: impl FnMut(usize, &[u32; 8]),
+) {
     let blocks = bytes.len().div_ceil(BLOCK_LEN);
-    for (i, block) in bytes.chunks(BLOCK_LEN).enumerate() {
+    for i in first..blocks {
+        let block = &bytes[i * BLOCK_LEN..((i + 1) * BLOCK_LEN).min(bytes.len())];
         let mut flags = 0;
         if i == 0 {
             flags |= CHUNK_START;
@@ -125,9 +141,11 @@ fn hash_one_chunk(platform: Platform, bytes: &[u8]) -> Hash {
         let mut buf = [0u8; BLOCK_LEN];
         buf[..block.len()].copy_from_slice(block);
         // `block.len() <= 64` always fits a u8.
-        platform.compress_in_place(&mut cv, &buf, block.len() as u8, 0, flags);
+        platform.compress_in_place(cv, &buf, block.len() as u8, 0, flags);
+        if i + 1 < blocks {
+            after(i, cv);
+        }
     }
-    words_to_hash(&cv)
 }
 
 /// Runs `hash_many` over groups of exactly `L` bytes each.
@@ -175,23 +193,12 @@ fn hash_one_chunk_resume(platform: Platform, children: &[Hash], resume: &mut Res
         resume.cv = IV;
     }
     let mut cv = resume.cv;
-    for i in resume.blocks..blocks {
-        let block = &bytes[i * BLOCK_LEN..((i + 1) * BLOCK_LEN).min(bytes.len())];
-        let mut flags = 0;
-        if i == 0 {
-            flags |= CHUNK_START;
-        }
-        if i + 1 == blocks {
-            flags |= CHUNK_END | ROOT;
-        }
-        let mut buf = [0u8; BLOCK_LEN];
-        buf[..block.len()].copy_from_slice(block);
-        platform.compress_in_place(&mut cv, &buf, block.len() as u8, 0, flags);
+    compress_blocks(platform, &mut cv, bytes, resume.blocks, |i, cv| {
         if i + 1 == keep {
-            resume.cv = cv;
+            resume.cv = *cv;
             resume.blocks = keep;
         }
-    }
+    });
     words_to_hash(&cv)
 }
 
