@@ -237,27 +237,41 @@ pub fn child_theirs(dir: &Path, n: u64) {
     println!("peak rss {:.0} MB", peak_rss_mb());
 }
 
-#[allow(dead_code)]
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let n: u64 = std::env::var("RINGTREE_BENCH_LEAVES")
+/// Leaves to load (`RINGTREE_BENCH_LEAVES`, default 10M).
+pub fn leaves() -> u64 {
+    std::env::var("RINGTREE_BENCH_LEAVES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000_000);
+        .unwrap_or(10_000_000)
+}
+
+/// In a child process (`--child ours|theirs`): runs that side's workload
+/// and returns true.
+pub fn run_child() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(pos) = args.iter().position(|a| a == "--child") else {
+        return false;
+    };
     let base = PathBuf::from(
         std::env::var("RINGTREE_BENCH_DIR").unwrap_or_else(|_| "target/bench-tmp".into()),
     );
-    if let Some(pos) = args.iter().position(|a| a == "--child") {
-        let who = &args[pos + 1];
-        let dir = base.join(format!("ckpt-{who}"));
-        if who == "ours" {
-            child_ours(&dir, n)
-        } else {
-            child_theirs(&dir, n)
-        }
-        let _ = std::fs::remove_dir_all(&dir);
+    let who = &args[pos + 1];
+    let dir = base.join(format!("ckpt-{who}"));
+    if who == "ours" {
+        child_ours(&dir, leaves())
+    } else {
+        child_theirs(&dir, leaves())
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    true
+}
+
+#[allow(dead_code)]
+fn main() {
+    if run_child() {
         return;
     }
+    let n = leaves();
     let exe = std::env::current_exe().unwrap();
     let mut results = Vec::new();
     for who in ["ours", "theirs"] {

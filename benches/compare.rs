@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
-use ringtree::IoBackend;
 
 #[path = "checkpoint.rs"]
 mod checkpoint;
@@ -235,38 +234,20 @@ fn checkpoint_child(who: &str) -> Vec<(String, f64)> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let leaves = tree_latency_env("RINGTREE_BENCH_LEAVES", 10_000_000);
-    let base = PathBuf::from(
-        std::env::var("RINGTREE_BENCH_DIR").unwrap_or_else(|_| "target/bench-tmp".into()),
-    );
-    if let Some(pos) = args.iter().position(|a| a == "--child") {
-        let who = &args[pos + 1];
-        let dir = base.join(format!("ckpt-{who}"));
-        if who == "ours" {
-            checkpoint::child_ours(&dir, leaves)
-        } else {
-            checkpoint::child_theirs(&dir, leaves)
-        }
-        let _ = std::fs::remove_dir_all(&dir);
+    if checkpoint::run_child() {
         return;
     }
+    let leaves = checkpoint::leaves();
+    let tree_latency::Setup {
+        dir: base,
+        secs,
+        ios,
+        rt,
+    } = tree_latency::setup();
     let out = PathBuf::from(
         std::env::var("RINGTREE_BENCH_OUT").unwrap_or_else(|_| "target/compare".into()),
     );
     std::fs::create_dir_all(&out).unwrap();
-    std::fs::create_dir_all(&base).unwrap();
-    let secs = tree_latency_env("RINGTREE_BENCH_SECS", 5);
-    let ios = match std::env::var("RINGTREE_BENCH_IO").as_deref() {
-        Ok("uring") => vec![IoBackend::Uring],
-        Ok("threaded") => vec![IoBackend::Threaded],
-        _ => vec![IoBackend::Threaded, IoBackend::Uring],
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let machine = machine();
     println!("Machine: {machine}");
     let mut t = Table(Vec::new());
@@ -421,7 +402,12 @@ fn main() {
         Ok("uring") => "io_uring",
         _ => "threaded",
     };
-    let wl = format!("checkpoint, {}M leaves ({ckpt_io})", leaves / 1_000_000);
+    let count = if leaves >= 1_000_000 {
+        format!("{}M", leaves / 1_000_000)
+    } else {
+        format!("{}k", leaves / 1000)
+    };
+    let wl = format!("checkpoint, {count} leaves ({ckpt_io})");
     for ((label, o), (_, r)) in ours.iter().zip(&theirs) {
         let metric: &'static str = match label.as_str() {
             "load" => "load s",
@@ -460,11 +446,4 @@ fn main() {
         svg.display()
     );
     let _ = std::fs::remove_dir_all(&base);
-}
-
-fn tree_latency_env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-mod common;
+pub mod common;
 use common::{env, fresh, hist, row, us};
 use ringtree::{Blake3, Config, Hash, IoBackend, Tree};
 use rotortree::{Blake3Hasher, FlushPolicy as RFlush, RotorTree, RotorTreeConfig};
@@ -308,13 +308,21 @@ pub fn batches(rt: &tokio::runtime::Runtime, dir: &Path, io: IoBackend) -> Batch
     ((ours_rate, h_ours), others)
 }
 
-#[allow(dead_code)]
-fn main() {
+/// What every latency harness reads from the environment: the scratch
+/// directory (created), seconds per timed workload, the backends to run,
+/// and a two-worker tokio runtime.
+pub struct Setup {
+    pub dir: PathBuf,
+    pub secs: u64,
+    pub ios: Vec<IoBackend>,
+    pub rt: tokio::runtime::Runtime,
+}
+
+pub fn setup() -> Setup {
     let dir = PathBuf::from(
         std::env::var("RINGTREE_BENCH_DIR").unwrap_or_else(|_| "target/bench-tmp".into()),
     );
     std::fs::create_dir_all(&dir).unwrap();
-    let secs = env("RINGTREE_BENCH_SECS", 5);
     let ios = match std::env::var("RINGTREE_BENCH_IO").as_deref() {
         Ok("uring") => vec![IoBackend::Uring],
         Ok("threaded") => vec![IoBackend::Threaded],
@@ -325,6 +333,17 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    Setup {
+        dir,
+        secs: env("RINGTREE_BENCH_SECS", 5),
+        ios,
+        rt,
+    }
+}
+
+#[allow(dead_code)]
+fn main() {
+    let Setup { dir, secs, ios, rt } = setup();
     let only = std::env::var("RINGTREE_BENCH_ONLY").unwrap_or_else(|_| "1234".into());
     let run = |k: char| only.contains(k);
 
