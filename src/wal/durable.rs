@@ -153,7 +153,7 @@ impl Watermark {
     /// never do.
     fn poll_lsn(&self, start: u64, lsn: u64, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         if let Some(r) = self.check(lsn) {
-            return Poll::Ready(r);
+            return resolved(r, cx);
         }
         let budget = self.spin_ns.load(Ordering::Relaxed);
         if budget > 0 && self.durable() >= start {
@@ -163,7 +163,7 @@ impl Watermark {
                 // Reading the clock costs more than a look: look often.
                 for _ in 0..32 {
                     if let Some(r) = self.check(lsn) {
-                        return spun(r, cx);
+                        return resolved(r, cx);
                     }
                     std::hint::spin_loop();
                 }
@@ -175,32 +175,34 @@ impl Watermark {
                 std::thread::yield_now();
             }
         }
-        SPUN.set(0);
         let mut w = self.waiters();
         // Checked again under the lock: `advance` and `fail` update the state
         // before they take it, so no wake-up is lost in between.
         if let Some(r) = self.check(lsn) {
-            return Poll::Ready(r);
+            drop(w);
+            return resolved(r, cx);
         }
         w.push(Waiter {
             lsn,
             waker: cx.waker().clone(),
         });
+        SPUN.set(0);
         Poll::Pending
     }
 }
 
 thread_local! {
-    /// Futures resolved by spinning in a row on this thread.
+    /// Futures resolved in a row on this thread without sleeping.
     static SPUN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
-/// A spin resolved the future with `r`. Every eighth time in a row on a
-/// thread it yields instead (wakes itself and returns `Pending`; the next
-/// poll finds it resolved): a task that inserts and awaits in a loop would
-/// otherwise never return `Pending`, and starve the tasks that share its
-/// executor thread.
-fn spun(r: Result<(), Error>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+/// The future resolved with `r` without sleeping (already decided, or by
+/// spinning). Every eighth time in a row on a thread it yields instead
+/// (wakes itself and returns `Pending`; the next poll finds it resolved): a
+/// task that inserts and awaits in a loop would otherwise never return
+/// `Pending` (its futures resolve by spinning, or are decided before it
+/// polls them), and starve the tasks that share its executor thread.
+fn resolved(r: Result<(), Error>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
     let n = SPUN.get() + 1;
     if n >= 8 {
         SPUN.set(0);
