@@ -61,13 +61,18 @@ pub(crate) struct Watermark {
     /// Every byte of the log below this LSN is on stable storage.
     durable: AtomicU64,
     failure: OnceLock<Failure>,
-    /// A heap by position: registering is O(log n), and a commit takes
-    /// exactly the waiters it covers, earliest first (so writers are woken
-    /// in the order they wrote), without touching the others.
+    /// Waiters registered since the committer last looked, unordered:
+    /// registering and taking them both hold this lock for O(1).
+    incoming: Mutex<Vec<Waiter>>,
+    /// Every other waiter, a heap by position that only `advance` and
+    /// `fail` touch (never a writer): a commit takes exactly the waiters it
+    /// covers, earliest first (so writers are woken in the order they
+    /// wrote), without touching the others.
     waiters: Mutex<std::collections::BinaryHeap<Waiter>>,
-    /// Wakers taken by the last `advance`, woken outside the lock; kept to
-    /// reuse the allocation (only the committer advances).
-    ready: Mutex<Vec<Waker>>,
+    /// Spare buffers: wakers taken by the last `advance` (woken outside the
+    /// locks) and the registrations it swapped out, kept to reuse their
+    /// allocations (only the committer advances).
+    ready: Mutex<(Vec<Waker>, Vec<Waiter>)>,
     /// How long a waiter may spin before it registers and sleeps, in
     /// nanoseconds (0: do not spin). The committer sets it after each group.
     spin_ns: AtomicU64,
@@ -78,8 +83,9 @@ impl Watermark {
         Self {
             durable: AtomicU64::new(durable),
             failure: OnceLock::new(),
+            incoming: Mutex::new(Vec::new()),
             waiters: Mutex::new(std::collections::BinaryHeap::new()),
-            ready: Mutex::new(Vec::new()),
+            ready: Mutex::new((Vec::new(), Vec::new())),
             spin_ns: AtomicU64::new(0),
         }
     }
@@ -116,14 +122,32 @@ impl Watermark {
         self.waiters.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn incoming(&self) -> std::sync::MutexGuard<'_, Vec<Waiter>> {
+        self.incoming.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Advances the watermark to `lsn` and wakes every waiter it covers.
     pub(crate) fn advance(&self, lsn: u64) {
         self.durable.fetch_max(lsn, Ordering::Release);
-        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        let mut spare = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        let (ready, taken) = &mut *spare;
+        // Registrations made before this point are taken here; later ones
+        // see the new watermark (stored above, before the lock) and resolve
+        // without registering.
+        std::mem::swap(taken, &mut *self.incoming());
+        // Tests widen the window in which a `fail` can run here.
+        #[cfg(test)]
+        std::thread::yield_now();
         {
             let mut w = self.waiters();
+            w.extend(taken.drain(..));
             while w.peek().is_some_and(|top| top.lsn <= lsn) {
                 ready.extend(w.pop().map(|top| top.waker));
+            }
+            // A `fail` that emptied the heap before the waiters taken above
+            // were added set the failure first: they resolve with it.
+            if self.failure.get().is_some() {
+                ready.extend(w.drain().map(|top| top.waker));
             }
         }
         ready.drain(..).for_each(Waker::wake);
@@ -133,7 +157,10 @@ impl Watermark {
     /// `failure` (the first failure set wins). Returns the failure in force.
     pub(crate) fn fail(&self, failure: Failure) -> Failure {
         let f = self.failure.get_or_init(|| failure).clone();
+        // Registrations after `failure` is set see it and do not register.
+        let incoming = std::mem::take(&mut *self.incoming());
         let all = std::mem::take(&mut *self.waiters());
+        incoming.into_iter().for_each(|w| w.waker.wake());
         all.into_iter().for_each(|w| w.waker.wake());
         f
     }
@@ -175,7 +202,7 @@ impl Watermark {
                 std::thread::yield_now();
             }
         }
-        let mut w = self.waiters();
+        let mut w = self.incoming();
         // Checked again under the lock: `advance` and `fail` update the state
         // before they take it, so no wake-up is lost in between.
         if let Some(r) = self.check(lsn) {
@@ -304,7 +331,7 @@ mod tests {
         assert_eq!(woken(), [0, 1, 0, 1, 0, 1]);
         mark.advance(50);
         assert_eq!(woken(), [1, 1, 1, 1, 0, 1]);
-        assert_eq!(mark.waiters().len(), 1);
+        assert_eq!(mark.waiters().len() + mark.incoming().len(), 1);
         mark.fail(Failure::Closed);
         assert_eq!(woken(), [1, 1, 1, 1, 1, 1]);
     }
@@ -336,5 +363,51 @@ mod tests {
         // Already durable stays Ok; later ones fail at once.
         assert!(a.wait().is_ok());
         assert!(Durable::new(16, 16, mark).wait().is_err());
+    }
+
+    /// Writers register while the committer advances and another thread
+    /// fails the log: every future resolves (none is left registered by a
+    /// failure racing an advance), those at or below the watermark Ok.
+    #[test]
+    fn failure_racing_advances_leaves_no_waiter() {
+        for round in 0..200u64 {
+            let mark = Arc::new(Watermark::new(0));
+            let (tx, rx) = std::sync::mpsc::channel();
+            let writers: Vec<_> = (0..4u64)
+                .map(|w| {
+                    let (mark, tx) = (mark.clone(), tx.clone());
+                    std::thread::spawn(move || {
+                        for i in 0..50u64 {
+                            let lsn = (i * 4 + w + 1) * 10;
+                            let r = Durable::new(lsn - 10, lsn, mark.clone()).wait();
+                            tx.send((lsn, r.is_ok())).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            drop(tx);
+            let committer = {
+                let mark = mark.clone();
+                std::thread::spawn(move || {
+                    let mut at = 0;
+                    while mark.failure().is_none() && at < 2000 {
+                        at += 10;
+                        mark.advance(at);
+                        std::thread::yield_now();
+                    }
+                })
+            };
+            std::thread::sleep(std::time::Duration::from_micros(round * 7 % 300));
+            mark.fail(Failure::Closed);
+            let mut n = 0;
+            while let Ok((lsn, ok)) = rx.recv_timeout(std::time::Duration::from_secs(10)) {
+                // Ok only when durable; Err may come of the failure anyway.
+                assert!(!ok || mark.durable() >= lsn, "round {round}: lsn {lsn}");
+                n += 1;
+            }
+            assert_eq!(n, 200, "round {round}: a future never resolved");
+            committer.join().unwrap();
+            writers.into_iter().for_each(|w| w.join().unwrap());
+        }
     }
 }
