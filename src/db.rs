@@ -486,21 +486,32 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     }
 
     fn tree(&self) -> MutexGuard<'_, LeanImt<H, N, MAX_DEPTH>> {
-        // The critical section is a microsecond or two: wait about that
-        // long (a few of them) before sleeping. A thread that sleeps on the
-        // lock stalls every task queued on its executor thread for a
-        // wake-up, which costs far more than the wait.
-        for i in 0..16u32 {
+        // The critical section is a microsecond or two, but its holder may
+        // be preempted in it (two executor threads and the committer share
+        // few cores). Spin up to SPIN before sleeping: a thread that sleeps
+        // on the lock stalls every task queued on its executor thread until
+        // it is woken, which costs far more than the wait. (On 2 cores,
+        // 1000 tasks: 16 tries, some 12 µs, gave 560–700k durable inserts/s;
+        // spinning ~50 µs or more, 680–760k.)
+        const SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+        let mut started = None;
+        for i in 0u32.. {
             match self.inner.tree.try_lock() {
                 Ok(g) => return g,
                 Err(std::sync::TryLockError::Poisoned(e)) => return e.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => {
-                    // 2, 4, 8, then 16 pauses: some 220 in all, 2–12 µs
-                    // by the CPU's pause length.
-                    for _ in 0..(2u32 << i.min(3)) {
-                        std::hint::spin_loop();
-                    }
-                }
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+            // 2, 4, 8, then 16 pauses between tries.
+            for _ in 0..(2u32 << i.min(3)) {
+                std::hint::spin_loop();
+            }
+            if i >= 3
+                && started
+                    .get_or_insert_with(std::time::Instant::now)
+                    .elapsed()
+                    >= SPIN
+            {
+                break;
             }
         }
         self.inner.tree.lock().unwrap_or_else(|e| e.into_inner())
