@@ -26,7 +26,8 @@ pub enum IoBackend {
     /// io_uring when it can be set up, else the threaded fallback.
     #[default]
     Auto,
-    /// io_uring (linked write + fdatasync on a ring the library owns).
+    /// io_uring (one `RWF_DSYNC` write per group commit, on a ring of the
+    /// committer's thread).
     Uring,
     /// `pwrite` + `fdatasync` from a plain thread.
     Threaded,

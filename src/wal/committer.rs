@@ -2,7 +2,7 @@
 //!
 //! Owns the segment files while the log is open (and a helper thread that
 //! prepares the next segment ahead of time). Loop: find the contiguous run of
-//! published frames, write it and fdatasync it (one linked submission on
+//! published frames, write it and fdatasync it (one `RWF_DSYNC` write on
 //! io_uring), advance the durable watermark, wake the futures it covers.
 //! While a sync runs, new frames pile up and form the next group. A failed
 //! write or sync poisons the log from the first byte not known durable; the
