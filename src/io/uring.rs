@@ -41,6 +41,8 @@ pub struct UringStorage {
     /// The ring for bulk writes (checkpoints), shared by the threads that
     /// make them; commits use their thread's own ring.
     bulk: Arc<Mutex<IoUring>>,
+    /// The bulk ring failed and may hold requests: bulk writes fail from
+    /// then on (commits are unaffected).
     broken: Arc<AtomicBool>,
 }
 
@@ -98,22 +100,26 @@ struct UringFile {
 
 /// Submits `entries` on `ring` and waits for all of them; `results[u]`
 /// gets the result of the entry with user data `u`. An `Err` means the ring
-/// is unusable (requests may still be in flight): never use it again.
+/// is unusable (entries the kernel never took may still sit in its queue):
+/// never use it again.
 fn run_on(ring: &mut IoUring, entries: &[squeue::Entry], results: &mut [i32]) -> io::Result<()> {
     {
         let mut sq = ring.submission();
+        // All or nothing: an entry left behind in the queue would be
+        // submitted by the next caller, pointing at memory freed by then.
+        if sq.capacity() - sq.len() < entries.len() {
+            return Err(io::Error::other("io_uring submission queue full"));
+        }
         for e in entries {
-            // SAFETY: every buffer and iovec an entry points to lives on
-            // the caller's stack until this function returns, and it
-            // returns only after reaping every completion it submitted.
-            unsafe { sq.push(e) }
-                .map_err(|_| io::Error::other("io_uring submission queue full"))?;
+            // SAFETY: every buffer and iovec an entry points to lives until
+            // this function returns, and it returns only once nothing the
+            // kernel took is still in flight (or aborts the process).
+            unsafe { sq.push(e) }.expect("room was checked");
         }
     }
-    // Every submitted entry is reaped before returning, whatever
-    // happens: the kernel holds pointers into the caller's buffers.
     let mut done = 0;
-    let mut failure = None;
+    let mut failure: Option<io::Error> = None;
+    let started = std::time::Instant::now();
     while done < entries.len() {
         match ring.submit_and_wait(entries.len() - done) {
             Ok(_) => {}
@@ -121,13 +127,28 @@ fn run_on(ring: &mut IoUring, entries: &[squeue::Entry], results: &mut [i32]) ->
                 if matches!(
                     e.raw_os_error(),
                     Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-                ) => {}
+                ) =>
+            {
+                std::thread::yield_now();
+            }
             Err(e) => {
-                // Nothing reaped can come of waiting now: the ring is
-                // unusable. Leave the buffers to the kernel for good
-                // rather than free memory it may still read.
-                failure = Some(e);
-                break;
+                // Entries the kernel has not taken are not in flight; those
+                // it took must be reaped before their buffers may be freed.
+                let taken = entries.len() - ring.submission().len();
+                let _ = failure.get_or_insert(e);
+                if taken <= done {
+                    break;
+                }
+                if started.elapsed() > std::time::Duration::from_secs(10) {
+                    // The kernel holds writes from this process's memory
+                    // and reports nothing of them: returning would let it
+                    // read memory reused for something else.
+                    eprintln!(
+                        "ringtree: io_uring stopped reporting on writes in flight ({failure:?}); aborting"
+                    );
+                    std::process::abort();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
         for cqe in ring.completion() {
@@ -135,17 +156,14 @@ fn run_on(ring: &mut IoUring, entries: &[squeue::Entry], results: &mut [i32]) ->
             done += 1;
         }
     }
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
 
 impl UringFile {
     fn check_usable(&self) -> io::Result<()> {
         if self.broken.load(Ordering::Acquire) {
             return Err(io::Error::other(
-                "io_uring ring unusable after an earlier failure",
+                "the io_uring ring for bulk writes is unusable after an earlier failure",
             ));
         }
         Ok(())
@@ -229,8 +247,10 @@ impl StorageFile for UringFile {
                 })
                 .collect();
             let mut res = vec![0i32; batch.len()];
-            self.check_usable()?;
             let mut ring = self.bulk.lock().unwrap_or_else(|e| e.into_inner());
+            // Checked under the lock: a failure on another thread marks
+            // the ring before it lets go of it.
+            self.check_usable()?;
             if let Err(e) = run_on(&mut ring, &entries, &mut res) {
                 self.broken.store(true, Ordering::Release);
                 return Err(e);
@@ -246,9 +266,9 @@ impl StorageFile for UringFile {
         Ok(())
     }
 
-    /// One `RWF_DSYNC` write on the calling thread's commit ring.
+    /// One `RWF_DSYNC` write on the calling thread's commit ring (which
+    /// does not share the bulk ring's fate).
     fn write_sync(&self, off: u64, bufs: &[&[u8]]) -> io::Result<()> {
-        self.check_usable()?;
         let iov = Self::iovecs(bufs);
         let w = opcode::Writev::new(self.fd(), iov.as_ptr(), iov.len() as u32)
             .offset(off)
@@ -256,7 +276,8 @@ impl StorageFile for UringFile {
             .build()
             .user_data(0);
         let mut res = [0];
-        let ran = COMMIT_RING.with_borrow_mut(|slot| {
+        let ran = COMMIT_RING.try_with(|slot| {
+            let mut slot = slot.borrow_mut();
             let ring = slot.get_or_insert_with(|| match commit_ring() {
                 Ok(ring) => Some(ThreadRing {
                     ring,
@@ -268,19 +289,18 @@ impl StorageFile for UringFile {
                 }
             });
             match ring {
-                Some(r) if !r.broken => Some(run_on(&mut r.ring, &[w], &mut res).inspect_err(|_| {
+                Some(r) if !r.broken => Some(run_on(&mut r.ring, &[w], &mut res).inspect_err(|e| {
+                    tracing::error!(error = %e, "this thread's io_uring failed; its later commits use pwrite + fdatasync");
                     r.broken = true;
                 })),
                 _ => None,
             }
         });
         match ran {
-            None => return self.file.write_sync(off, bufs),
-            Some(Err(e)) => {
-                self.broken.store(true, Ordering::Release);
-                return Err(e);
-            }
-            Some(Ok(())) => {}
+            // No ring on this thread (or it is being torn down).
+            Ok(None) | Err(_) => return self.file.write_sync(off, bufs),
+            Ok(Some(Err(e))) => return Err(e),
+            Ok(Some(Ok(()))) => {}
         }
         let n = check(res[0])?;
         if n < total(bufs) {
@@ -314,4 +334,37 @@ impl Storage for UringStorage {
         }))
     }
     super::threaded::os_namespace!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A commit goes through this thread's own ring (not the fallback),
+    /// lands byte-exact, and a second thread gets a ring of its own.
+    #[test]
+    fn commits_use_the_threads_ring() {
+        let Ok(storage) = UringStorage::new() else {
+            eprintln!("io_uring unavailable here; skipping");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let f = storage.open(&path, true).unwrap();
+        f.write_sync(10, &[b"hello ", b"ring"]).unwrap();
+        let on_ring = || COMMIT_RING.with_borrow(|s| matches!(s, Some(Some(r)) if !r.broken));
+        assert!(on_ring(), "the commit did not use a ring");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                assert!(!on_ring());
+                f.write_sync(20, &[b"other thread"]).unwrap();
+                assert!(on_ring());
+            });
+        });
+        let mut got = vec![0u8; 32];
+        let n = f.read_at(0, &mut got).unwrap();
+        assert_eq!(n, 32);
+        assert_eq!(&got[10..20], b"hello ring");
+        assert_eq!(&got[20..32], b"other thread");
+    }
 }

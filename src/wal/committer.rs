@@ -406,9 +406,11 @@ impl Committer {
                 .as_ref()
                 .is_err_and(|e| e.raw_os_error() == Some(libc::EINVAL))
         {
-            // Refused for its alignment or mode before anything was written
-            // (a file system that takes O_DIRECT at open, not at write):
-            // write this group and the rest through the page cache.
+            // Refused for its alignment or mode (a file system that takes
+            // O_DIRECT at open, not at write; or a short direct write whose
+            // rest is unaligned): write this group and the rest through the
+            // page cache. Rewriting bytes already written, with the same
+            // values, is no retry of a failed sync.
             self.no_direct(format!("a direct write was refused: {}", done.unwrap_err()));
             let (_, file) = self.current.as_ref().expect("segment open");
             done = file.write_sync(off, &bufs);
