@@ -444,7 +444,11 @@ mod tests {
             m.fail(Failure::Closed);
         }));
         mark.advance(50);
-        assert_eq!(count.0.load(Ordering::SeqCst), 1, "the waiter was not woken");
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "the waiter was not woken"
+        );
         assert!(matches!(
             Pin::new(&mut fut).poll(&mut cx),
             Poll::Ready(Err(Error::Closed))
