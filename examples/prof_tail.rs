@@ -1,0 +1,106 @@
+//! Profiling driver (not a user example): where the tail of 1000 tasks
+//! inserting and awaiting durability comes from. Records every insert's
+//! start and latency, then prints the percentiles, how fair the executor
+//! was to each task, how the slowest 1% cluster in time, and the tree's own
+//! fsync latencies.
+//!
+//! `cargo run --release --example prof_tail [-- SECONDS]`; env `PROF_URING`
+//! (io_uring backend), `PROF_SEGMENT_MB` (WAL segment size, default 64).
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use ringtree::{Blake3, Config, IoBackend, Tree};
+
+fn main() {
+    let secs: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let dir = std::env::temp_dir().join("ringtree-prof-tail");
+    let _ = std::fs::remove_dir_all(&dir);
+    let io = if std::env::var("PROF_URING").is_ok() {
+        IoBackend::Uring
+    } else {
+        IoBackend::Threaded
+    };
+    let mb: u64 = std::env::var("PROF_SEGMENT_MB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(64);
+    let cfg = Config::new(&dir).io(io).segment_size(mb << 20);
+    let tree = Tree::<Blake3, 4, 16>::open_blocking(cfg).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(secs);
+    // Per task: (start in ms since t0, latency in µs).
+    let tasks: Vec<Vec<(u32, u32)>> = rt.block_on(async {
+        let hs: Vec<_> = (0..1000u64)
+            .map(|task| {
+                let t = tree.clone();
+                tokio::spawn(async move {
+                    let mut v = Vec::new();
+                    let mut i = task << 32;
+                    while Instant::now() < deadline {
+                        let leaf = *blake3::hash(&i.to_le_bytes()).as_bytes();
+                        let s = Instant::now();
+                        t.insert(leaf).await.unwrap().durable.await.unwrap();
+                        let at = (s - t0).as_millis() as u32;
+                        v.push((at, s.elapsed().as_micros() as u32));
+                        i += 1;
+                    }
+                    v
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for h in hs {
+            out.push(h.await.unwrap());
+        }
+        out
+    });
+    let mut all: Vec<u32> = tasks.iter().flatten().map(|s| s.1).collect();
+    all.sort_unstable();
+    let q = |p: f64| all[((all.len() - 1) as f64 * p) as usize];
+    println!(
+        "{io}: {} durable inserts, {:.0}/s; latency µs p50 {} p90 {} p99 {} p999 {} max {}",
+        all.len(),
+        all.len() as f64 / secs as f64,
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(0.999),
+        all[all.len() - 1]
+    );
+    let mut means: Vec<f64> = tasks
+        .iter()
+        .map(|v| v.iter().map(|s| f64::from(s.1)).sum::<f64>() / v.len() as f64)
+        .collect();
+    means.sort_by(f64::total_cmp);
+    println!(
+        "fairness: per-task mean latency µs min {:.0} median {:.0} max {:.0}",
+        means[0],
+        means[means.len() / 2],
+        means[means.len() - 1]
+    );
+    // The slowest 1%: by the millisecond they started in.
+    let p99 = q(0.99);
+    let mut bins: BTreeMap<u32, u32> = BTreeMap::new();
+    for s in tasks.iter().flatten().filter(|s| s.1 >= p99) {
+        *bins.entry(s.0).or_default() += 1;
+    }
+    let mut sizes: Vec<(u32, u32)> = bins.iter().map(|(ms, n)| (*n, *ms)).collect();
+    sizes.sort_unstable_by(|a, b| b.cmp(a));
+    println!(
+        "slowest 1%: {} samples starting in {} distinct ms; largest clusters (samples, ms): {:?}",
+        bins.values().sum::<u32>(),
+        bins.len(),
+        &sizes[..sizes.len().min(8)]
+    );
+    println!("tree fsyncs: {:?}", tree.metrics().fsync_latency);
+    futures::executor::block_on(tree.close()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
