@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 pub mod common;
-use common::{env, fresh, hist, row, us};
+use common::{env, fresh, hist, row, touched_hists, us};
 use ringtree::{Blake3, Config, Hash, IoBackend, Tree};
 use rotortree::{Blake3Hasher, FlushPolicy as RFlush, RotorTree, RotorTreeConfig};
 
@@ -130,6 +130,7 @@ pub fn many_tasks(
     secs: u64,
 ) -> (f64, Histogram<u64>) {
     let t = ours(&fresh(dir, "many-ours"), io);
+    let mut spare = touched_hists(1000);
     let syncs0 = t.syncs();
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(secs);
@@ -137,8 +138,8 @@ pub fn many_tasks(
         let hs: Vec<_> = (0..1000u64)
             .map(|task| {
                 let t = t.clone();
+                let mut h = spare.pop().expect("one per task");
                 tokio::spawn(async move {
-                    let mut h = hist();
                     let mut i = task << 32;
                     while Instant::now() < deadline {
                         let s = Instant::now();
@@ -175,13 +176,14 @@ pub fn many_tasks(
 
 pub fn rotortree_threads(dir: &Path, secs: u64, flush: Duration) -> (f64, Histogram<u64>) {
     let r = Arc::new(theirs(&fresh(dir, "many-theirs"), RFlush::Interval(flush)));
+    let mut spare = touched_hists(64);
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(secs);
     let hs: Vec<_> = (0..64u64)
         .map(|th| {
             let r = r.clone();
+            let mut h = spare.pop().expect("one per thread");
             std::thread::spawn(move || {
-                let mut h = hist();
                 let mut i = (th + 5000) << 32;
                 while Instant::now() < deadline {
                     let s = Instant::now();
