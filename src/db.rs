@@ -459,7 +459,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         #[cfg(feature = "metrics")]
         let export = {
             let e = Arc::new(crate::metrics::Export::new(&dir));
-            e.leaves.set(tree.size() as f64);
+            e.leaves(tree.size());
             wal.export_to(e.clone());
             e
         };
@@ -584,10 +584,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         // After the record is in the log (the recorder is the application's
         // code); a racing insert may set it a moment out of order.
         #[cfg(feature = "metrics")]
-        self.inner
-            .export
-            .leaves
-            .set((index + leaves.len() as u64) as f64);
+        self.inner.export.leaves(index + leaves.len() as u64);
         Ok(Some(Inserted {
             index,
             root,

@@ -99,7 +99,9 @@ pub(crate) struct Export {
     wal_bytes: ::metrics::Gauge,
     durable_lag: ::metrics::Gauge,
     checkpoint_seconds: ::metrics::Histogram,
-    pub(crate) leaves: ::metrics::Gauge,
+    leaves: ::metrics::Gauge,
+    /// Set once the recorder panicked: nothing more goes to it.
+    off: std::sync::atomic::AtomicBool,
 }
 
 #[cfg(feature = "metrics")]
@@ -115,22 +117,45 @@ impl Export {
             durable_lag: ::metrics::gauge!("ringtree_durable_lag_bytes", &l),
             checkpoint_seconds: ::metrics::histogram!("ringtree_checkpoint_seconds", &l),
             leaves: ::metrics::gauge!("ringtree_leaves", &l),
+            off: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Runs `f`, which calls the application's recorder, unless an earlier
+    /// call panicked. A panic turns the export off instead of reaching the
+    /// thread that reported (the committer's, whose panic would poison the
+    /// log, or an inserting task's).
+    fn guarded(&self, f: impl FnOnce()) {
+        if self.off.load(Ordering::Relaxed) {
+            return;
+        }
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+            self.off.store(true, Ordering::Relaxed);
+            tracing::error!("the metrics recorder panicked; ringtree stops exporting to it");
+        }
+    }
+
+    /// The number of leaves.
+    pub(crate) fn leaves(&self, n: u64) {
+        self.guarded(|| self.leaves.set(n as f64));
     }
 
     /// One group commit: its latency, records, the new durable end and
     /// what was appended past it meanwhile.
     pub(crate) fn group(&self, took: Duration, records: u64, durable: u64, reserved: u64) {
-        self.fsyncs.increment(1);
-        self.records.increment(records);
-        self.fsync_seconds.record(took.as_secs_f64());
-        self.wal_bytes.set(durable as f64);
-        self.durable_lag
-            .set(reserved.saturating_sub(durable) as f64);
+        self.guarded(|| {
+            self.fsyncs.increment(1);
+            self.records.increment(records);
+            self.fsync_seconds.record(took.as_secs_f64());
+            self.wal_bytes.set(durable as f64);
+            self.durable_lag
+                .set(reserved.saturating_sub(durable) as f64);
+        });
     }
 
+    /// One checkpoint's duration.
     pub(crate) fn checkpoint(&self, took: Duration) {
-        self.checkpoint_seconds.record(took.as_secs_f64());
+        self.guarded(|| self.checkpoint_seconds.record(took.as_secs_f64()));
     }
 }
 
