@@ -34,15 +34,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tree.backend()
     );
 
-    // Many tasks insert and await durability, each recording its latency.
+    // Many tasks insert and await durability, each recording its latency
+    // in a histogram made (and its pages touched) before the clock starts.
+    let new_hist = || Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    let mut hists: Vec<_> = (0..tasks)
+        .map(|_| {
+            let mut h = new_hist();
+            h.reset();
+            h
+        })
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(secs);
     let syncs0 = tree.syncs();
     let t0 = Instant::now();
     let handles: Vec<_> = (0..tasks)
         .map(|task| {
             let tree = tree.clone();
+            let mut h = hists.pop().expect("one per task");
             tokio::spawn(async move {
-                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
                 let mut acked = Vec::new();
                 let mut n = 0;
                 while Instant::now() < deadline {
@@ -60,7 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
         })
         .collect();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    let mut hist = new_hist();
     let mut samples = Vec::new();
     for h in handles {
         let (h, acked) = h.await??;
