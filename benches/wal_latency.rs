@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 mod common;
-use common::{env, fresh, hist, row};
+use common::{env, fresh, hist, row, touched_hists};
 use ringtree::io::{Storage, ThreadedStorage, UringStorage};
 use ringtree::wal::{Log, LogConfig};
 
@@ -150,6 +150,7 @@ fn many_tasks(
     secs: u64,
 ) -> (Histogram<u64>, u64, f64) {
     let log = Arc::new(open_log(storage, dir));
+    let mut spare = touched_hists(tasks);
     let syncs0 = log.syncs();
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(secs);
@@ -157,9 +158,9 @@ fn many_tasks(
         let hs: Vec<_> = (0..tasks)
             .map(|_| {
                 let log = log.clone();
+                let mut h = spare.pop().expect("one per task");
                 tokio::spawn(async move {
                     let rec = [7u8; 64];
-                    let mut h = hist();
                     while Instant::now() < deadline {
                         let t = Instant::now();
                         log.append(&[&rec]).await.unwrap().await.unwrap();
