@@ -317,20 +317,21 @@ mod tests {
     const fn assert_traits<T: Future + Clone + Send + Sync + Unpin + 'static>() {}
     const _: () = assert_traits::<Durable>();
 
+    /// A waker that counts its wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+    impl futures::task::ArcWake for Count {
+        fn wake_by_ref(me: &Arc<Self>) {
+            me.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     /// Waiters registered out of order: an advance wakes exactly those it
     /// covers, each once, and leaves the rest registered.
     #[test]
     fn advance_wakes_exactly_the_covered_waiters() {
-        use std::sync::atomic::AtomicUsize;
-        struct Count(AtomicUsize);
-        impl futures::task::ArcWake for Count {
-            fn wake_by_ref(me: &Arc<Self>) {
-                me.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
         let mark = Watermark::new(0);
         let counts: Vec<Arc<Count>> = (0..6)
-            .map(|_| Arc::new(Count(AtomicUsize::new(0))))
+            .map(|_| Arc::new(Count(std::sync::atomic::AtomicUsize::new(0))))
             .collect();
         for (i, lsn) in [50u64, 10, 40, 20, 60, 30].into_iter().enumerate() {
             let waker = futures::task::waker(counts[i].clone());
@@ -426,15 +427,8 @@ mod tests {
     /// reaches it). The waiter is still woken, with the failure.
     #[test]
     fn failure_between_take_and_heap_wakes_the_waiter() {
-        use std::sync::atomic::AtomicUsize;
-        struct Count(AtomicUsize);
-        impl futures::task::ArcWake for Count {
-            fn wake_by_ref(me: &Arc<Self>) {
-                me.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
         let mark = Arc::new(Watermark::new(0));
-        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
         let waker = futures::task::waker(count.clone());
         let mut cx = Context::from_waker(&waker);
         let mut fut = Durable::new(90, 100, mark.clone());
