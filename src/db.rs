@@ -837,6 +837,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     pub fn metrics(&self) -> crate::Metrics {
         let wal = &self.inner.wal;
         let end = wal.end();
+        let (reused, zeroed) = wal.segments_made();
         crate::Metrics {
             leaves: self.size(),
             wal_bytes: end,
@@ -845,6 +846,8 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             records_committed: wal.records_committed(),
             fsync_latency: wal.fsync_latency(),
             checkpoint_duration: self.inner.checkpoint_latency.summary(),
+            wal_segments_reused: reused,
+            wal_segments_zeroed: zeroed,
         }
     }
 }
@@ -920,7 +923,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         tracing::info!(
             leaves = manifest.leaves,
             wal_position = position,
-            segments_removed = removed,
+            segments_retired = removed,
             took_ms = started.elapsed().as_millis() as u64,
             "checkpoint written"
         );

@@ -194,6 +194,10 @@ pub struct Metrics {
     pub fsync_latency: LatencySummary,
     /// Checkpoints written since open, and how long they took.
     pub checkpoint_duration: LatencySummary,
+    /// Log segments made since open by reusing one a checkpoint freed.
+    pub wal_segments_reused: u64,
+    /// Log segments made since open by writing a new file full of zeros.
+    pub wal_segments_zeroed: u64,
 }
 
 impl Metrics {

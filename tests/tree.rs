@@ -183,9 +183,14 @@ fn run_tree_schedule(seed: u64) {
     for round in 0..3 {
         let direct = !seed.is_multiple_of(3);
         let ctx = format!("seed {seed} round {round} {flush:?} direct {direct}");
-        let cfg = sim_config(&storage, "/crash")
+        let mut cfg = sim_config(&storage, "/crash")
             .flush(flush)
             .direct_io(direct);
+        if seed.is_multiple_of(2) {
+            // Small segments, so checkpoints free some and new ones are
+            // made from them (segment reuse under crashes).
+            cfg = cfg.segment_size(8 << 10);
+        }
         let tree = T4::open_blocking(cfg).unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
         let size = tree.size();
         assert!(
@@ -203,7 +208,8 @@ fn run_tree_schedule(seed: u64) {
             "{ctx}: recovered tree is the prefix's tree"
         );
         acked = size;
-        let ops = 1 + rng.below(25);
+        // More on small segments, so several fill up between checkpoints.
+        let ops = 1 + rng.below(if seed.is_multiple_of(2) { 60 } else { 25 });
         futures::executor::block_on(async {
             for _ in 0..ops {
                 match rng.below(10) {
@@ -238,6 +244,11 @@ fn run_tree_schedule(seed: u64) {
                     }
                     7 => {
                         tree.flush().await.unwrap();
+                        acked = model.len() as u64;
+                    }
+                    8 if rng.below(3) == 0 => {
+                        // A checkpoint makes what it covers durable too.
+                        tree.checkpoint().await.unwrap();
                         acked = model.len() as u64;
                     }
                     _ => std::thread::sleep(Duration::from_micros(rng.below(200))),

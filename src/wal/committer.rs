@@ -1,7 +1,8 @@
 //! The committer: one thread that turns published frames into durable ones.
 //!
 //! Owns the segment files while the log is open (and a helper thread that
-//! prepares the next segment ahead of time). Loop: find the contiguous run of
+//! prepares the next segment ahead of time, from a spare segment a
+//! checkpoint freed when there is one, else by writing zeros). Loop: find the contiguous run of
 //! published frames, write it and fdatasync it (one `RWF_DSYNC` write on
 //! io_uring), advance the durable watermark, wake the futures it covers.
 //! While a sync runs, new frames pile up and form the next group. A failed
@@ -23,9 +24,58 @@ use super::{Failure, FlushPolicy, LogConfig, Shared, header_bytes};
 use crate::error::{Error, Result};
 use crate::io::{Storage, StorageFile};
 
-/// Creates segment files ahead of need on its own thread: header, then
-/// written zeros to the full size, synced, renamed into place, directory
-/// synced. So the committer's fdatasyncs never allocate or change metadata.
+/// At most this many freed segments are kept for reuse; the rest are
+/// removed. A checkpoint at the default policy (every 256 MiB of log)
+/// frees four 64 MiB segments.
+pub(crate) const MAX_SPARES: usize = 8;
+
+/// Segments below a durable checkpoint, kept to become later segments: a
+/// spare gets a new header and name instead of a new file being written
+/// full of zeros, so a log that checkpoints writes its bytes once.
+///
+/// Safe because a frame's checksum covers its log position (and a commit
+/// frame names its segment's salt): nothing a spare held is ever valid at
+/// its new position, so recovery sees its old contents as it sees zeros.
+#[derive(Default)]
+pub(crate) struct Spares {
+    paths: Mutex<Vec<PathBuf>>,
+    /// Segments made from a spare / from written zeros, since open.
+    recycled: std::sync::atomic::AtomicU64,
+    zeroed: std::sync::atomic::AtomicU64,
+}
+
+impl Spares {
+    /// Keeps `path` for reuse; gives it back when the pool is full.
+    pub(crate) fn offer(&self, path: PathBuf) -> Option<PathBuf> {
+        let mut p = self.paths.lock().unwrap_or_else(|e| e.into_inner());
+        if p.contains(&path) {
+            return None;
+        }
+        if p.len() >= MAX_SPARES {
+            return Some(path);
+        }
+        p.push(path);
+        None
+    }
+
+    fn take(&self) -> Option<PathBuf> {
+        self.paths.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    /// Segments made from a spare since open.
+    pub(crate) fn recycled(&self) -> u64 {
+        self.recycled.load(Ordering::Relaxed)
+    }
+
+    /// Segments made by writing zeros since open.
+    pub(crate) fn zeroed(&self) -> u64 {
+        self.zeroed.load(Ordering::Relaxed)
+    }
+}
+
+/// Creates segment files ahead of need on its own thread (see
+/// [`prepare_segment`]). So the committer's fdatasyncs never allocate or
+/// change metadata.
 struct Preparer {
     requests: Option<mpsc::Sender<u64>>,
     state: Arc<(Mutex<PrepState>, Condvar)>,
@@ -48,12 +98,17 @@ struct PrepState {
     failed: std::collections::HashMap<u64, String>,
 }
 
-/// Makes segment `seq` exist, complete, under its final name.
+/// Makes segment `seq` exist, complete, under its final name: built under
+/// a temporary name (which recovery removes), from a spare when there is
+/// one (renamed, the rename made durable, new header written and synced),
+/// else as a new file (header, then written zeros to the full size,
+/// synced); then renamed into place and the directory synced.
 pub(crate) fn prepare_segment(
     storage: &dyn Storage,
     dir: &Path,
     seq: u64,
     size: u64,
+    spares: &Spares,
 ) -> std::io::Result<()> {
     let path = dir.join(segment_name(seq));
     if storage.exists(&path) {
@@ -63,24 +118,67 @@ pub(crate) fn prepare_segment(
     if storage.exists(&tmp) {
         storage.remove(&tmp)?;
     }
-    let f = storage.open(&tmp, true)?;
-    f.write_at(
-        0,
-        &[&SegmentHeader {
-            seq,
-            size,
-            salt: super::format::random_salt(),
+    let header = SegmentHeader {
+        seq,
+        size,
+        salt: super::format::random_salt(),
+    }
+    .encode();
+    while let Some(spare) = spares.take() {
+        match recycle(storage, dir, &spare, &tmp, size, &header) {
+            Ok(()) => {
+                storage.rename(&tmp, &path)?;
+                storage.sync_dir(dir)?;
+                spares.recycled.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            // Gone already (removed, or taken twice): try another.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !storage.exists(&tmp) => {}
+            Err(e) => {
+                tracing::warn!(spare = %spare.display(), error = %e, "could not reuse a WAL segment; writing a new one");
+                if storage.exists(&tmp) {
+                    storage.remove(&tmp)?;
+                }
+                break;
+            }
         }
-        .encode()],
-    )?;
+    }
+    let f = storage.open(&tmp, true)?;
+    f.write_at(0, &[&header])?;
     f.allocate_zeroed(size)?;
     drop(f);
     storage.rename(&tmp, &path)?;
-    storage.sync_dir(dir)
+    storage.sync_dir(dir)?;
+    spares.zeroed.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Turns the spare segment file `spare` into `tmp` with `header`.
+fn recycle(
+    storage: &dyn Storage,
+    dir: &Path,
+    spare: &Path,
+    tmp: &Path,
+    size: u64,
+    header: &[u8],
+) -> std::io::Result<()> {
+    storage.rename(spare, tmp)?;
+    // The old name must be gone for good before the header names another
+    // segment: a file whose name and header disagree is corruption.
+    storage.sync_dir(dir)?;
+    let f = storage.open(tmp, false)?;
+    let len = f.len()?;
+    if len != size {
+        return Err(std::io::Error::other(format!(
+            "spare segment is {len} bytes, segments are {size}"
+        )));
+    }
+    f.write_at(0, &[header])?;
+    f.sync_data()
 }
 
 impl Preparer {
-    fn start(storage: Arc<dyn Storage>, dir: PathBuf, size: u64) -> Self {
+    fn start(storage: Arc<dyn Storage>, dir: PathBuf, size: u64, spares: Arc<Spares>) -> Self {
         let (tx, rx) = mpsc::channel::<u64>();
         let state: Arc<(Mutex<PrepState>, Condvar)> = Arc::default();
         let st = state.clone();
@@ -89,7 +187,7 @@ impl Preparer {
             .spawn(move || {
                 for seq in rx {
                     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        prepare_segment(&*storage, &dir, seq, size)
+                        prepare_segment(&*storage, &dir, seq, size, &spares)
                     }));
                     let (m, cv) = &*st;
                     let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
@@ -170,7 +268,12 @@ impl Committer {
         config: &LogConfig,
         segment_size: u64,
     ) -> Result<Self> {
-        let preparer = Preparer::start(storage.clone(), dir.clone(), segment_size);
+        let preparer = Preparer::start(
+            storage.clone(),
+            dir.clone(),
+            segment_size,
+            shared.spares.clone(),
+        );
         let mut c = Self {
             shared,
             storage,
@@ -190,9 +293,11 @@ impl Committer {
         // The segment the log continues in must exist before the first
         // append is acknowledged; prepare it now so open reports failures.
         let seq = c.shared.mark.durable() / c.shared.seg_data;
-        prepare_segment(&*c.storage, &c.dir, seq, segment_size).map_err(|e| Error::Io {
-            path: c.dir.join(segment_name(seq)),
-            source: e,
+        prepare_segment(&*c.storage, &c.dir, seq, segment_size, &c.shared.spares).map_err(|e| {
+            Error::Io {
+                path: c.dir.join(segment_name(seq)),
+                source: e,
+            }
         })?;
         // Segments found on disk may have been renamed into place by a
         // process that died before syncing the directory: make their names
@@ -229,13 +334,16 @@ impl Committer {
         if prepared.is_err() || !self.storage.exists(&path) {
             // Not prepared ahead (or that failed, perhaps transiently):
             // prepare it here, once.
-            prepare_segment(&*self.storage, &self.dir, seq, self.segment_size).map_err(|e| {
-                let before = prepared
-                    .err()
-                    .map(|p| format!(" (after: {p})"))
-                    .unwrap_or_default();
-                format!("preparing {}: {e}{before}", path.display())
-            })?;
+            let spares = &self.shared.spares;
+            prepare_segment(&*self.storage, &self.dir, seq, self.segment_size, spares).map_err(
+                |e| {
+                    let before = prepared
+                        .err()
+                        .map(|p| format!(" (after: {p})"))
+                        .unwrap_or_default();
+                    format!("preparing {}: {e}{before}", path.display())
+                },
+            )?;
         }
         let f = self
             .storage
@@ -289,12 +397,22 @@ impl Committer {
     /// On a clean stop: records where the log ends in the segment holding
     /// that position, so the next open need not read the rest of it.
     fn mark_clean(&mut self, end: u64) {
-        let seq = end / self.shared.seg_data;
+        let data = self.shared.seg_data;
+        let seq = end / data;
         if let Some((s, f)) = &self.current
             && *s == seq
         {
+            // A reused segment holds old bytes past the end; the next open
+            // trusts the record only where a zero frame header follows it.
+            let at = end % data;
+            let zeroed = if at + FRAME_HEADER <= data {
+                f.write_at(SEGMENT_HEADER + at, &[&[0u8; FRAME_HEADER as usize]])
+            } else {
+                Ok(())
+            };
             let r = super::recovery::clean_record(end);
-            if f.write_at(super::recovery::CLEAN_AT as u64, &[&r])
+            if zeroed
+                .and_then(|()| f.write_at(super::recovery::CLEAN_AT as u64, &[&r]))
                 .and_then(|()| f.sync_data())
                 .is_err()
             {

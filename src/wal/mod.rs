@@ -62,8 +62,9 @@ pub enum FlushPolicy {
 pub struct LogConfig {
     /// Bytes per segment file, header included (a multiple of 4 KiB; default
     /// 64 MiB). Segments are created ahead of need, filled with written
-    /// zeros, so an fdatasync never has metadata to write. An existing log
-    /// keeps the size it was created with.
+    /// zeros (or made from a segment a tree's checkpoint retired), so an
+    /// fdatasync never has metadata to write. An existing log keeps the
+    /// size it was created with.
     pub segment_size: u64,
     /// Bytes of the log buffer (a power of two; default 16 MiB). Bounds the
     /// memory of records not yet written out; appends wait when it is full.
@@ -138,6 +139,10 @@ pub(crate) struct Shared {
     /// The committer is (about to be) parked; appenders must unpark it.
     sleeping: AtomicBool,
     committer: OnceLock<Thread>,
+    /// Freed segments kept for reuse.
+    spares: Arc<committer::Spares>,
+    /// Segments below this sequence were handed to `spares` or removed.
+    handed_below: AtomicU64,
     /// Appenders waiting for ring space.
     space: Mutex<Vec<Waker>>,
     /// Largest frame that fits: min(ring capacity, segment data) / 2.
@@ -322,6 +327,8 @@ impl Log {
             stop: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
             committer: OnceLock::new(),
+            spares: Arc::default(),
+            handed_below: AtomicU64::new(0),
             space: Mutex::new(Vec::new()),
             max_frame: (cap.min(seg_data) / 2) & !7,
             syncs: AtomicU64::new(0),
@@ -562,13 +569,14 @@ impl Log {
         self.shared.wake_space();
     }
 
-    /// Removes every segment wholly below `position`, which must be durable
-    /// and covered by a durable checkpoint; returns how many. The removal
-    /// runs on the log's reclaimer thread (joined by `close`), shortening
-    /// each file in steps first: unlinking a whole segment at once frees its
-    /// blocks in one go, which stalled the log's fdatasyncs for ~15 ms.
-    /// `failpoint` `wal-recycle` removes the first one here and fails
-    /// (crash tests).
+    /// Retires every segment wholly below `position`, which must be durable
+    /// and covered by a durable checkpoint; returns how many. Up to
+    /// [`MAX_SPARES`](committer::MAX_SPARES) are kept as spares, from which
+    /// later segments are made (no zeros to write); the rest are removed on
+    /// the log's reclaimer thread (joined by `close`), each file shortened
+    /// in steps first: unlinking a whole segment at once frees its blocks in
+    /// one go, which stalled the log's fdatasyncs for ~15 ms. `failpoint`
+    /// `wal-recycle` removes the first one here and fails (crash tests).
     pub(crate) fn remove_segments_below(
         &self,
         position: u64,
@@ -582,28 +590,40 @@ impl Log {
             path: self.dir.clone(),
             source: e,
         };
+        let s = &*self.shared;
+        // Each segment is handed on once per open (later checkpoints only
+        // see newer ones); what a previous open left is found again here.
+        let from = s.handed_below.load(Ordering::Acquire);
+        let below = position / s.seg_data;
         let mut doomed = Vec::new();
         for name in self.storage.list(&self.dir).map_err(io)? {
             let Some(seq) = format::parse_segment_name(&name) else {
                 continue;
             };
-            if (seq + 1) * self.shared.seg_data <= position {
-                doomed.push(self.dir.join(&name));
+            if seq >= from && seq < below {
+                doomed.push((seq, self.dir.join(&name)));
             }
         }
         if failpoint == Some("wal-recycle") {
-            if let Some(first) = doomed.first() {
+            if let Some((_, first)) = doomed.first() {
                 self.storage.remove(first).map_err(io)?;
             }
             return Err(io(std::io::Error::other("failpoint wal-recycle")));
         }
+        s.handed_below.fetch_max(below, Ordering::AcqRel);
         let n = doomed.len();
-        if n > 0 {
+        // The newest are kept: the oldest of a long backlog go first.
+        doomed.sort_unstable_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+        let mut removed = Vec::new();
+        for (_, path) in doomed {
+            removed.extend(s.spares.offer(path));
+        }
+        if !removed.is_empty() {
             let mut r = self.reclaimer.lock().unwrap_or_else(|e| e.into_inner());
             if r.is_none() {
                 let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
                 let storage = self.storage.clone();
-                let size = self.shared.seg_data + format::SEGMENT_HEADER;
+                let size = s.seg_data + format::SEGMENT_HEADER;
                 let t = std::thread::Builder::new()
                     .name("ringtree-reclaim".into())
                     .spawn(move || {
@@ -614,11 +634,17 @@ impl Log {
                     .map_err(io)?;
                 *r = Some((tx, t));
             }
-            for p in doomed {
+            for p in removed {
                 let _ = r.as_ref().expect("started").0.send(p);
             }
         }
         Ok(n)
+    }
+
+    /// Segments made from a spare (a segment a checkpoint freed) since
+    /// open, and segments made by writing zeros.
+    pub(crate) fn segments_made(&self) -> (u64, u64) {
+        (self.shared.spares.recycled(), self.shared.spares.zeroed())
     }
 
     /// The directory of the log.
