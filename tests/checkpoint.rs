@@ -569,6 +569,72 @@ fn failures_while_reusing_segments_keep_the_durable_prefix() {
     }
 }
 
+/// The power fails before every single operation in turn (each write,
+/// sync, creation, rename, removal, directory sync) while the log makes
+/// its next segments from the ones a checkpoint freed, through the page
+/// cache and direct: the reopened tree holds every acknowledged leaf and
+/// is a prefix's tree.
+#[test]
+fn power_loss_at_every_step_of_segment_reuse() {
+    fn run(direct: bool, crash_at: Option<u64>) -> (u64, u64) {
+        let sim = SimStorage::new(400 + crash_at.unwrap_or(0));
+        let cfg = sim_config(&sim, "/p")
+            .segment_size(16 << 10)
+            .direct_io(direct);
+        let t = T4::open_blocking(cfg.clone()).unwrap();
+        let all = leaves(0..2400);
+        let (acked, ops, reused) = futures::executor::block_on(async {
+            for c in all[..1200].chunks(60) {
+                insert_all(&t, c).await.await.unwrap();
+            }
+            t.checkpoint().await.unwrap();
+            let before = sim.ops();
+            if let Some(n) = crash_at {
+                sim.crash_at_op(n);
+            }
+            let mut acked = 1200;
+            for (i, c) in all[1200..].chunks(60).enumerate() {
+                let Ok(ins) = t.insert_many(c).await else {
+                    break;
+                };
+                // Every other batch awaited: groups of one and of two.
+                if i % 2 == 1 {
+                    if ins.durable.await.is_err() {
+                        break;
+                    }
+                    acked = 1200 + (i + 1) * 60;
+                }
+            }
+            let _ = t.flush().await.map(|()| acked = all.len());
+            (acked, sim.ops() - before, t.metrics().wal_segments_reused)
+        });
+        // The power goes now if it has not yet (nothing more may count).
+        sim.clear_faults();
+        sim.crash();
+        drop(t);
+        let ctx = format!("direct {direct}, power lost at op {crash_at:?}");
+        if crash_at.is_none() {
+            assert!(reused >= 3, "{ctx}: segments reused: {reused}");
+            return (ops, reused);
+        }
+        let t = T4::open_blocking(sim_config(&sim.restart(), "/p").segment_size(16 << 10))
+            .unwrap_or_else(|e| panic!("{ctx}: reopen: {e}"));
+        let size = t.size() as usize;
+        assert!(size >= acked, "{ctx}: {size} < {acked} acknowledged");
+        assert!(size <= all.len(), "{ctx}");
+        assert_eq!(t.root(), model_root(&all[..size]), "{ctx}");
+        (ops, reused)
+    }
+    for direct in [false, true] {
+        // A run without the power loss counts the operations to sweep.
+        let (ops, _) = run(direct, None);
+        assert!(ops > 40, "{ops} operations");
+        for n in 0..ops + 2 {
+            run(direct, Some(n));
+        }
+    }
+}
+
 /// A checkpoint that failed after creating shard files, then a later one
 /// that succeeds: the later one syncs the directory too, so a power loss
 /// keeps the files its manifest names (the log below it is gone).

@@ -126,6 +126,8 @@ struct Faults {
     sync_fail_at: Option<u64>,
     /// Bytes write_at may still write before ENOSPC.
     space_left: Option<u64>,
+    /// Index (in `ops`) of the operation the power is lost before.
+    crash_at: Option<u64>,
 }
 
 /// Everything behind the one mutex.
@@ -141,6 +143,9 @@ struct Disk {
     faults: Faults,
     /// write_at calls ever made (live handles), for fault positions.
     write_calls: u64,
+    /// Mutating calls ever made (writes, syncs, creations, renames,
+    /// removals, directory syncs), for `crash_at`.
+    ops: u64,
     /// sync_data calls ever made (live handles), for fault positions.
     sync_calls: u64,
     writes: u64,
@@ -192,6 +197,7 @@ impl SimStorage {
                 dirs: BTreeSet::new(),
                 faults: Faults::default(),
                 write_calls: 0,
+                ops: 0,
                 sync_calls: 0,
                 writes: 0,
                 syncs: 0,
@@ -304,6 +310,24 @@ impl SimStorage {
     /// like appends; failed writes do not count.
     pub fn enospc_after_bytes(&self, n: u64) {
         self.lock().faults.space_left = Some(n);
+    }
+
+    /// Loses the power just before the `n`-th next mutating operation from
+    /// now (0 = the very next): a write, sync, file creation, rename,
+    /// removal or directory sync, from any thread. It is a
+    /// [`crash`](Self::crash) (unsynced writes dropped, kept or torn at
+    /// random): that call and every later one on handles from before fail
+    /// with `EIO`; reopen through [`restart`](Self::restart). Sweeping `n`
+    /// puts a power loss between every two steps of a protocol.
+    pub fn crash_at_op(&self, n: u64) {
+        let mut disk = self.lock();
+        disk.faults.crash_at = Some(disk.ops.saturating_add(n));
+    }
+
+    /// Mutating operations (see [`crash_at_op`](Self::crash_at_op)) since
+    /// [`new`](Self::new).
+    pub fn ops(&self) -> u64 {
+        self.lock().ops
     }
 
     /// Removes every injected fault.
@@ -426,6 +450,19 @@ impl fmt::Debug for SimStorage {
 }
 
 impl Disk {
+    /// Counts a mutating operation; at the one `crash_at` names, the power
+    /// is lost before it runs (a random crash) and it fails with `EIO`.
+    fn step(&mut self) -> io::Result<()> {
+        let n = self.ops;
+        self.ops += 1;
+        if self.faults.crash_at == Some(n) {
+            self.faults.crash_at = None;
+            self.crash(CrashPolicy::Random);
+            return Err(io::Error::from_raw_os_error(EIO));
+        }
+        Ok(())
+    }
+
     fn crash(&mut self, policy: CrashPolicy) {
         // Every crash moves the stream on, whatever it consumes below.
         self.rng.next();
@@ -621,6 +658,7 @@ impl Storage for SimStorage {
                 if !disk.is_dir(parent(&p)) {
                     return Err(not_found(parent(path)));
                 }
+                disk.step()?;
                 let id = disk.next_id;
                 disk.next_id += 1;
                 disk.files.insert(
@@ -669,6 +707,7 @@ impl Storage for SimStorage {
         if !disk.is_dir(&dir) {
             return Err(not_found(path));
         }
+        disk.step()?;
         let mut dropped = Vec::new();
         disk.durable_ns.retain(|p, id| {
             let under = parent(p) == dir;
@@ -713,6 +752,7 @@ impl Storage for SimStorage {
         if disk.is_dir(&p) {
             return Err(io::Error::from_raw_os_error(EISDIR));
         }
+        disk.step()?;
         let id = disk.live_ns.remove(&p).ok_or_else(|| not_found(path))?;
         disk.collect(id);
         Ok(())
@@ -728,6 +768,7 @@ impl Storage for SimStorage {
         if !disk.is_dir(parent(&t)) {
             return Err(not_found(parent(to)));
         }
+        disk.step()?;
         if f == t {
             return Ok(());
         }
@@ -839,6 +880,7 @@ impl StorageFile for SimFile {
         let mut guard = self.lock();
         let disk = &mut *guard;
         disk.file(self)?;
+        disk.step()?;
         let call = disk.write_calls;
         disk.write_calls += 1;
         let data = bufs.concat();
@@ -879,6 +921,7 @@ impl StorageFile for SimFile {
         let mut guard = self.lock();
         let disk = &mut *guard;
         disk.file(self)?;
+        disk.step()?;
         let call = disk.sync_calls;
         disk.sync_calls += 1;
         let file = disk.files.get_mut(&self.id).expect("open file exists");
@@ -1432,6 +1475,49 @@ mod tests {
             assert_eq!(sim.live_bytes(p("d/b")).unwrap(), b"d/b");
             let err = sim.open(p("d/late"), false).err().unwrap();
             assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        }
+    }
+
+    /// The power goes just before the chosen operation, whichever thread
+    /// and call it is: what was synced before stays, that call and later
+    /// ones on old handles fail, reads and calls outside don't count.
+    #[test]
+    fn power_loss_at_the_nth_operation() {
+        for at in 0..5u64 {
+            let sim = disk_with(12, b"synced");
+            let f = sim.open(p("d/f"), false).unwrap();
+            let before = sim.ops();
+            sim.crash_at_op(at);
+            // ops: write, rename, sync_dir, sync, write
+            let steps: [&dyn Fn() -> io::Result<()>; 5] = [
+                &|| f.write_at(0, &[b"second"]),
+                &|| sim.rename(p("d/f"), p("d/g")),
+                &|| sim.sync_dir(p("d")),
+                &|| f.sync_data(),
+                &|| f.write_at(6, &[b"!"]),
+            ];
+            for (k, step) in steps.iter().enumerate() {
+                let _ = sim.exists(p("d/f")); // reads don't count
+                let r = step();
+                if (k as u64) < at {
+                    r.unwrap();
+                } else if k as u64 == at {
+                    assert_eq!(r.unwrap_err().raw_os_error(), Some(5), "at {at}");
+                } else {
+                    assert!(r.is_err(), "at {at}, step {k}: a handle from before");
+                }
+            }
+            // Counted up to the one that found the power gone.
+            assert_eq!(sim.ops(), before + at + 1);
+            let sim = sim.restart();
+            let name = if at >= 3 { "d/g" } else { "d/f" };
+            assert_eq!(sim.list(p("d")).unwrap(), [&name[2..]], "at {at}");
+            let got = sim.live_bytes(p(name)).unwrap();
+            if at == 4 {
+                assert_eq!(got, b"second", "synced before the power went");
+            } else {
+                assert!(got == b"synced" || got == b"second", "at {at}: {got:?}");
+            }
         }
     }
 

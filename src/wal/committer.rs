@@ -395,31 +395,55 @@ impl Committer {
     }
 
     /// On a clean stop: records where the log ends in the segment holding
-    /// that position, so the next open need not read the rest of it.
+    /// that position, so the next open need not read the rest of it. Where
+    /// the log ends exactly at the end of the current segment, the record
+    /// goes there too: it still tells recovery that every byte of that
+    /// segment was synced, so damage in its last group is reported, not
+    /// taken for a torn tail (no later frame would show it).
     fn mark_clean(&mut self, end: u64) {
         let data = self.shared.seg_data;
         let seq = end / data;
-        if let Some((s, f)) = &self.current
-            && *s == seq
-        {
-            // A reused segment holds old bytes past the end; the next open
-            // trusts the record only where a zero frame header follows it.
-            let at = end % data;
-            let zeroed = if at + FRAME_HEADER <= data {
-                f.write_at(SEGMENT_HEADER + at, &[&[0u8; FRAME_HEADER as usize]])
-            } else {
-                Ok(())
-            };
-            let r = super::recovery::clean_record(end);
-            if zeroed
-                .and_then(|()| f.write_at(super::recovery::CLEAN_AT as u64, &[&r]))
-                .and_then(|()| f.sync_data())
-                .is_err()
+        let Some(cur) = self.current.as_ref().map(|(s, _)| *s) else {
+            return;
+        };
+        if cur + 1 == seq && end.is_multiple_of(data) {
+            self.write_clean(end);
+            let next = self.dir.join(segment_name(seq));
+            if !(self.requested.contains(&seq) || self.storage.exists(&next))
+                || self.open_segment(seq).is_err()
             {
-                tracing::warn!(
-                    "could not record the clean close; the next open reads the whole segment"
-                );
+                return;
             }
+        }
+        if self.current.as_ref().is_some_and(|(s, _)| *s == seq) {
+            self.write_clean(end);
+        }
+    }
+
+    /// Writes the clean-close record for `end` into the current segment
+    /// (and a zero frame header at `end` when it lies there: a reused
+    /// segment holds old bytes past the end, and the next open trusts the
+    /// record only where a zero header follows it), then syncs.
+    fn write_clean(&self, end: u64) {
+        let Some((s, f)) = &self.current else {
+            return;
+        };
+        let data = self.shared.seg_data;
+        let at = end - s * data;
+        let zeroed = if at + FRAME_HEADER <= data {
+            f.write_at(SEGMENT_HEADER + at, &[&[0u8; FRAME_HEADER as usize]])
+        } else {
+            Ok(())
+        };
+        let r = super::recovery::clean_record(end);
+        if zeroed
+            .and_then(|()| f.write_at(super::recovery::CLEAN_AT as u64, &[&r]))
+            .and_then(|()| f.sync_data())
+            .is_err()
+        {
+            tracing::warn!(
+                "could not record the clean close; the next open reads the whole segment"
+            );
         }
     }
 
@@ -507,6 +531,11 @@ impl Committer {
             end - synced <= self.shared.ring.cap() && (end - 1) / self.shared.seg_data == seq,
             "commit range [{synced}, {end}) must lie in one segment and the ring"
         );
+        // Always through `open_segment`: at a segment end `current` is still
+        // the segment the log just left, which a checkpoint may retire and
+        // hand out for reuse: no group may be written to it again. (Only
+        // `mark_clean` writes there, a clean-close record into its header
+        // block, which is true of it, and which reusing it rewrites.)
         self.open_segment(seq)?;
         let shared = self.shared.clone();
         let off = SEGMENT_HEADER + synced % shared.seg_data;

@@ -197,8 +197,9 @@ pub(crate) fn recover(
             .remove(&dir.join(n))
             .map_err(|e| io_err(&dir.join(n), e))?;
     }
-    let mut segs = Vec::new();
-    let mut size = None;
+    // Every segment file and its header block (an error kept for later:
+    // damage in a segment recovery does not need is no reason to refuse).
+    let mut found = Vec::new();
     for n in &names {
         let Some(seq) = parse_segment_name(n) else {
             continue;
@@ -207,33 +208,17 @@ pub(crate) fn recover(
         let file = storage.open(&path, false).map_err(|e| io_err(&path, e))?;
         let mut hb = vec![0u8; SEGMENT_HEADER as usize];
         let got = file.read_at(0, &mut hb).map_err(|e| io_err(&path, e))?;
-        let h = SegmentHeader::decode(&path, &hb[..got])?;
-        if h.seq != seq {
-            return Err(corruption(
-                &path,
-                16,
-                format!("header names segment {}, file name says {seq}", h.seq),
-            ));
-        }
-        match size {
-            None => size = Some(h.size),
-            Some(s) if s != h.size => {
-                return Err(corruption(
-                    &path,
-                    32,
-                    format!("segment size {} differs from the others' {s}", h.size),
-                ));
-            }
-            _ => {}
-        }
-        segs.push(Segment {
-            seq,
-            salt: h.salt,
-            clean: parse_clean(&hb[..got]),
-            path,
-            file,
-        });
+        hb.truncate(got);
+        let header = SegmentHeader::decode(&path, &hb);
+        found.push((seq, path, file, hb, header));
     }
+    found.sort_by_key(|f| f.0);
+    // The size in use: the newest segment's that decodes (all the segments
+    // recovery reads are checked against it below).
+    let size = found
+        .iter()
+        .rev()
+        .find_map(|f| f.4.as_ref().ok().map(|h| h.size));
     let segment_size = size.unwrap_or(config.segment_size);
     let data = segment_size - SEGMENT_HEADER;
     if size.is_some() && segment_size != config.segment_size {
@@ -244,7 +229,39 @@ pub(crate) fn recover(
         );
     }
     let first = start / data;
-    segs.retain(|s| s.seq >= first);
+    let mut segs = Vec::new();
+    for (seq, path, file, hb, header) in found {
+        if seq < first {
+            // Wholly below the replay start, which a durable checkpoint
+            // covers: retired (kept for reuse, or not yet removed).
+            continue;
+        }
+        let h = header?;
+        if h.seq != seq {
+            return Err(corruption(
+                &path,
+                16,
+                format!("header names segment {}, file name says {seq}", h.seq),
+            ));
+        }
+        if h.size != segment_size {
+            return Err(corruption(
+                &path,
+                32,
+                format!(
+                    "segment size {} differs from the others' {segment_size}",
+                    h.size
+                ),
+            ));
+        }
+        segs.push(Segment {
+            seq,
+            salt: h.salt,
+            clean: parse_clean(&hb),
+            path,
+            file,
+        });
+    }
     if let Some(s) = segs.first()
         && s.seq != first
     {
