@@ -884,3 +884,38 @@ fn write_sync_lands_byte_exact_from_many_threads() {
         assert!(got == want, "{}: bytes differ after write_sync", b.name);
     }
 }
+
+/// A log closed cleanly exactly at the end of a segment: damage in that
+/// segment's last record is `Corruption`, not a torn tail (no later frame
+/// shows the record was synced; the clean-close record there does).
+#[test]
+fn damage_before_a_clean_close_at_a_segment_end_is_reported() {
+    for b in backends() {
+        // Two records of 2040 bytes fill the 4 KiB data area of an 8 KiB
+        // segment exactly: frames of 2048 bytes, no room for a commit frame.
+        let cfg = config(8 << 10, 8 << 10, FlushPolicy::Manual);
+        let path = b.dir.join(format!("{:020}.wal", 0));
+        {
+            let (log, _) = open(&b.storage, &b.dir, &cfg).unwrap();
+            for s in 0..2u8 {
+                let d = futures::executor::block_on(log.append(&[&vec![s + 1; 2040]])).unwrap();
+                drop(d);
+            }
+            futures::executor::block_on(log.flush()).unwrap();
+            assert_eq!(log.durable(), 4096, "{}", b.name);
+            log.close().unwrap();
+        }
+        let (log, got) = open(&b.storage, &b.dir, &cfg).unwrap();
+        assert_eq!(got.len(), 2, "{}: both records back", b.name);
+        log.close().unwrap();
+        // Damage a byte of the second record's payload.
+        let f = b.storage.open(&path, false).unwrap();
+        let at = 4096 + 2048 + 100;
+        let mut byte = [0u8; 1];
+        f.read_at(at, &mut byte).unwrap();
+        f.write_at(at, &[&[byte[0] ^ 0x10]]).unwrap();
+        f.sync_data().unwrap();
+        drop(f);
+        expect_corruption_at(&b, &cfg, &path, 4096 + 2048);
+    }
+}
