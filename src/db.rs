@@ -426,6 +426,9 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         })?;
         tracing::info!(leaves = tree.size(), "tree recovered");
         let wal = Arc::new(log);
+        if start > 0 {
+            retire_on_open(&*storage_for_inner, &dir, &wal, start);
+        }
         if !unverified.is_empty() {
             // Checksums of the mapped chunks, checked off the open path; a
             // mismatch stops the tree taking inserts (as a log failure does).
@@ -849,6 +852,28 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             wal_segments_reused: reused,
             wal_segments_zeroed: zeroed,
         }
+    }
+}
+
+/// Retires the log segments wholly below the loaded checkpoint at open, so
+/// the log's next segments are made from them (and the ones past the spare
+/// pool are deleted) without waiting for the next checkpoint. The
+/// checkpoint must be durable first: a process that died between renaming
+/// its manifest and syncing the directory left the name in the page cache
+/// only, and a power loss would then bring back an older checkpoint that
+/// needs those segments.
+fn retire_on_open(storage: &dyn Storage, dir: &Path, wal: &Log, start: u64) {
+    let durable = storage
+        .sync_dir(dir)
+        .and_then(|()| storage.sync_dir(&dir.join("shards")));
+    let retired = match durable {
+        Ok(()) => wal
+            .remove_segments_below(start.min(wal.durable()), None)
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = retired {
+        tracing::warn!(error = %e, "could not retire the log below the checkpoint at open; the next checkpoint will");
     }
 }
 
