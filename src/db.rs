@@ -90,6 +90,9 @@ pub struct Config {
     /// Whether a lone writer's durability future spins briefly before it
     /// sleeps (default true; see [`LogConfig::lone_waiter_spin`]).
     pub lone_waiter_spin: bool,
+    /// Log segments retired by checkpoints kept to become the log's next
+    /// ones (default 8; see [`LogConfig::spare_segments`]).
+    pub spare_segments: usize,
     /// When to checkpoint by itself (default: every 256 MiB of log).
     pub checkpoint: CheckpointPolicy,
     /// At open, check every chunk checksum before returning and recompute
@@ -113,6 +116,7 @@ impl std::fmt::Debug for Config {
             .field("spin", &self.spin)
             .field("direct_io", &self.direct_io)
             .field("lone_waiter_spin", &self.lone_waiter_spin)
+            .field("spare_segments", &self.spare_segments)
             .field("checkpoint", &self.checkpoint)
             .field("verify_on_open", &self.verify_on_open)
             .field("custom_storage", &self.storage.is_some())
@@ -133,6 +137,7 @@ impl Config {
             spin: log.spin,
             direct_io: log.direct_io,
             lone_waiter_spin: log.lone_waiter_spin,
+            spare_segments: log.spare_segments,
             checkpoint: CheckpointPolicy::default(),
             verify_on_open: false,
             tiering: Tiering::default(),
@@ -210,6 +215,12 @@ impl Config {
         self
     }
 
+    /// Sets how many retired log segments are kept for reuse (0: deleted).
+    pub fn spare_segments(mut self, n: usize) -> Self {
+        self.spare_segments = n;
+        self
+    }
+
     /// Uses `storage` for every file (e.g. a [`SimStorage`](crate::io::SimStorage)
     /// in tests) instead of the backend `io` names.
     pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
@@ -225,6 +236,7 @@ impl Config {
             spin: self.spin,
             direct_io: self.direct_io,
             lone_waiter_spin: self.lone_waiter_spin,
+            spare_segments: self.spare_segments,
         }
     }
 }

@@ -553,6 +553,38 @@ fn retired_segments_are_reused_after_a_reopen() {
     assert_eq!(t.root(), model_root(&all));
 }
 
+/// With no spares kept, retired segments are deleted and every new segment
+/// is written as zeros: the directory holds only the live log.
+#[test]
+fn no_spares_deletes_retired_segments() {
+    let sim = SimStorage::new(33);
+    let cfg = sim_config(&sim, "/n")
+        .segment_size(16 << 10)
+        .spare_segments(0);
+    let all = leaves(0..3600);
+    let t = T4::open_blocking(cfg.clone()).unwrap();
+    futures::executor::block_on(async {
+        for c in all[..2400].chunks(100) {
+            insert_all(&t, c).await.await.unwrap();
+        }
+        t.checkpoint().await.unwrap();
+        for c in all[2400..].chunks(100) {
+            insert_all(&t, c).await.await.unwrap();
+        }
+        let m = t.metrics();
+        assert_eq!(m.wal_segments_reused, 0, "{m:?}");
+        assert!(m.wal_segments_zeroed >= 10, "{m:?}");
+        t.close().await.unwrap();
+    });
+    drop(t);
+    // The ones below the checkpoint went (in the background, joined by
+    // close): ~4 live segments remain of the ~12 made.
+    let segs = wal_segments(&sim, "/n").len();
+    assert!(segs <= 6, "{segs} segment files");
+    let t = T4::open_blocking(cfg).unwrap();
+    assert_eq!(t.root(), model_root(&all));
+}
+
 /// A process that dies between renaming a checkpoint's manifest and syncing
 /// the directory leaves that manifest visible but not durable. The reopen
 /// reuses the segments below it only after making it durable: a power loss

@@ -24,11 +24,6 @@ use super::{Failure, FlushPolicy, LogConfig, Shared, header_bytes};
 use crate::error::{Error, Result};
 use crate::io::{Storage, StorageFile};
 
-/// At most this many freed segments are kept for reuse; the rest are
-/// removed. A checkpoint at the default policy (every 256 MiB of log)
-/// frees four 64 MiB segments.
-pub(crate) const MAX_SPARES: usize = 8;
-
 /// Segments below a durable checkpoint, kept to become later segments: a
 /// spare gets a new header and name instead of a new file being written
 /// full of zeros, so a log that checkpoints writes its bytes once.
@@ -36,22 +31,34 @@ pub(crate) const MAX_SPARES: usize = 8;
 /// Safe because a frame's checksum covers its log position (and a commit
 /// frame names its segment's salt): nothing a spare held is ever valid at
 /// its new position, so recovery sees its old contents as it sees zeros.
-#[derive(Default)]
 pub(crate) struct Spares {
     paths: Mutex<Vec<PathBuf>>,
+    /// At most this many are kept ([`LogConfig::spare_segments`]); the
+    /// rest are removed. A checkpoint at the default policy (every 256 MiB
+    /// of log) frees four 64 MiB segments.
+    max: usize,
     /// Segments made from a spare / from written zeros, since open.
     recycled: std::sync::atomic::AtomicU64,
     zeroed: std::sync::atomic::AtomicU64,
 }
 
 impl Spares {
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            paths: Mutex::default(),
+            max,
+            recycled: Default::default(),
+            zeroed: Default::default(),
+        }
+    }
+
     /// Keeps `path` for reuse; gives it back when the pool is full.
     pub(crate) fn offer(&self, path: PathBuf) -> Option<PathBuf> {
         let mut p = self.paths.lock().unwrap_or_else(|e| e.into_inner());
         if p.contains(&path) {
             return None;
         }
-        if p.len() >= MAX_SPARES {
+        if p.len() >= self.max {
             return Some(path);
         }
         p.push(path);

@@ -87,6 +87,11 @@ pub struct LogConfig {
     /// wake-up of a sleeping thread, tens of microseconds on virtual
     /// machines; never spins under concurrent load.
     pub lone_waiter_spin: bool,
+    /// How many segments retired below a tree's checkpoint are kept to
+    /// become the log's next segments (default 8: 512 MiB at the default
+    /// size). A segment made from a spare needs no zeros written; 0 deletes
+    /// retired segments at once, keeping the directory smallest.
+    pub spare_segments: usize,
 }
 
 impl Default for LogConfig {
@@ -98,6 +103,7 @@ impl Default for LogConfig {
             spin: Duration::from_micros(50),
             direct_io: true,
             lone_waiter_spin: true,
+            spare_segments: 8,
         }
     }
 }
@@ -327,7 +333,7 @@ impl Log {
             stop: AtomicBool::new(false),
             sleeping: AtomicBool::new(false),
             committer: OnceLock::new(),
-            spares: Arc::default(),
+            spares: Arc::new(committer::Spares::new(config.spare_segments)),
             handed_below: AtomicU64::new(0),
             space: Mutex::new(Vec::new()),
             max_frame: (cap.min(seg_data) / 2) & !7,
@@ -571,7 +577,7 @@ impl Log {
 
     /// Retires every segment wholly below `position`, which must be durable
     /// and covered by a durable checkpoint; returns how many. Up to
-    /// [`MAX_SPARES`](committer::MAX_SPARES) are kept as spares, from which
+    /// [`LogConfig::spare_segments`] are kept as spares, from which
     /// later segments are made (no zeros to write); the rest are removed on
     /// the log's reclaimer thread (joined by `close`), each file shortened
     /// in steps first: unlinking a whole segment at once frees its blocks in
