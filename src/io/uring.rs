@@ -72,13 +72,35 @@ struct ThreadRing {
     broken: bool,
 }
 
+/// A thread's commit ring, or when setting one up last failed.
+// One per thread: boxing the ring would only add an indirection per commit.
+#[allow(clippy::large_enum_variant)]
+enum Slot {
+    Ring(ThreadRing),
+    /// Commits use plain system calls; setting a ring up is tried again
+    /// after [`RETRY_RING`] (the failure may have been passing: memory, file
+    /// descriptors).
+    Failed(std::time::Instant),
+}
+
+const RETRY_RING: std::time::Duration = std::time::Duration::from_secs(10);
+
 thread_local! {
-    /// Set up on the thread's first commit; `None` inside once setting it
-    /// up failed (the thread then commits with plain system calls).
-    static COMMIT_RING: RefCell<Option<Option<ThreadRing>>> = const { RefCell::new(None) };
+    /// Set up on the thread's first commit.
+    static COMMIT_RING: RefCell<Option<Slot>> = const { RefCell::new(None) };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Makes this thread's next ring setup fail (tests).
+    static FAIL_SETUP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 fn commit_ring() -> io::Result<IoUring> {
+    #[cfg(test)]
+    if FAIL_SETUP.take() {
+        return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+    }
     // SINGLE_ISSUER and DEFER_TASKRUN need Linux 6.1; older kernels refuse
     // them with EINVAL and get a plain ring.
     match IoUring::builder()
@@ -278,21 +300,30 @@ impl StorageFile for UringFile {
         let mut res = [0];
         let ran = COMMIT_RING.try_with(|slot| {
             let mut slot = slot.borrow_mut();
-            let ring = slot.get_or_insert_with(|| match commit_ring() {
-                Ok(ring) => Some(ThreadRing {
-                    ring,
-                    broken: false,
-                }),
-                Err(e) => {
-                    tracing::warn!(error = %e, "no io_uring for this thread's commits; using pwrite + fdatasync");
-                    None
+            let retry = match &*slot {
+                None => true,
+                Some(Slot::Failed(at)) => at.elapsed() >= RETRY_RING,
+                Some(Slot::Ring(_)) => false,
+            };
+            if retry {
+                *slot = Some(match commit_ring() {
+                    Ok(ring) => Slot::Ring(ThreadRing {
+                        ring,
+                        broken: false,
+                    }),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no io_uring for this thread's commits for now; using pwrite + fdatasync");
+                        Slot::Failed(std::time::Instant::now())
+                    }
+                });
+            }
+            match slot.as_mut() {
+                Some(Slot::Ring(r)) if !r.broken => {
+                    Some(run_on(&mut r.ring, &[w], &mut res).inspect_err(|e| {
+                        tracing::error!(error = %e, "this thread's io_uring failed; its later commits use pwrite + fdatasync");
+                        r.broken = true;
+                    }))
                 }
-            });
-            match ring {
-                Some(r) if !r.broken => Some(run_on(&mut r.ring, &[w], &mut res).inspect_err(|e| {
-                    tracing::error!(error = %e, "this thread's io_uring failed; its later commits use pwrite + fdatasync");
-                    r.broken = true;
-                })),
                 _ => None,
             }
         });
@@ -352,7 +383,7 @@ mod tests {
         let path = dir.path().join("f");
         let f = storage.open(&path, true).unwrap();
         f.write_sync(10, &[b"hello ", b"ring"]).unwrap();
-        let on_ring = || COMMIT_RING.with_borrow(|s| matches!(s, Some(Some(r)) if !r.broken));
+        let on_ring = || COMMIT_RING.with_borrow(|s| matches!(s, Some(Slot::Ring(r)) if !r.broken));
         assert!(on_ring(), "the commit did not use a ring");
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -366,5 +397,44 @@ mod tests {
         assert_eq!(n, 32);
         assert_eq!(&got[10..20], b"hello ring");
         assert_eq!(&got[20..32], b"other thread");
+    }
+
+    /// A thread whose ring could not be set up commits with plain system
+    /// calls, and tries a ring again later.
+    #[test]
+    fn a_failed_ring_setup_is_retried() {
+        let Ok(storage) = UringStorage::new() else {
+            eprintln!("io_uring unavailable here; skipping");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let f = storage.open(&dir.path().join("f"), true).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let state = || {
+                    COMMIT_RING.with_borrow(|s| match s {
+                        Some(Slot::Ring(_)) => "ring",
+                        Some(Slot::Failed(_)) => "failed",
+                        None => "none",
+                    })
+                };
+                FAIL_SETUP.set(true);
+                f.write_sync(0, &[b"without a ring"]).unwrap();
+                assert_eq!(state(), "failed");
+                f.write_sync(0, &[b"still without"]).unwrap();
+                assert_eq!(state(), "failed", "not retried at once");
+                // As if the retry interval had passed.
+                COMMIT_RING.with_borrow_mut(|s| {
+                    *s = std::time::Instant::now()
+                        .checked_sub(RETRY_RING)
+                        .map(Slot::Failed)
+                });
+                f.write_sync(0, &[b"with a ring again"]).unwrap();
+                assert_eq!(state(), "ring");
+            });
+        });
+        let mut got = vec![0u8; 17];
+        f.read_at(0, &mut got).unwrap();
+        assert_eq!(&got, b"with a ring again");
     }
 }
