@@ -75,7 +75,8 @@ pub struct Config {
     /// Which I/O backend (default: `Auto`; the `RINGTREE_IO` environment
     /// variable overrides it).
     pub io: IoBackend,
-    /// Bytes of the log buffer (power of two; default 16 MiB). Bounds the
+    /// Bytes of the log buffer (power of two, 4 KiB to 1 GiB; default
+    /// 16 MiB). Bounds the
     /// memory of inserts not yet written out; inserts wait when it is full.
     /// One `insert_many` takes at most `(capacity / 2 - 16) / 32` leaves.
     pub buffer_capacity: u64,
@@ -321,20 +322,33 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Clone for Tree<H, N, MAX
 }
 
 /// Runs blocking `f` on its own thread; the future resolves with its result.
-/// Keeps async callers' executor threads free whatever the runtime.
+/// Keeps async callers' executor threads free whatever the runtime. A
+/// thread that cannot be started, or a panic in `f`, is an error.
 fn off_thread<T: Send + 'static>(
-    name: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> impl Future<Output = T> {
+    name: &'static str,
+    dir: &Path,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> impl Future<Output = Result<T>> {
     let (tx, rx) = futures::channel::oneshot::channel();
     let spawned = std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
             let _ = tx.send(f());
         });
+    let dir = dir.to_path_buf();
     async move {
-        spawned.expect("spawn a ringtree thread");
-        rx.await.expect("ringtree worker thread panicked")
+        if let Err(e) = spawned {
+            return Err(Error::Io {
+                path: dir,
+                source: e,
+            });
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(Error::Io {
+                path: dir,
+                source: std::io::Error::other(format!("{name} thread panicked")),
+            })
+        })
     }
 }
 
@@ -359,7 +373,8 @@ impl<H: Hasher + Default, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX
     /// # }).unwrap();
     /// ```
     pub async fn open(config: Config) -> Result<Self> {
-        off_thread("ringtree-open", move || Self::open_blocking(config)).await
+        let dir = config.dir.clone();
+        off_thread("ringtree-open", &dir, move || Self::open_blocking(config)).await
     }
 
     /// [`open`](Self::open), blocking the calling thread.
@@ -700,7 +715,8 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             }
             CheckpointPolicy::EveryNEntries(n) => {
                 let done = inner.inserts.fetch_add(1, Ordering::Relaxed) + 1;
-                done - inner.inserts_at_checkpoint.load(Ordering::Relaxed) >= n
+                // Saturating: a checkpoint may have stored a newer count.
+                done.saturating_sub(inner.inserts_at_checkpoint.load(Ordering::Relaxed)) >= n
             }
             CheckpointPolicy::Manual | CheckpointPolicy::OnClose => false,
         };
@@ -738,7 +754,8 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     pub async fn checkpoint(&self) -> Result<()> {
         self.check_open()?;
         let inner = self.inner.clone();
-        off_thread("ringtree-checkpoint", move || inner.checkpoint()).await
+        let dir = self.inner.dir.clone();
+        off_thread("ringtree-checkpoint", &dir, move || inner.checkpoint()).await
     }
 
     /// Waits until every insert made so far is durable (whatever the flush
@@ -784,7 +801,8 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     /// ```
     pub async fn close(&self) -> Result<()> {
         let inner = self.inner.clone();
-        off_thread("ringtree-close", move || inner.close()).await
+        let dir = self.inner.dir.clone();
+        off_thread("ringtree-close", &dir, move || inner.close()).await
     }
 
     /// An immutable view of the tree now: O(depth), never blocks inserts for

@@ -341,9 +341,11 @@ fn policies_bound_the_log() {
         CheckpointPolicy::EveryNEntries(500),
     ] {
         let sim = SimStorage::new(11);
+        // No spares kept: the directory then holds the live log only.
         let cfg = sim_config(&sim, "/p")
             .checkpoint(policy)
-            .flush(FlushPolicy::GroupCommit);
+            .flush(FlushPolicy::GroupCommit)
+            .spare_segments(0);
         let t = T4::open_blocking(cfg.clone()).unwrap();
         let all = leaves(0..12_000);
         futures::executor::block_on(async {

@@ -185,7 +185,12 @@ fn recycle(
 }
 
 impl Preparer {
-    fn start(storage: Arc<dyn Storage>, dir: PathBuf, size: u64, spares: Arc<Spares>) -> Self {
+    fn start(
+        storage: Arc<dyn Storage>,
+        dir: PathBuf,
+        size: u64,
+        spares: Arc<Spares>,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<u64>();
         let state: Arc<(Mutex<PrepState>, Condvar)> = Arc::default();
         let st = state.clone();
@@ -213,13 +218,12 @@ impl Preparer {
                     }
                     cv.notify_all();
                 }
-            })
-            .expect("spawn segment preparer thread");
-        Self {
+            })?;
+        Ok(Self {
             requests: Some(tx),
             state,
             thread: Some(thread),
-        }
+        })
     }
 
     fn request(&self, seq: u64) {
@@ -280,7 +284,11 @@ impl Committer {
             dir.clone(),
             segment_size,
             shared.spares.clone(),
-        );
+        )
+        .map_err(|e| Error::Io {
+            path: dir.clone(),
+            source: e,
+        })?;
         let mut c = Self {
             shared,
             storage,
@@ -519,6 +527,56 @@ impl Committer {
         scan + len
     }
 
+    /// After a group ending at `end` is durable while more is reserved past
+    /// it (so no commit frame could close the group): reserves a commit
+    /// frame naming `end` at the log's end, where it rides with the frames
+    /// already on their way. Everything before `end` is synced before the
+    /// frame is written, so once it is on disk, recovery reports damage
+    /// below `end` as damage rather than cutting it as a torn tail. Only in
+    /// the segment just written (whose salt the frame carries), where it
+    /// fits, with room in the ring.
+    fn defer_marker(&self, end: u64) {
+        let s = &*self.shared;
+        let len = FRAME_HEADER + 16;
+        let mut at = s.reserved.load(Ordering::Acquire);
+        // Nothing reserved past the group: only worth a frame when appenders
+        // wait for ring space (the group filled the ring, leaving no room to
+        // close it), whose frames will follow at once. Else the next group
+        // gets a commit frame of its own, and a lone writer no extra sync.
+        if at == end && s.space.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            return;
+        }
+        // A few tries against appenders reserving at the same time; else
+        // the next group's marker covers this one too.
+        let mut tries = 0;
+        loop {
+            if at < end
+                || at / s.seg_data != (end - 1) / s.seg_data
+                || at % s.seg_data + len > s.seg_data
+                || at + len - s.freed.load(Ordering::Acquire) > s.ring.cap()
+                || tries == 8
+            {
+                return;
+            }
+            match s
+                .reserved
+                .compare_exchange(at, at + len, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(now) => at = now,
+            }
+            tries += 1;
+        }
+        let mut payload = [0u8; 16];
+        payload[..8].copy_from_slice(&end.to_le_bytes());
+        payload[8..].copy_from_slice(&self.salt.to_le_bytes());
+        // SAFETY: `[at, at + len)` was just reserved by this thread.
+        unsafe { s.ring.write(at + FRAME_HEADER, &payload) };
+        let w = header_word(Kind::Commit, 16);
+        s.ring
+            .publish(at, header_bytes(w, frame_crc(at, w, &[&payload])));
+    }
+
     fn wants_sync(&self, synced: u64, scan: u64, last: Instant, stopping: bool) -> bool {
         if scan <= synced {
             return false;
@@ -607,6 +665,9 @@ impl Committer {
                 // SAFETY: the slices of this range were dropped in `commit`.
                 unsafe { s.ring.zero(synced, end) };
                 s.freed.store(end, Ordering::Release);
+                // Before appenders waiting for ring space are woken: the
+                // space just freed has room for it.
+                self.defer_marker(end);
                 // Counted before the futures wake, so a woken writer's
                 // metrics include its own group.
                 let took = t0.elapsed();

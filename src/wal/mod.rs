@@ -66,7 +66,8 @@ pub struct LogConfig {
     /// fdatasync never has metadata to write. An existing log keeps the
     /// size it was created with.
     pub segment_size: u64,
-    /// Bytes of the log buffer (a power of two; default 16 MiB). Bounds the
+    /// Bytes of the log buffer (a power of two, 4 KiB to 1 GiB; default
+    /// 16 MiB). Bounds the
     /// memory of records not yet written out; appends wait when it is full.
     /// One record is at most half of it.
     pub buffer_capacity: u64,
@@ -119,9 +120,12 @@ impl LogConfig {
                 self.segment_size
             )));
         }
-        if !self.buffer_capacity.is_power_of_two() || self.buffer_capacity < 4096 {
+        if !self.buffer_capacity.is_power_of_two()
+            || self.buffer_capacity < 4096
+            || self.buffer_capacity > 1 << 30
+        {
             return Err(Error::Config(format!(
-                "log buffer capacity {} must be a power of two of at least 4096",
+                "log buffer capacity {} must be a power of two from 4096 to 1 GiB",
                 self.buffer_capacity
             )));
         }

@@ -229,6 +229,11 @@ pub(crate) fn recover(
         );
     }
     let first = start / data;
+    if !start.is_multiple_of(8) {
+        return Err(Error::Config(format!(
+            "log replay start {start} is not a frame boundary (a multiple of 8)"
+        )));
+    }
     let mut segs = Vec::new();
     for (seq, path, file, hb, header) in found {
         if seq < first {
@@ -327,6 +332,16 @@ pub(crate) fn recover(
                     file_off,
                     format!(
                         "invalid frame, yet segment {} after it holds valid frames",
+                        later.seq
+                    ),
+                ));
+            }
+            if let Some(end) = later.clean.filter(|&end| end > x) {
+                return Err(corruption(
+                    &seg.path,
+                    file_off,
+                    format!(
+                        "invalid frame, yet segment {} records a clean close at log position {end}",
                         later.seq
                     ),
                 ));
