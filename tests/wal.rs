@@ -1024,3 +1024,36 @@ fn damage_under_continuous_appends_is_reported_after_a_crash() {
     }
     assert_eq!(reported, 6);
 }
+
+/// Damage in two places after a clean close: the last record of one
+/// segment and the first frame of the next, where the log was closed. The
+/// next segment's clean-close record still proves the first was synced.
+#[test]
+fn a_later_segments_clean_close_vouches_for_the_one_before() {
+    for b in backends() {
+        // Frames of 2048 bytes: two fill segment 0's 4 KiB data area, the
+        // third opens segment 1.
+        let cfg = config(8 << 10, 8 << 10, FlushPolicy::Manual);
+        {
+            let (log, _) = open(&b.storage, &b.dir, &cfg).unwrap();
+            for s in 0..3u8 {
+                drop(futures::executor::block_on(log.append(&[&vec![s + 1; 2040]])).unwrap());
+            }
+            futures::executor::block_on(log.flush()).unwrap();
+            log.close().unwrap();
+        }
+        let flip = |seg: u64, at: u64| {
+            let f = b
+                .storage
+                .open(&b.dir.join(format!("{seg:020}.wal")), false)
+                .unwrap();
+            let mut byte = [0u8; 1];
+            f.read_at(at, &mut byte).unwrap();
+            f.write_at(at, &[&[byte[0] ^ 0x20]]).unwrap();
+            f.sync_data().unwrap();
+        };
+        flip(0, 4096 + 2048 + 100);
+        flip(1, 4096 + 100);
+        expect_corruption_at(&b, &cfg, &b.dir.join(format!("{:020}.wal", 0)), 4096 + 2048);
+    }
+}
