@@ -310,6 +310,13 @@ impl Log {
     /// `Err` stops the open with [`Error::Corruption`] naming the record),
     /// and starts the committer.
     ///
+    /// `start` must be a frame boundary the log reached: 0, a record's LSN,
+    /// or a position [`end`](Self::end) or [`durable`](Self::durable)
+    /// returned (one that is not a multiple of 8 is [`Error::Config`]).
+    /// The log's bytes before it are not read; a later position than the
+    /// log reached would leave a gap that the next open from an earlier
+    /// position reports as corruption.
+    ///
     /// A torn tail of the newest segment is cut; an invalid frame that later
     /// synced data proves was durable is [`Error::Corruption`].
     pub fn open(
