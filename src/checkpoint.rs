@@ -360,8 +360,16 @@ impl Checkpointer {
     }
 
     /// Writes a checkpoint of `snap`, which holds every leaf the log below
-    /// `wal_position` holds. Returns the manifest written.
-    pub(crate) fn write(&mut self, snap: &Snapshot, wal_position: u64) -> Result<Manifest> {
+    /// `wal_position` holds. Returns the manifest written. `abort`, asked
+    /// just before the manifest makes the checkpoint current, can still
+    /// stop it (the shard files written stay unreferenced, as after a
+    /// failure).
+    pub(crate) fn write(
+        &mut self,
+        snap: &Snapshot,
+        wal_position: u64,
+        abort: &dyn Fn() -> Option<Error>,
+    ) -> Result<Manifest> {
         if let Some(why) = &*self.broken.lock().unwrap_or_else(|p| p.into_inner()) {
             return Err(Error::Io {
                 path: self.dir.join(MANIFEST),
@@ -491,6 +499,9 @@ impl Checkpointer {
             wal_position,
             levels: metas,
         };
+        if let Some(e) = abort() {
+            return Err(e);
+        }
         self.write_manifest(&manifest, true)?;
         sums.truncate(levels);
         self.sums = sums;

@@ -940,7 +940,11 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
             )
         };
         let started = std::time::Instant::now();
-        let manifest = cp.write(&snap, position)?;
+        // Asked again just before the manifest: a log that failed while
+        // the shards were written must not have leaves whose inserts were
+        // reported failed made durable by the checkpoint.
+        let log_failed = || self.wal.failure().filter(|e| !matches!(e, Error::Closed));
+        let manifest = cp.write(&snap, position, &log_failed)?;
         self.last_checkpoint.store(position, Ordering::Relaxed);
         // Serve what the checkpoint wrote from the shards: map them (outside
         // the writer lock), then swap the directories (O(chunks) pointer
