@@ -236,9 +236,18 @@ fn check_len(file: &dyn StorageFile, path: &Path, need: u64, what: &str) -> Resu
     Ok(())
 }
 
+/// CRC-32C of the checksums as stored (u32 LE each), without a copy of
+/// them all.
 fn sums_crc(sums: &[u32]) -> u32 {
-    let bytes: Vec<u8> = sums.iter().flat_map(|s| s.to_le_bytes()).collect();
-    crc32c::crc32c(&bytes)
+    let mut crc = 0;
+    let mut buf = [0u8; 1024];
+    for part in sums.chunks(buf.len() / 4) {
+        for (b, s) in buf.chunks_exact_mut(4).zip(part) {
+            b.copy_from_slice(&s.to_le_bytes());
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..part.len() * 4]);
+    }
+    crc
 }
 
 /// Where a checkpoint stops on purpose, for crash tests: the named point
@@ -681,10 +690,21 @@ pub(crate) fn load(
         sb.resize(4 * sealed as usize, 0);
         sumf.read_at(SUMS_HEADER, &mut sb)
             .map_err(|e| io_err(&up, e))?;
-        let sums: Vec<u32> = sb
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
+        let too_many = || {
+            corruption(
+                &dir.join(MANIFEST),
+                0,
+                format!("level {d}: {sealed} chunks cannot be held in memory"),
+            )
+        };
+        let mut sums: Vec<u32> = Vec::new();
+        sums.try_reserve_exact(sealed as usize)
+            .map_err(|_| too_many())?;
+        sums.extend(
+            sb.chunks_exact(4)
+                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))),
+        );
+        drop(sb);
         if sums_crc(&sums) != meta.sums_crc {
             return Err(corruption(
                 &up,
@@ -694,7 +714,9 @@ pub(crate) fn load(
         }
         let need = SHARD_HEADER + CHUNK_BYTES * sealed;
         check_len(&*shard, &sp, need, "short shard")?;
-        let mut out: Vec<ChunkRef> = Vec::with_capacity(sealed as usize + 1);
+        let mut out: Vec<ChunkRef> = Vec::new();
+        out.try_reserve_exact(sealed as usize + 1)
+            .map_err(|_| too_many())?;
         if d < map_below && sealed > 0 {
             let map = storage.map(&sp).map_err(|e| io_err(&sp, e))?;
             if (map.bytes().len() as u64) < need {
@@ -785,6 +807,17 @@ pub(crate) fn load(
 mod tests {
     use super::*;
     use crate::io::SimStorage;
+
+    /// The checksum of the stored checksums, computed in pieces, equals
+    /// CRC-32C of their bytes at once, at and around the piece size.
+    #[test]
+    fn sums_crc_is_the_crc_of_the_stored_bytes() {
+        for n in [0usize, 1, 255, 256, 257, 1000] {
+            let sums: Vec<u32> = (0..n as u32).map(|i| i.wrapping_mul(0x9E37_79B9)).collect();
+            let bytes: Vec<u8> = sums.iter().flat_map(|s| s.to_le_bytes()).collect();
+            assert_eq!(sums_crc(&sums), crc32c::crc32c(&bytes), "{n} sums");
+        }
+    }
 
     fn manifest(leaves: u64, nodes: &[u64]) -> Manifest {
         Manifest {
