@@ -22,6 +22,13 @@ fn model_root(leaves: &[Hash]) -> Option<Hash> {
     common::naive_root(4, leaves)
 }
 
+/// `leaves` in batches of 100, each awaited until durable.
+async fn insert_awaited(t: &T4, leaves: &[Hash]) {
+    for c in leaves.chunks(100) {
+        insert_all(t, c).await.await.unwrap();
+    }
+}
+
 /// `insert_many` in batches the log takes; returns the last future.
 async fn insert_all(t: &T4, leaves: &[Hash]) -> ringtree::Durable {
     let mut last = None;
@@ -451,9 +458,7 @@ fn freed_segments_become_the_next_ones() {
                 .collect()
         };
         let (m0, m, wal, written, new) = futures::executor::block_on(async {
-            for c in all[..2400].chunks(100) {
-                insert_all(&t, c).await.await.unwrap();
-            }
+            insert_awaited(&t, &all[..2400]).await;
             // Let a segment being prepared ahead (of zeros: no spares yet)
             // finish: every file then counted as made.
             for _ in 0..1000 {
@@ -470,9 +475,7 @@ fn freed_segments_become_the_next_ones() {
             let m0 = t.metrics();
             let old = seqs();
             let before = sim.bytes_written();
-            for c in all[2400..].chunks(100) {
-                insert_all(&t, c).await.await.unwrap();
-            }
+            insert_awaited(&t, &all[2400..]).await;
             let m = t.metrics();
             let (wal, written) = (m.wal_bytes - m0.wal_bytes, sim.bytes_written() - before);
             let new = seqs().difference(&old).count() as u64;
@@ -512,9 +515,7 @@ fn freed_segments_become_the_next_ones() {
         // And on: a second round of reuse after a reopen.
         futures::executor::block_on(async {
             t.checkpoint().await.unwrap();
-            for c in leaves(3600..4800).chunks(100) {
-                insert_all(&t, c).await.await.unwrap();
-            }
+            insert_awaited(&t, &leaves(3600..4800)).await;
             assert!(t.metrics().wal_segments_reused >= 2, "{:?}", t.metrics());
             t.close().await.unwrap();
         });
@@ -532,18 +533,14 @@ fn retired_segments_are_reused_after_a_reopen() {
     let all = leaves(0..3600);
     let t = T4::open_blocking(cfg.clone()).unwrap();
     futures::executor::block_on(async {
-        for c in all[..2400].chunks(100) {
-            insert_all(&t, c).await.await.unwrap();
-        }
+        insert_awaited(&t, &all[..2400]).await;
         t.checkpoint().await.unwrap();
         t.close().await.unwrap();
     });
     drop(t);
     let t = T4::open_blocking(cfg.clone()).unwrap();
     futures::executor::block_on(async {
-        for c in all[2400..].chunks(100) {
-            insert_all(&t, c).await.await.unwrap();
-        }
+        insert_awaited(&t, &all[2400..]).await;
         let m = t.metrics();
         assert_eq!(m.checkpoint_duration.count, 0);
         assert!(m.wal_segments_reused >= 2, "{m:?}");
@@ -566,13 +563,9 @@ fn no_spares_deletes_retired_segments() {
     let all = leaves(0..3600);
     let t = T4::open_blocking(cfg.clone()).unwrap();
     futures::executor::block_on(async {
-        for c in all[..2400].chunks(100) {
-            insert_all(&t, c).await.await.unwrap();
-        }
+        insert_awaited(&t, &all[..2400]).await;
         t.checkpoint().await.unwrap();
-        for c in all[2400..].chunks(100) {
-            insert_all(&t, c).await.await.unwrap();
-        }
+        insert_awaited(&t, &all[2400..]).await;
         let m = t.metrics();
         assert_eq!(m.wal_segments_reused, 0, "{m:?}");
         assert!(m.wal_segments_zeroed >= 10, "{m:?}");
@@ -598,9 +591,7 @@ fn reuse_after_a_reopen_waits_for_the_checkpoint_to_be_durable() {
     let all = leaves(0..4800);
     let t = T4::open_blocking(cfg.clone().failpoint("manifest-rename")).unwrap();
     futures::executor::block_on(async {
-        for c in all[..2400].chunks(100) {
-            insert_all(&t, c).await.await.unwrap();
-        }
+        insert_awaited(&t, &all[..2400]).await;
         assert!(t.checkpoint().await.is_err(), "stopped after the rename");
     });
     sim.kill();
@@ -609,9 +600,7 @@ fn reuse_after_a_reopen_waits_for_the_checkpoint_to_be_durable() {
     let cfg = sim_config(&sim, "/k").segment_size(16 << 10);
     let t = T4::open_blocking(cfg).unwrap();
     futures::executor::block_on(async {
-        for c in all[2400..].chunks(100) {
-            insert_all(&t, c).await.await.unwrap();
-        }
+        insert_awaited(&t, &all[2400..]).await;
     });
     assert!(t.metrics().wal_segments_reused >= 2, "{:?}", t.metrics());
     sim.crash();

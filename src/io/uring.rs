@@ -371,17 +371,23 @@ impl Storage for UringStorage {
 mod tests {
     use super::*;
 
+    /// A new file on an io_uring storage (with the directory holding it),
+    /// or `None` where io_uring is unavailable.
+    fn new_file() -> Option<(tempfile::TempDir, Box<dyn StorageFile>)> {
+        let Ok(storage) = UringStorage::new() else {
+            eprintln!("io_uring unavailable here; skipping");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let f = storage.open(&dir.path().join("f"), true).unwrap();
+        Some((dir, f))
+    }
+
     /// A commit goes through this thread's own ring (not the fallback),
     /// lands byte-exact, and a second thread gets a ring of its own.
     #[test]
     fn commits_use_the_threads_ring() {
-        let Ok(storage) = UringStorage::new() else {
-            eprintln!("io_uring unavailable here; skipping");
-            return;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let f = storage.open(&path, true).unwrap();
+        let Some((_dir, f)) = new_file() else { return };
         f.write_sync(10, &[b"hello ", b"ring"]).unwrap();
         let on_ring = || COMMIT_RING.with_borrow(|s| matches!(s, Some(Slot::Ring(r)) if !r.broken));
         assert!(on_ring(), "the commit did not use a ring");
@@ -403,12 +409,7 @@ mod tests {
     /// calls, and tries a ring again later.
     #[test]
     fn a_failed_ring_setup_is_retried() {
-        let Ok(storage) = UringStorage::new() else {
-            eprintln!("io_uring unavailable here; skipping");
-            return;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let f = storage.open(&dir.path().join("f"), true).unwrap();
+        let Some((_dir, f)) = new_file() else { return };
         std::thread::scope(|s| {
             s.spawn(|| {
                 let state = || {

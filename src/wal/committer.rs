@@ -516,15 +516,27 @@ impl Committer {
         {
             return scan;
         }
-        let mut payload = [0u8; 16];
-        payload[..8].copy_from_slice(&group_start.to_le_bytes());
-        payload[8..].copy_from_slice(&self.salt.to_le_bytes());
         // SAFETY: `[scan, scan + len)` was just reserved by this thread.
-        unsafe { s.ring.write(scan + FRAME_HEADER, &payload) };
+        unsafe { self.write_commit_frame(scan, group_start) };
+        scan + len
+    }
+
+    /// Writes and publishes a commit frame at `at` naming `synced_below`
+    /// (every byte before it was synced) and the current segment's salt.
+    ///
+    /// # Safety
+    /// `[at, at + FRAME_HEADER + 16)` must be reserved by this thread and
+    /// not yet published.
+    unsafe fn write_commit_frame(&self, at: u64, synced_below: u64) {
+        let s = &*self.shared;
+        let mut payload = [0u8; 16];
+        payload[..8].copy_from_slice(&synced_below.to_le_bytes());
+        payload[8..].copy_from_slice(&self.salt.to_le_bytes());
+        // SAFETY: the caller reserved the range and nobody else writes it.
+        unsafe { s.ring.write(at + FRAME_HEADER, &payload) };
         let w = header_word(Kind::Commit, 16);
         s.ring
-            .publish(scan, header_bytes(w, frame_crc(scan, w, &[&payload])));
-        scan + len
+            .publish(at, header_bytes(w, frame_crc(at, w, &[&payload])));
     }
 
     /// After a group ending at `end` is durable while more is reserved past
@@ -567,14 +579,8 @@ impl Committer {
             }
             tries += 1;
         }
-        let mut payload = [0u8; 16];
-        payload[..8].copy_from_slice(&end.to_le_bytes());
-        payload[8..].copy_from_slice(&self.salt.to_le_bytes());
         // SAFETY: `[at, at + len)` was just reserved by this thread.
-        unsafe { s.ring.write(at + FRAME_HEADER, &payload) };
-        let w = header_word(Kind::Commit, 16);
-        s.ring
-            .publish(at, header_bytes(w, frame_crc(at, w, &[&payload])));
+        unsafe { self.write_commit_frame(at, end) };
     }
 
     fn wants_sync(&self, synced: u64, scan: u64, last: Instant, stopping: bool) -> bool {
