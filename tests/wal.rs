@@ -933,9 +933,10 @@ fn damage_before_a_clean_close_at_a_segment_end_is_reported() {
 
 /// Under appends that never pause, a group commit can rarely close its
 /// group with a commit frame (more is always reserved); one naming its end
-/// then rides with the frames reserved after it. Nearly every group gets
-/// one (without them, about a fifth did here), and damage to a synced
-/// record is reported after a power loss, not cut as a torn tail.
+/// then rides with the frames reserved after it. At least half the groups
+/// get one (without them, about a fifth did here), and damage to a synced
+/// record is reported after a power loss, not cut as a torn tail. (A group
+/// that fills the whole log buffer gets none: not covered, see FORMAT.md.)
 #[test]
 fn damage_under_continuous_appends_is_reported_after_a_crash() {
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -944,7 +945,11 @@ fn damage_under_continuous_appends_is_reported_after_a_crash() {
         let sim = SimStorage::new(50 + round);
         let storage: Arc<dyn Storage> = Arc::new(sim.clone());
         let dir = Path::new("/load");
-        let cfg = config(1 << 20, 64 << 10, FlushPolicy::GroupCommit);
+        // One segment for the whole run (a group ending at a segment end
+        // is vouched for by the next segment's first frame instead), and a
+        // buffer the appenders do not fill (a group that fills it leaves no
+        // room for a commit frame).
+        let cfg = config(32 << 20, 16 << 20, FlushPolicy::GroupCommit);
         let (log, _) = open(&storage, dir, &cfg).unwrap();
         let stop = AtomicBool::new(false);
         let acked = std::thread::scope(|s| {

@@ -551,22 +551,17 @@ impl Committer {
         let s = &*self.shared;
         let len = FRAME_HEADER + 16;
         let mut at = s.reserved.load(Ordering::Acquire);
-        // Nothing reserved past the group: only worth a frame when appenders
-        // wait for ring space (the group filled the ring, leaving no room to
-        // close it), whose frames will follow at once. Else the next group
-        // gets a commit frame of its own, and a lone writer no extra sync.
-        if at == end && s.space.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
-            return;
-        }
         // A few tries against appenders reserving at the same time; else
-        // the next group's marker covers this one too.
+        // the next group's marker covers this one too. With nothing
+        // reserved past the group, the next group closes itself with one
+        // naming `end` (a frame here alone would cost a sync of its own).
         let mut tries = 0;
         loop {
-            if at < end
+            if at <= end
                 || at / s.seg_data != (end - 1) / s.seg_data
                 || at % s.seg_data + len > s.seg_data
                 || at + len - s.freed.load(Ordering::Acquire) > s.ring.cap()
-                || tries == 8
+                || tries == 64
             {
                 return;
             }
@@ -671,8 +666,8 @@ impl Committer {
                 // SAFETY: the slices of this range were dropped in `commit`.
                 unsafe { s.ring.zero(synced, end) };
                 s.freed.store(end, Ordering::Release);
-                // Before appenders waiting for ring space are woken: the
-                // space just freed has room for it.
+                // Before appenders waiting for ring space are woken and
+                // take the space just freed.
                 self.defer_marker(end);
                 // Counted before the futures wake, so a woken writer's
                 // metrics include its own group.
