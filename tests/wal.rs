@@ -1062,3 +1062,44 @@ fn a_later_segments_clean_close_vouches_for_the_one_before() {
         expect_corruption_at(&b, &cfg, &b.dir.join(format!("{:020}.wal", 0)), 4096 + 2048);
     }
 }
+
+/// Records of the largest size, more than the buffer holds at once, from
+/// several threads, with group commit and with manual flushes: each waits
+/// for room and gets it, all land, and the log closes.
+#[test]
+fn largest_records_beyond_the_buffer_all_land() {
+    for flush in [FlushPolicy::GroupCommit, FlushPolicy::Manual] {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let storage: Arc<dyn Storage> = Arc::new(SimStorage::new(61));
+            let dir = Path::new("/big");
+            let cfg = config(64 << 10, 16 << 10, flush);
+            let (log, _) = open(&storage, dir, &cfg).unwrap();
+            let max = log.max_payload() as usize;
+            std::thread::scope(|s| {
+                for w in 0..3u8 {
+                    let log = &log;
+                    s.spawn(move || {
+                        for k in 0..20u8 {
+                            let d = futures::executor::block_on(log.append(&[&vec![w ^ k; max]]))
+                                .unwrap();
+                            if flush == FlushPolicy::Manual && k % 5 == 4 {
+                                futures::executor::block_on(log.flush()).unwrap();
+                            }
+                            drop(d);
+                        }
+                    });
+                }
+            });
+            futures::executor::block_on(log.flush()).unwrap();
+            log.close().unwrap();
+            let (_, got) = open(&storage, dir, &cfg).unwrap();
+            tx.send(got.len()).unwrap();
+        });
+        // A guard against a hang, not a timing goal.
+        let n = rx
+            .recv_timeout(Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("{flush:?}: the appends or the close hung"));
+        assert_eq!(n, 60, "{flush:?}");
+    }
+}
