@@ -128,6 +128,8 @@ struct Faults {
     space_left: Option<u64>,
     /// Index (in `ops`) of the operation the power is lost before.
     crash_at: Option<u64>,
+    /// Index (in `ops`) of the operation the process is killed before.
+    kill_at: Option<u64>,
 }
 
 /// Everything behind the one mutex.
@@ -274,16 +276,16 @@ impl SimStorage {
     /// durable than before (a later [`crash`](Self::crash) can still lose
     /// unsynced data).
     pub fn kill(&self) {
+        self.lock().kill();
+    }
+
+    /// Kills the process (as [`kill`](Self::kill): the page cache stays)
+    /// just before the `n`-th next mutating operation from now, counted as
+    /// for [`crash_at_op`](Self::crash_at_op): that call and every later one
+    /// on handles from before fail with `EIO`.
+    pub fn kill_at_op(&self, n: u64) {
         let mut disk = self.lock();
-        disk.generation += 1;
-        disk.locks.clear();
-        for file in disk.files.values_mut() {
-            file.handles = 0;
-        }
-        let ids: Vec<FileId> = disk.files.keys().copied().collect();
-        for id in ids {
-            disk.collect(id);
-        }
+        disk.faults.kill_at = Some(disk.ops.saturating_add(n));
     }
 
     /// Makes the `n`-th next `write_at` call from now (0 = the very next)
@@ -460,7 +462,25 @@ impl Disk {
             self.crash(CrashPolicy::Random);
             return Err(io::Error::from_raw_os_error(EIO));
         }
+        if self.faults.kill_at == Some(n) {
+            self.faults.kill_at = None;
+            self.kill();
+            return Err(io::Error::from_raw_os_error(EIO));
+        }
         Ok(())
+    }
+
+    /// See [`SimStorage::kill`].
+    fn kill(&mut self) {
+        self.generation += 1;
+        self.locks.clear();
+        for file in self.files.values_mut() {
+            file.handles = 0;
+        }
+        let ids: Vec<FileId> = self.files.keys().copied().collect();
+        for id in ids {
+            self.collect(id);
+        }
     }
 
     fn crash(&mut self, policy: CrashPolicy) {

@@ -325,6 +325,30 @@ impl Committer {
             path: c.dir.join(segment_name(seq)),
             source: std::io::Error::other(reason),
         })?;
+        // A process killed before its last fdatasync returned leaves that
+        // group readable, so recovery took it, but maybe not on disk: make
+        // it durable before anything after it is written and acknowledged
+        // (else a power loss could take it and keep what follows). It lies
+        // in the segment the log goes on in, or at the end of the one
+        // before.
+        let sync = |path: PathBuf| -> Result<()> {
+            let io = |e| Error::Io {
+                path: path.clone(),
+                source: e,
+            };
+            if c.storage.exists(&path) {
+                c.storage
+                    .open(&path, false)
+                    .map_err(io)?
+                    .sync_data()
+                    .map_err(io)?;
+            }
+            Ok(())
+        };
+        sync(c.dir.join(segment_name(seq)))?;
+        if c.shared.mark.durable().is_multiple_of(c.shared.seg_data) && seq > 0 {
+            sync(c.dir.join(segment_name(seq - 1)))?;
+        }
         // A clean-close record lets the next open skip reading the rest of
         // the segment; it must not outlive the first new write: erase it.
         c.erase_clean().map_err(|reason| Error::Io {
