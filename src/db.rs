@@ -940,10 +940,14 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
             )
         };
         let started = std::time::Instant::now();
-        // Asked again just before the manifest: a log that failed while
-        // the shards were written must not have leaves whose inserts were
-        // reported failed made durable by the checkpoint.
-        let log_failed = || self.wal.failure().filter(|e| !matches!(e, Error::Closed));
+        // Just before the manifest, the log below `position` is made
+        // durable: then no insert the checkpoint holds can still be reported
+        // failed (a log failing first stops the checkpoint instead). One
+        // group commit per checkpoint.
+        let log_failed = || match self.wal.flush().wait() {
+            Ok(()) | Err(Error::Closed) => None,
+            Err(e) => Some(e),
+        };
         let manifest = cp.write(&snap, position, &log_failed)?;
         self.last_checkpoint.store(position, Ordering::Relaxed);
         // Serve what the checkpoint wrote from the shards: map them (outside
