@@ -78,7 +78,8 @@ pub struct Config {
     /// Bytes of the log buffer (power of two, 4 KiB to 1 GiB; default
     /// 16 MiB). Bounds the
     /// memory of inserts not yet written out; inserts wait when it is full.
-    /// One `insert_many` takes at most `(capacity / 2 - 16) / 32` leaves.
+    /// One `insert_many` takes at most about `capacity / 64` leaves
+    /// ([`Tree::max_batch`] gives the number).
     pub buffer_capacity: u64,
     /// Bytes per WAL segment file (multiple of 4 KiB; default 64 MiB).
     pub segment_size: u64,

@@ -902,32 +902,32 @@ fn write_sync_lands_byte_exact_from_many_threads() {
 #[test]
 fn damage_before_a_clean_close_at_a_segment_end_is_reported() {
     for b in backends() {
-        // Two records of 2040 bytes fill the 4 KiB data area of an 8 KiB
+        // Four records of 2040 bytes fill the 8 KiB data area of a 12 KiB
         // segment exactly: frames of 2048 bytes, no room for a commit frame.
-        let cfg = config(8 << 10, 8 << 10, FlushPolicy::Manual);
+        let cfg = config(12 << 10, 16 << 10, FlushPolicy::Manual);
         let path = b.dir.join(format!("{:020}.wal", 0));
         {
             let (log, _) = open(&b.storage, &b.dir, &cfg).unwrap();
-            for s in 0..2u8 {
+            for s in 0..4u8 {
                 let d = futures::executor::block_on(log.append(&[&vec![s + 1; 2040]])).unwrap();
                 drop(d);
             }
             futures::executor::block_on(log.flush()).unwrap();
-            assert_eq!(log.durable(), 4096, "{}", b.name);
+            assert_eq!(log.durable(), 8192, "{}", b.name);
             log.close().unwrap();
         }
         let (log, got) = open(&b.storage, &b.dir, &cfg).unwrap();
-        assert_eq!(got.len(), 2, "{}: both records back", b.name);
+        assert_eq!(got.len(), 4, "{}: all records back", b.name);
         log.close().unwrap();
-        // Damage a byte of the second record's payload.
+        // Damage a byte of the last record's payload.
         let f = b.storage.open(&path, false).unwrap();
-        let at = 4096 + 2048 + 100;
+        let at = 4096 + 3 * 2048 + 100;
         let mut byte = [0u8; 1];
         f.read_at(at, &mut byte).unwrap();
         f.write_at(at, &[&[byte[0] ^ 0x10]]).unwrap();
         f.sync_data().unwrap();
         drop(f);
-        expect_corruption_at(&b, &cfg, &path, 4096 + 2048);
+        expect_corruption_at(&b, &cfg, &path, 4096 + 3 * 2048);
     }
 }
 
@@ -935,8 +935,9 @@ fn damage_before_a_clean_close_at_a_segment_end_is_reported() {
 /// group with a commit frame (more is always reserved); one naming its end
 /// then rides with the frames reserved after it. At least half the groups
 /// get one (without them, about a fifth did here), and damage to a synced
-/// record is reported after a power loss, not cut as a torn tail. (A group
-/// that fills the whole log buffer gets none: not covered, see FORMAT.md.)
+/// record is reported after a power loss, not cut as a torn tail. Also
+/// with a small buffer the appenders keep full: they leave room at its end
+/// for the committer's frame.
 #[test]
 fn damage_under_continuous_appends_is_reported_after_a_crash() {
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -946,10 +947,10 @@ fn damage_under_continuous_appends_is_reported_after_a_crash() {
         let storage: Arc<dyn Storage> = Arc::new(sim.clone());
         let dir = Path::new("/load");
         // One segment for the whole run (a group ending at a segment end
-        // is vouched for by the next segment's first frame instead), and a
-        // buffer the appenders do not fill (a group that fills it leaves no
-        // room for a commit frame).
-        let cfg = config(32 << 20, 16 << 20, FlushPolicy::GroupCommit);
+        // is vouched for by the next segment's first frame instead); a
+        // buffer the appenders fill, or one they do not.
+        let buffer = if round % 2 == 0 { 64 << 10 } else { 16 << 20 };
+        let cfg = config(32 << 20, buffer, FlushPolicy::GroupCommit);
         let (log, _) = open(&storage, dir, &cfg).unwrap();
         let stop = AtomicBool::new(false);
         let acked = std::thread::scope(|s| {
@@ -1042,12 +1043,12 @@ fn damage_under_continuous_appends_is_reported_after_a_crash() {
 #[test]
 fn a_later_segments_clean_close_vouches_for_the_one_before() {
     for b in backends() {
-        // Frames of 2048 bytes: two fill segment 0's 4 KiB data area, the
-        // third opens segment 1.
-        let cfg = config(8 << 10, 8 << 10, FlushPolicy::Manual);
+        // Frames of 2048 bytes: four fill segment 0's 8 KiB data area, the
+        // fifth opens segment 1.
+        let cfg = config(12 << 10, 16 << 10, FlushPolicy::Manual);
         {
             let (log, _) = open(&b.storage, &b.dir, &cfg).unwrap();
-            for s in 0..3u8 {
+            for s in 0..5u8 {
                 drop(futures::executor::block_on(log.append(&[&vec![s + 1; 2040]])).unwrap());
             }
             futures::executor::block_on(log.flush()).unwrap();
@@ -1063,9 +1064,14 @@ fn a_later_segments_clean_close_vouches_for_the_one_before() {
             f.write_at(at, &[&[byte[0] ^ 0x20]]).unwrap();
             f.sync_data().unwrap();
         };
-        flip(0, 4096 + 2048 + 100);
+        flip(0, 4096 + 3 * 2048 + 100);
         flip(1, 4096 + 100);
-        expect_corruption_at(&b, &cfg, &b.dir.join(format!("{:020}.wal", 0)), 4096 + 2048);
+        expect_corruption_at(
+            &b,
+            &cfg,
+            &b.dir.join(format!("{:020}.wal", 0)),
+            4096 + 3 * 2048,
+        );
     }
 }
 

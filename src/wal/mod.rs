@@ -69,7 +69,8 @@ pub struct LogConfig {
     /// Bytes of the log buffer (a power of two, 4 KiB to 1 GiB; default
     /// 16 MiB). Bounds the
     /// memory of records not yet written out; appends wait when it is full.
-    /// One record is at most half of it.
+    /// One record is at most half of it (less the 24 bytes appenders
+    /// leave the committer).
     pub buffer_capacity: u64,
     /// When to sync.
     pub flush: FlushPolicy,
@@ -133,6 +134,11 @@ impl LogConfig {
     }
 }
 
+/// Room at the end of the log buffer that appenders leave to the committer:
+/// one commit frame, so a group that fills the buffer can still be closed
+/// by one (and damage to it told from a torn tail after a crash).
+const COMMITTER_ROOM: u64 = FRAME_HEADER + 16;
+
 /// State shared by appenders, the committer and durable futures.
 pub(crate) struct Shared {
     ring: Ring,
@@ -155,7 +161,8 @@ pub(crate) struct Shared {
     handed_below: AtomicU64,
     /// Appenders waiting for ring space.
     space: Mutex<Vec<Waker>>,
-    /// Largest frame that fits: min(ring capacity, segment data) / 2.
+    /// Largest frame that fits: (min(ring capacity, segment data) - the
+    /// committer's room) / 2.
     max_frame: u64,
     /// Groups and records committed (metrics).
     pub(crate) syncs: AtomicU64,
@@ -347,7 +354,7 @@ impl Log {
             spares: Arc::new(committer::Spares::new(config.spare_segments)),
             handed_below: AtomicU64::new(0),
             space: Mutex::new(Vec::new()),
-            max_frame: (cap.min(seg_data) / 2) & !7,
+            max_frame: ((cap.min(seg_data) - COMMITTER_ROOM) / 2) & !7,
             syncs: AtomicU64::new(0),
             records: AtomicU64::new(0),
             sync_latency: crate::metrics::Histogram::new(),
@@ -448,7 +455,7 @@ impl Log {
             };
             let end = lsn + len;
             // `start` may be stale (then the CAS fails): saturate.
-            if end.saturating_sub(s.freed.load(Ordering::Acquire)) > s.ring.cap() {
+            if end.saturating_sub(s.freed.load(Ordering::Acquire)) > s.ring.cap() - COMMITTER_ROOM {
                 return Err(ReserveError::Full);
             }
             match s
@@ -477,7 +484,7 @@ impl Log {
         // the frame) at the end of a segment.
         let fits = || {
             let end = s.reserved.load(Ordering::Acquire) + 2 * frame_len(payload);
-            end.saturating_sub(s.freed.load(Ordering::Acquire)) <= s.ring.cap()
+            end.saturating_sub(s.freed.load(Ordering::Acquire)) <= s.ring.cap() - COMMITTER_ROOM
                 || s.mark.failure().is_some()
         };
         if fits() {
