@@ -3,8 +3,10 @@
 //!
 //! `cargo bench --bench tree_latency` runs:
 //! 1. one task: insert + await durable x2000 (ringtree), `insert_durable`
-//!    x2000 (rotortree), and raw 64 B pwrite + fdatasync, interleaved in
-//!    rounds of 100 so the disk's drift hits all alike;
+//!    x2000 (rotortree), raw 64 B pwrite + fdatasync, and the floor of a
+//!    durable write (4 KiB `O_DIRECT` pwrite + fdatasync on the task's own
+//!    thread), interleaved in rounds of 100 so the disk's drift hits all
+//!    alike;
 //! 2. 1,000 tasks inserting and awaiting for 5 s (ringtree) against
 //!    rotortree's best: 64 threads insert + `wait()` with `Interval(1ms)`;
 //! 3. fire-and-forget single inserts x1M, then one flush;
@@ -13,7 +15,8 @@
 //! Env: `RINGTREE_BENCH_DIR` (default `target/bench-tmp`), `RINGTREE_BENCH_SECS`
 //! (5), `RINGTREE_BENCH_IO` (`threaded` or `uring`; default: both),
 //! `RINGTREE_BENCH_ONLY` (sections to run, e.g. `14`; default `1234`),
-//! `RINGTREE_BENCH_SPIN_US` (the committer's spin).
+//! `RINGTREE_BENCH_SPIN_US` (the committer's spin), `RINGTREE_BENCH_INTERVAL_US`
+//! (our side with `FlushPolicy::Interval` instead of group commit).
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -43,6 +46,11 @@ fn ours(dir: &Path, io: IoBackend) -> Ours {
     if let Ok(us) = std::env::var("RINGTREE_BENCH_SPIN_US") {
         cfg = cfg.spin(Duration::from_micros(us.parse().unwrap()));
     }
+    if let Ok(us) = std::env::var("RINGTREE_BENCH_INTERVAL_US") {
+        cfg = cfg.flush(ringtree::FlushPolicy::Interval(Duration::from_micros(
+            us.parse().unwrap(),
+        )));
+    }
     Ours::open_blocking(cfg).unwrap()
 }
 
@@ -60,8 +68,35 @@ fn theirs(dir: &Path, flush: RFlush) -> Theirs {
     .unwrap()
 }
 
-/// Latencies of one task's durable inserts: (raw, ringtree, rotortree).
-pub type OneTask = (Histogram<u64>, Histogram<u64>, Histogram<u64>);
+/// Latencies of one task's durable inserts, and of the loops they are
+/// measured against.
+pub struct OneTask {
+    /// 64 B `pwrite` + `fdatasync` into a pre-zeroed file.
+    pub raw: Histogram<u64>,
+    /// The floor of any durable write on this disk: a 4 KiB `O_DIRECT`
+    /// `pwrite` + `fdatasync` into a pre-zeroed file, on the task's own
+    /// thread (no hand-off to another thread, nothing spinning beside it).
+    pub floor: Option<Histogram<u64>>,
+    /// Ours: insert + await durable.
+    pub ours: Histogram<u64>,
+    /// Rotortree's `insert_durable`.
+    pub theirs: Histogram<u64>,
+}
+
+/// A pre-zeroed file of `len` bytes opened with `O_DIRECT`, or `None` where
+/// the file system refuses it.
+fn direct_file(path: &Path, len: u64) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::write(path, vec![0u8; len as usize]).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()?;
+    f.sync_all().unwrap();
+    Some(f)
+}
 
 pub fn one_task(rt: &tokio::runtime::Runtime, dir: &Path, io: IoBackend, n: u64) -> OneTask {
     let raw_path = fresh(dir, "raw").join("file");
@@ -75,9 +110,15 @@ pub fn one_task(rt: &tokio::runtime::Runtime, dir: &Path, io: IoBackend, n: u64)
     raw.write_all_at(&vec![0u8; (n as usize + 200) * 64], 0)
         .unwrap();
     raw.sync_all().unwrap();
+    let floor_len = ((n + 200) * 64).next_multiple_of(4096) + 4096;
+    let floor_file = direct_file(&raw_path.with_file_name("direct"), floor_len);
+    // One 4 KiB block, aligned for O_DIRECT.
+    let mut block_buf = vec![0u8; 8192];
+    let align = block_buf.as_ptr().align_offset(4096);
+    let block = &mut block_buf[align..align + 4096];
     let t = ours(&fresh(dir, "one-ours"), io);
     let r = theirs(&fresh(dir, "one-theirs"), RFlush::Manual);
-    let (mut h_raw, mut h_ours, mut h_theirs) = (hist(), hist(), hist());
+    let (mut h_raw, mut h_floor, mut h_ours, mut h_theirs) = (hist(), hist(), hist(), hist());
     rt.block_on(async {
         for i in 0..50 {
             t.insert_durable(leaf(i)).await.unwrap();
@@ -86,13 +127,23 @@ pub fn one_task(rt: &tokio::runtime::Runtime, dir: &Path, io: IoBackend, n: u64)
         let mut at = 0u64;
         let mut i = 50u64;
         for _ in 0..n.div_ceil(100) {
-            for _ in 0..100 {
+            for k in 0..100 {
                 let s = Instant::now();
-                raw.write_all_at(&[7u8; 64], at).unwrap();
+                raw.write_all_at(&[7u8; 64], at + k * 64).unwrap();
                 raw.sync_data().unwrap();
                 h_raw.record(s.elapsed().as_nanos() as u64).unwrap();
-                at += 64;
             }
+            if let Some(f) = &floor_file {
+                for k in 0..100 {
+                    let pos = at + k * 64;
+                    block[(pos % 4096) as usize] = 7;
+                    let s = Instant::now();
+                    f.write_all_at(block, pos / 4096 * 4096).unwrap();
+                    f.sync_data().unwrap();
+                    h_floor.record(s.elapsed().as_nanos() as u64).unwrap();
+                }
+            }
+            at += 100 * 64;
             for _ in 0..100 {
                 let s = Instant::now();
                 t.insert_durable(leaf(i)).await.unwrap();
@@ -110,17 +161,34 @@ pub fn one_task(rt: &tokio::runtime::Runtime, dir: &Path, io: IoBackend, n: u64)
     r.close().unwrap();
     let p50 = |h: &Histogram<u64>| h.value_at_quantile(0.5) as f64;
     row("raw 64 B pwrite+fdatasync, pre-zeroed", &h_raw, "");
+    let floor = floor_file.map(|_| {
+        row(
+            "floor: direct 4 KiB pwrite+fdatasync, same thread",
+            &h_floor,
+            &format!("{:.2}x raw", p50(&h_floor) / p50(&h_raw)),
+        );
+        h_floor
+    });
+    let vs_floor = floor
+        .as_ref()
+        .map(|f| format!(", {:.2}x floor", p50(&h_ours) / p50(f)))
+        .unwrap_or_default();
     row(
         &format!("ringtree insert+await durable ({io})"),
         &h_ours,
         &format!(
-            "p50 {:.2}x rotortree, {:.2}x raw",
+            "p50 {:.2}x rotortree, {:.2}x raw{vs_floor}",
             p50(&h_ours) / p50(&h_theirs),
             p50(&h_ours) / p50(&h_raw)
         ),
     );
     row("rotortree insert_durable", &h_theirs, "");
-    (h_raw, h_ours, h_theirs)
+    OneTask {
+        raw: h_raw,
+        floor,
+        ours: h_ours,
+        theirs: h_theirs,
+    }
 }
 
 pub fn many_tasks(
