@@ -668,17 +668,25 @@ impl Committer {
         // Records scanned and not yet counted as committed.
         let mut records = 0u64;
         loop {
+            // Poisoned from outside (`Log::poison`): nothing more is made
+            // durable.
+            if s.mark.failure().is_some() {
+                return;
+            }
             scan = self.advance_scan(synced, scan, &mut records);
             let stopping = s.stop.load(Ordering::Acquire);
             if self.wants_sync(synced, scan, last, stopping) {
                 // One segment per write and sync; the rest on the next turn.
                 let seg_end = (synced / s.seg_data + 1) * s.seg_data;
-                if scan < seg_end {
+                // The group's segment, open before a commit frame takes its
+                // salt (at a segment start `current` is still the last one).
+                let opened = self.open_segment(synced / s.seg_data);
+                if opened.is_ok() && scan < seg_end {
                     scan = self.commit_marker(synced, scan);
                 }
                 let end = scan.min(seg_end);
                 let t0 = Instant::now();
-                if let Err(reason) = self.commit(synced, end) {
+                if let Err(reason) = opened.and_then(|()| self.commit(synced, end)) {
                     tracing::error!(offset = synced, %reason, "WAL write or sync failed; log poisoned");
                     s.mark.fail(Failure::Poisoned {
                         offset: synced,
@@ -732,7 +740,8 @@ impl Committer {
     fn idle(&self, synced: u64, scan: u64, last: Instant, stopping: bool) {
         let s = &*self.shared;
         let work = || {
-            self.published(synced, scan)
+            s.mark.failure().is_some()
+                || self.published(synced, scan)
                 || s.stop.load(Ordering::Acquire) != stopping
                 || (scan > synced && s.flush_to.load(Ordering::Acquire) > synced)
         };
@@ -765,5 +774,75 @@ impl Committer {
             }
         }
         s.sleeping.store(false, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::super::format::{FRAME_HEADER, FrameHeader, Kind, SEGMENT_HEADER, SegmentHeader};
+    use super::super::{Log, LogConfig};
+    use crate::io::{SimStorage, Storage};
+
+    /// Every commit frame carries the salt of the segment it lies in, also
+    /// the first group's frame of each segment (it once took the salt of
+    /// the segment before).
+    #[test]
+    fn commit_frames_carry_their_segments_salt() {
+        let storage: Arc<dyn Storage> = Arc::new(SimStorage::new(11));
+        let mut cfg = LogConfig::default();
+        cfg.segment_size = 8 << 10;
+        cfg.buffer_capacity = 8 << 10;
+        let dir = Path::new("/sim/salt");
+        let log = Log::open(storage.clone(), dir, &cfg, 0, &mut |_, _| Ok(())).unwrap();
+        // One record at a time, each awaited: every group closes with a
+        // commit frame, the first of each segment included.
+        for i in 0..400u32 {
+            let rec = [i.to_le_bytes(); 24].concat();
+            futures::executor::block_on(log.append(&[&rec]))
+                .unwrap()
+                .wait()
+                .unwrap();
+        }
+        log.close().unwrap();
+        let data = cfg.segment_size - SEGMENT_HEADER;
+        let (mut frames, mut segments) = (0, 0);
+        for seq in 0.. {
+            let path = dir.join(super::segment_name(seq));
+            if !storage.exists(&path) {
+                break;
+            }
+            let f = storage.open(&path, false).unwrap();
+            let mut b = vec![0u8; cfg.segment_size as usize];
+            let n = f.read_at(0, &mut b).unwrap();
+            let header = SegmentHeader::decode(&path, &b[..n]).unwrap();
+            let mut at = 0u64;
+            let mut first = true;
+            while at + FRAME_HEADER <= data {
+                let o = (SEGMENT_HEADER + at) as usize;
+                let raw: [u8; 8] = b[o..o + 8].try_into().unwrap();
+                if raw == [0; 8] {
+                    break;
+                }
+                let h = FrameHeader::decode(raw).expect("a known frame kind");
+                if h.kind == Kind::Commit {
+                    let p = o + FRAME_HEADER as usize;
+                    let salt = u64::from_le_bytes(b[p + 8..p + 16].try_into().unwrap());
+                    assert_eq!(salt, header.salt, "segment {seq}, offset {at}");
+                    frames += 1;
+                    if first {
+                        segments += 1;
+                        first = false;
+                    }
+                }
+                at += h.len();
+            }
+        }
+        assert!(
+            segments >= 3 && frames >= 300,
+            "{frames} commit frames in {segments} segments"
+        );
     }
 }

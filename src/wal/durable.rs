@@ -180,10 +180,19 @@ impl Watermark {
     /// The state of position `lsn`: `Some` once it is decided.
     #[inline]
     fn check(&self, lsn: u64) -> Option<Result<(), Error>> {
+        let failure = self.failure.get();
+        // Past a poisoned offset a record fails even if a group commit in
+        // flight at the failure made it durable later: every future at or
+        // past the offset resolves alike, and the tree treats it as lost.
+        if let Some(f @ Failure::Poisoned { offset, .. }) = failure
+            && lsn > *offset
+        {
+            return Some(Err(f.to_error()));
+        }
         if self.durable() >= lsn {
             return Some(Ok(()));
         }
-        self.failure.get().map(|f| Err(f.to_error()))
+        failure.map(|f| Err(f.to_error()))
     }
 
     /// Polls for `lsn`; the caller's record starts at `start`: it spins
@@ -278,7 +287,7 @@ impl Durable {
 
     /// Whether the insert is durable already.
     pub fn is_durable(&self) -> bool {
-        self.mark.durable() >= self.lsn
+        matches!(self.mark.check(self.lsn), Some(Ok(())))
     }
 
     /// The log position this future waits for.

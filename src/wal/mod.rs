@@ -591,6 +591,8 @@ impl Log {
             reason,
         });
         self.shared.wake_space();
+        // The committer stops at the failure: no group past it is made.
+        self.shared.wake_committer();
     }
 
     /// Retires every segment wholly below `position`, which must be durable
@@ -701,5 +703,42 @@ impl Log {
 impl Drop for Log {
     fn drop(&mut self) {
         let _ = self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::SimStorage;
+
+    /// Poisoned from outside (a checkpoint found damaged data): a record
+    /// appended before it and not yet synced never resolves Ok, even when
+    /// a flush asks for it afterwards, and its future agrees with
+    /// `is_durable`.
+    #[test]
+    fn poison_stops_the_committer() {
+        let storage: Arc<dyn Storage> = Arc::new(SimStorage::new(3));
+        let mut cfg = LogConfig::default();
+        cfg.segment_size = 64 << 10;
+        cfg.buffer_capacity = 64 << 10;
+        cfg.flush = FlushPolicy::Manual;
+        let dir = Path::new("/sim/poison");
+        let log = Log::open(storage, dir, &cfg, 0, &mut |_, _| Ok(())).unwrap();
+        let a = futures::executor::block_on(log.append(&[b"first record"])).unwrap();
+        log.flush().wait().unwrap();
+        a.wait().unwrap();
+        let b = futures::executor::block_on(log.append(&[b"second record"])).unwrap();
+        log.poison("damaged checkpoint".into());
+        let flushed = log.flush();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(matches!(flushed.wait(), Err(Error::Poisoned { .. })));
+        assert!(matches!(b.wait(), Err(Error::Poisoned { .. })));
+        assert!(!b.is_durable());
+        assert!(a.wait().is_ok() && a.is_durable());
+        assert!(matches!(
+            futures::executor::block_on(log.append(&[b"third"])),
+            Err(Error::Poisoned { .. })
+        ));
+        assert!(log.close().is_err());
     }
 }
