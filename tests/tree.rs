@@ -548,3 +548,51 @@ fn a_lone_writer_does_not_starve_its_neighbours() {
     );
     futures::executor::block_on(tree.close()).unwrap();
 }
+
+/// Tasks inserting and awaiting in loops on a current-thread runtime share
+/// group commits. A future that spins (the log looked like it served one
+/// writer) holds the only executor thread, so no other task can append
+/// during that fsync: every group held one record and the log stayed
+/// "lone" for good, one fsync per insert for any number of tasks.
+#[test]
+fn tasks_on_a_current_thread_runtime_share_group_commits() {
+    // A real disk: syncs long enough for tasks to pile up behind them.
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = T4::open_blocking(Config::new(tmp.path()).io(IoBackend::Threaded)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // A lone writer first, so the log starts in its lone mode.
+        for i in 0..50 {
+            tree.insert_durable(leaf(i)).await.unwrap();
+        }
+        let before = tree.metrics();
+        let tasks: Vec<_> = (0..16u64)
+            .map(|t| {
+                let tree = tree.clone();
+                tokio::spawn(async move {
+                    for i in 0..40u64 {
+                        let ins = tree.insert(leaf(1000 + t * 100 + i)).await.unwrap();
+                        ins.durable.await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let m = tree.metrics();
+        let (records, fsyncs) = (
+            m.records_committed - before.records_committed,
+            m.fsyncs - before.fsyncs,
+        );
+        assert_eq!(records, 640);
+        assert!(
+            records >= 3 * fsyncs,
+            "16 tasks: {records} records in {fsyncs} group commits"
+        );
+    });
+    futures::executor::block_on(tree.close()).unwrap();
+}

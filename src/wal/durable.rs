@@ -80,6 +80,8 @@ pub(crate) struct Watermark {
     /// How long a waiter may spin before it registers and sleeps, in
     /// nanoseconds (0: do not spin). The committer sets it after each group.
     spin_ns: AtomicU64,
+    /// Which task last came to spin (see `may_spin`; 0: none yet).
+    spinner: AtomicU64,
 }
 
 impl Watermark {
@@ -93,6 +95,7 @@ impl Watermark {
             #[cfg(test)]
             after_take: Mutex::new(None),
             spin_ns: AtomicU64::new(0),
+            spinner: AtomicU64::new(0),
         }
     }
 
@@ -195,6 +198,20 @@ impl Watermark {
         failure.map(|f| Err(f.to_error()))
     }
 
+    /// Whether the task behind `waker` may spin: the task that came here
+    /// to spin last time (or the first one). Another task means several
+    /// take turns on the log, and then a spinner would hold back the
+    /// tasks on its executor thread that would have joined its group (on a
+    /// current-thread runtime all of them: every group held one record, so
+    /// the log looked lone for good, one fsync per insert). Those sleep
+    /// instead, and their groups grow.
+    fn may_spin(&self, waker: &Waker) -> bool {
+        let me = (waker.data() as usize as u64)
+            ^ (waker.vtable() as *const std::task::RawWakerVTable as usize as u64).rotate_left(32);
+        let before = self.spinner.swap(me, Ordering::Relaxed);
+        before == me || before == 0
+    }
+
     /// Polls for `lsn`; the caller's record starts at `start`: it spins
     /// (when the log serves one writer at a time) only when nothing before
     /// it is waiting, so at most one waiter spins and writers behind it
@@ -204,7 +221,7 @@ impl Watermark {
             return resolved(r, cx);
         }
         let budget = self.spin_ns.load(Ordering::Relaxed);
-        if budget > 0 && self.durable() >= start {
+        if budget > 0 && self.durable() >= start && self.may_spin(cx.waker()) {
             let t0 = std::time::Instant::now();
             let budget = std::time::Duration::from_nanos(budget);
             loop {
