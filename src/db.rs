@@ -634,11 +634,14 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             });
         }
         let payload = RECORD_HEADER + 32 * leaves.len() as u64;
+        let mut claim = None;
         loop {
             if let Some(ins) = self.try_insert(leaves)? {
+                drop(claim);
                 self.maybe_checkpoint();
                 return Ok(ins);
             }
+            claim.get_or_insert_with(|| self.inner.wal.claim_space(payload));
             std::future::poll_fn(|cx| self.inner.wal.poll_space(payload, cx)).await;
         }
     }

@@ -1179,3 +1179,59 @@ fn a_kill_then_a_power_loss_keeps_what_the_reopened_log_acknowledged() {
         );
     }
 }
+
+/// A record that needs most of the log buffer gets in while other threads
+/// keep the buffer full of small records: they leave room for it. (It
+/// waited for an empty buffer before, which a stream of appends faster
+/// than the disk leaves only by chance.)
+#[test]
+fn a_large_record_is_not_starved_by_small_ones() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let t = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(ThreadedStorage);
+    let dir = t.path().join("wal");
+    let cfg = config(1 << 20, 64 << 10, FlushPolicy::GroupCommit);
+    let (log, _) = open(&storage, &dir, &cfg).unwrap();
+    let big = vec![0xB6u8; log.max_payload() as usize];
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let small = std::thread::scope(|scope| {
+        let flooders: Vec<_> = (0..6u32)
+            .map(|w| {
+                let (log, stop) = (&log, &stop);
+                scope.spawn(move || {
+                    let mut n = 0u32;
+                    while !stop.load(Ordering::Relaxed) {
+                        futures::executor::block_on(log.append(&[&record(w, n)])).unwrap();
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        // Let the stream fill the buffer first.
+        std::thread::sleep(Duration::from_millis(100));
+        let (log, big) = (&log, &big);
+        scope.spawn(move || {
+            let before = log.syncs();
+            let d = futures::executor::block_on(log.append(&[big])).unwrap();
+            let waited = log.syncs() - before;
+            tx.send(d.wait().map(|()| waited)).unwrap();
+        });
+        // A hang detector, not a timing goal: it takes milliseconds.
+        let got = rx.recv_timeout(Duration::from_secs(30));
+        stop.store(true, Ordering::Relaxed);
+        // The group commits it waited through: one or two with room kept
+        // for it; 60 to 350 when it waited for an empty buffer.
+        match got {
+            Ok(Ok(waited)) => assert!(waited <= 8, "waited through {waited} group commits"),
+            other => panic!("the large record did not get in: {other:?}"),
+        }
+        flooders.into_iter().map(|f| f.join().unwrap()).sum::<u32>()
+    });
+    log.close().unwrap();
+    let (log, got) = open(&storage, &dir, &cfg).unwrap();
+    assert_eq!(got.iter().filter(|(_, r)| *r == big).count(), 1);
+    assert_eq!(got.len() as u32, small + 1);
+    log.close().unwrap();
+}

@@ -161,6 +161,13 @@ pub(crate) struct Shared {
     handed_below: AtomicU64,
     /// Appenders waiting for ring space.
     space: Mutex<Vec<Waker>>,
+    /// Ring bytes kept free for a waiting appender of a large frame (twice
+    /// its frame: the frame and the worst filler before it; 0: none).
+    /// Smaller appenders leave them free, so that a stream of small records
+    /// cannot starve a large one (it may need the ring nearly empty).
+    want: AtomicU64,
+    /// The claims `want` is the largest of (see [`Log::claim_space`]).
+    claims: Mutex<Vec<u64>>,
     /// Largest frame that fits: (min(ring capacity, segment data) - the
     /// committer's room) / 2.
     max_frame: u64,
@@ -174,6 +181,19 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// How far past `freed` a reservation of a frame of `len` bytes may
+    /// end: the ring less the committer's room, less the room kept for a
+    /// waiting larger frame.
+    fn limit(&self, len: u64) -> u64 {
+        let want = self.want.load(Ordering::Acquire);
+        let room = self.ring.cap() - COMMITTER_ROOM;
+        if 2 * len < want {
+            room.saturating_sub(want)
+        } else {
+            room
+        }
+    }
+
     fn wake_committer(&self) {
         // Pairs with the committer's fence between setting `sleeping` and
         // looking for work: one of the two sees the other.
@@ -207,6 +227,30 @@ fn reclaim(storage: &dyn Storage, path: &Path, size: u64) {
     }
     if let Err(e) = storage.remove(path) {
         tracing::warn!(file = %path.display(), error = %e, "could not remove a recycled segment");
+    }
+}
+
+/// Room kept free for a waiting large record (see [`Log::claim_space`]).
+pub(crate) struct SpaceClaim<'a> {
+    shared: &'a Shared,
+    /// Ring bytes claimed: twice the frame.
+    want: u64,
+}
+
+impl Drop for SpaceClaim<'_> {
+    fn drop(&mut self) {
+        let s = self.shared;
+        let mut claims = s.claims.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = claims.iter().position(|&w| w == self.want) {
+            claims.swap_remove(i);
+        }
+        let max = claims.iter().copied().max().unwrap_or(0);
+        let before = s.want.swap(max, Ordering::AcqRel);
+        drop(claims);
+        if before > max {
+            // Appenders that left the room free may now take it.
+            s.wake_space();
+        }
     }
 }
 
@@ -354,6 +398,8 @@ impl Log {
             spares: Arc::new(committer::Spares::new(config.spare_segments)),
             handed_below: AtomicU64::new(0),
             space: Mutex::new(Vec::new()),
+            want: AtomicU64::new(0),
+            claims: Mutex::new(Vec::new()),
             max_frame: ((cap.min(seg_data) - COMMITTER_ROOM) / 2) & !7,
             syncs: AtomicU64::new(0),
             records: AtomicU64::new(0),
@@ -455,7 +501,7 @@ impl Log {
             };
             let end = lsn + len;
             // `start` may be stale (then the CAS fails): saturate.
-            if end.saturating_sub(s.freed.load(Ordering::Acquire)) > s.ring.cap() - COMMITTER_ROOM {
+            if end.saturating_sub(s.freed.load(Ordering::Acquire)) > s.limit(len) {
                 return Err(ReserveError::Full);
             }
             match s
@@ -482,9 +528,10 @@ impl Log {
         let s = &*self.shared;
         // Room for the frame and the worst filler before it (shorter than
         // the frame) at the end of a segment.
+        let len = frame_len(payload);
         let fits = || {
-            let end = s.reserved.load(Ordering::Acquire) + 2 * frame_len(payload);
-            end.saturating_sub(s.freed.load(Ordering::Acquire)) <= s.ring.cap() - COMMITTER_ROOM
+            let end = s.reserved.load(Ordering::Acquire) + 2 * len;
+            end.saturating_sub(s.freed.load(Ordering::Acquire)) <= s.limit(len)
                 || s.mark.failure().is_some()
         };
         if fits() {
@@ -530,15 +577,29 @@ impl Log {
     /// ```
     pub async fn append(&self, parts: &[&[u8]]) -> Result<Durable> {
         let payload = parts.iter().map(|p| p.len() as u64).sum();
+        let mut claim = None;
         loop {
             match self.try_reserve(payload) {
                 Ok(r) => return Ok(r.write(parts)),
                 Err(ReserveError::Fatal(e)) => return Err(e),
                 Err(ReserveError::Full) => {
+                    claim.get_or_insert_with(|| self.claim_space(payload));
                     std::future::poll_fn(|cx| self.poll_space(payload, cx)).await
                 }
             }
         }
+    }
+
+    /// Has smaller appenders keep room free for a record of `payload`
+    /// bytes that found the ring full, while the claim lives (a waiting
+    /// appender holds it until it reserved, failed or was dropped).
+    pub(crate) fn claim_space(&self, payload: u64) -> SpaceClaim<'_> {
+        let want = 2 * frame_len(payload);
+        let s = &*self.shared;
+        let mut claims = s.claims.lock().unwrap_or_else(|e| e.into_inner());
+        claims.push(want);
+        s.want.fetch_max(want, Ordering::AcqRel);
+        SpaceClaim { shared: s, want }
     }
 
     /// Asks for a sync of everything appended so far; the future resolves
