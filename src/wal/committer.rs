@@ -278,6 +278,7 @@ impl Committer {
         dir: PathBuf,
         config: &LogConfig,
         segment_size: u64,
+        unproven: std::ops::Range<u64>,
     ) -> Result<Self> {
         let preparer = Preparer::start(
             storage.clone(),
@@ -349,6 +350,10 @@ impl Committer {
         if c.shared.mark.durable().is_multiple_of(c.shared.seg_data) && seq > 0 {
             sync(c.dir.join(segment_name(seq - 1)))?;
         }
+        // A sync only writes pages that are dirty. A group whose sync failed
+        // left clean pages that never reached the disk, and recovery read
+        // them back: rewrite what no frame proves synced, then sync it.
+        c.rewrite(unproven)?;
         // A clean-close record lets the next open skip reading the rest of
         // the segment; it must not outlive the first new write: erase it.
         c.erase_clean().map_err(|reason| Error::Io {
@@ -356,6 +361,40 @@ impl Committer {
             source: std::io::Error::other(reason),
         })?;
         Ok(c)
+    }
+
+    /// Writes the log's bytes in `range` again, as they are, and syncs
+    /// them: makes durable what recovery read back but cannot prove was.
+    fn rewrite(&self, range: std::ops::Range<u64>) -> Result<()> {
+        const STEP: u64 = 1 << 20;
+        let data = self.shared.seg_data;
+        let mut at = range.start;
+        while at < range.end {
+            let seq = at / data;
+            let path = self.dir.join(segment_name(seq));
+            let io = |e| Error::Io {
+                path: path.clone(),
+                source: e,
+            };
+            let f = self.storage.open(&path, false).map_err(io)?;
+            let end = range.end.min((seq + 1) * data);
+            let mut buf = vec![0u8; STEP.min(end - at) as usize];
+            while at < end {
+                let n = STEP.min(end - at) as usize;
+                let off = SEGMENT_HEADER + at % data;
+                let got = f.read_at(off, &mut buf[..n]).map_err(io)?;
+                if got < n {
+                    return Err(io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("short read of {got} of {n} bytes at offset {off}"),
+                    )));
+                }
+                f.write_at(off, &[&buf[..n]]).map_err(io)?;
+                at += n as u64;
+            }
+            f.sync_data().map_err(io)?;
+        }
+        Ok(())
     }
 
     fn open_segment(&mut self, seq: u64) -> std::result::Result<(), String> {

@@ -413,6 +413,7 @@ impl Log {
             dir.to_path_buf(),
             config,
             rec.segment_size,
+            rec.proven..rec.end,
         )?;
         let sh = shared.clone();
         let thread = std::thread::Builder::new()

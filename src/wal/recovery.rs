@@ -25,6 +25,13 @@ use crate::io::{Storage, StorageFile};
 pub(crate) struct Recovered {
     /// Where the log goes on.
     pub end: u64,
+    /// Every byte of the log below this was synced by the log's last owner,
+    /// as frames on disk prove (a commit frame names a position it had
+    /// synced; a clean-close record, where the log ended). What lies in
+    /// `[proven, end)` was read back, but perhaps only from the page cache:
+    /// written by a process that died before its sync returned, or one
+    /// whose sync failed (which leaves the pages readable and clean).
+    pub proven: u64,
     /// Segment size in use (from existing segments, else the config).
     pub segment_size: u64,
 }
@@ -297,6 +304,8 @@ pub(crate) fn recover(
     }
 
     let mut pos = start;
+    // The replay start is covered by a durable checkpoint (or is 0).
+    let mut proven = start;
     let mut i = 0;
     while i < segs.len() {
         let seg = &segs[i];
@@ -304,18 +313,33 @@ pub(crate) fn recover(
         let mut w = Window::new(seg, data)?;
         let mut off = pos - base;
         while let Some((h, payload)) = w.frame(base, off)? {
-            if h.kind == Kind::Record {
-                replay(base + off, payload).map_err(|reason| {
-                    corruption(
-                        &seg.path,
-                        SEGMENT_HEADER + off,
-                        format!("record rejected on replay: {reason}"),
-                    )
-                })?;
+            match h.kind {
+                Kind::Record => {
+                    replay(base + off, payload).map_err(|reason| {
+                        corruption(
+                            &seg.path,
+                            SEGMENT_HEADER + off,
+                            format!("record rejected on replay: {reason}"),
+                        )
+                    })?;
+                }
+                Kind::Commit if payload.len() == 16 => {
+                    let named = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+                    let salt = u64::from_le_bytes(payload[8..].try_into().expect("8 bytes"));
+                    // Names a position before itself, synced before it was
+                    // written.
+                    if salt == seg.salt && named <= base + off {
+                        proven = proven.max(named);
+                    }
+                }
+                _ => {}
             }
             off += h.len();
         }
         pos = base + off;
+        if let Some(end) = seg.clean.filter(|&end| end <= pos) {
+            proven = proven.max(end);
+        }
         if off == data {
             // The segment is complete; the log goes on in the next one.
             i += 1;
@@ -363,6 +387,7 @@ pub(crate) fn recover(
             // group can follow, no need to read the rest.
             return Ok(Recovered {
                 end: x,
+                proven: x,
                 segment_size,
             });
         }
@@ -380,11 +405,13 @@ pub(crate) fn recover(
         }
         return Ok(Recovered {
             end: x,
+            proven: proven.min(x),
             segment_size,
         });
     }
     Ok(Recovered {
         end: pos,
+        proven: proven.min(pos),
         segment_size,
     })
 }
