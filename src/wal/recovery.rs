@@ -403,6 +403,19 @@ pub(crate) fn recover(
             cut_tail(&mut w, off)?;
             tracing::warn!(file = %seg.path.display(), offset = file_off, "cut a torn WAL tail");
         }
+        // Later segments hold nothing durable (nothing in them proved `x`
+        // synced), but their frames are valid at their own positions: once
+        // the log came back to refill them, they could pass for its
+        // continuation. Remove them for good before the log goes on.
+        drop(w);
+        let later = &segs[i + 1..];
+        for l in later {
+            storage.remove(&l.path).map_err(|e| io_err(&l.path, e))?;
+            tracing::warn!(file = %l.path.display(), "removed a WAL segment past a torn tail");
+        }
+        if !later.is_empty() {
+            storage.sync_dir(dir).map_err(|e| io_err(dir, e))?;
+        }
         return Ok(Recovered {
             end: x,
             proven: proven.min(x),
