@@ -271,6 +271,9 @@ struct Inner<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     pin: usize,
     /// A background checkpoint is running.
     checkpointing: AtomicBool,
+    /// The loaded checkpoint's chunks are still being verified: the log
+    /// below it is kept until they pass.
+    verifying: Arc<AtomicBool>,
     /// Threads spinning past the short spin for the tree lock (at most one
     /// is let to: see `tree`).
     lock_spinners: std::sync::atomic::AtomicU32,
@@ -454,22 +457,72 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         })?;
         tracing::info!(leaves = tree.size(), "tree recovered");
         let wal = Arc::new(log);
-        if start > 0 {
+        // The log below the checkpoint is its only other copy of the leaves
+        // until the checkpoint's chunks are verified: retired only then.
+        let verifying = Arc::new(AtomicBool::new(!unverified.is_empty()));
+        if start > 0 && unverified.is_empty() {
             retire_on_open(&*storage_for_inner, &dir, &wal, start);
         }
+        #[cfg(feature = "metrics")]
+        let export = {
+            let e = Arc::new(crate::metrics::Export::new(&dir));
+            e.leaves(tree.size());
+            wal.export_to(e.clone());
+            e
+        };
+        let this = Self {
+            inner: Arc::new(Inner {
+                tree: Mutex::new(tree),
+                log: Mutex::new(Some(wal.clone())),
+                wal,
+                lock: Mutex::new(Some(lock)),
+                close_failed: Mutex::new(None),
+                storage: storage_for_inner,
+                checkpointer: Mutex::new(checkpointer),
+                policy: config.checkpoint,
+                pin,
+                checkpointing: AtomicBool::new(false),
+                verifying,
+                lock_spinners: std::sync::atomic::AtomicU32::new(0),
+                inserts: AtomicU64::new(0),
+                inserts_at_checkpoint: AtomicU64::new(0),
+                last_checkpoint: AtomicU64::new(start),
+                checkpoint_latency: crate::metrics::Histogram::new(),
+                #[cfg(feature = "metrics")]
+                export,
+                backend,
+                closed: AtomicBool::new(false),
+                dir,
+            }),
+        };
         if !unverified.is_empty() {
             // Checksums of the mapped chunks, checked off the open path; a
             // mismatch stops the tree taking inserts (as a log failure does).
+            // Once they pass, the log below the checkpoint is retired,
+            // under the checkpointer's lock and only while the tree is open
+            // (close takes that lock before it closes the log and lets the
+            // directory go).
             let check = {
-                let wal = wal.clone();
+                let inner = Arc::downgrade(&this.inner);
                 move || {
                     for u in unverified {
                         if let Err(e) = u.verify() {
                             tracing::error!(error = %e, "checkpoint damaged; refusing further inserts");
-                            wal.poison(e.to_string());
+                            if let Some(inner) = inner.upgrade() {
+                                inner.wal.poison(e.to_string());
+                            }
                             return;
                         }
                     }
+                    let Some(inner) = inner.upgrade() else {
+                        return;
+                    };
+                    let cp = inner.checkpointer.lock().unwrap_or_else(|e| e.into_inner());
+                    if start > 0 && !inner.closed.load(Ordering::Acquire) {
+                        retire_on_open(&*inner.storage, &inner.dir, &inner.wal, start);
+                    }
+                    inner.verifying.store(false, Ordering::Release);
+                    drop(cp);
                 }
             };
             let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
@@ -487,37 +540,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                 check();
             }
         }
-        #[cfg(feature = "metrics")]
-        let export = {
-            let e = Arc::new(crate::metrics::Export::new(&dir));
-            e.leaves(tree.size());
-            wal.export_to(e.clone());
-            e
-        };
-        Ok(Self {
-            inner: Arc::new(Inner {
-                tree: Mutex::new(tree),
-                log: Mutex::new(Some(wal.clone())),
-                wal,
-                lock: Mutex::new(Some(lock)),
-                close_failed: Mutex::new(None),
-                storage: storage_for_inner,
-                checkpointer: Mutex::new(checkpointer),
-                policy: config.checkpoint,
-                pin,
-                checkpointing: AtomicBool::new(false),
-                lock_spinners: std::sync::atomic::AtomicU32::new(0),
-                inserts: AtomicU64::new(0),
-                inserts_at_checkpoint: AtomicU64::new(0),
-                last_checkpoint: AtomicU64::new(start),
-                checkpoint_latency: crate::metrics::Histogram::new(),
-                #[cfg(feature = "metrics")]
-                export,
-                backend,
-                closed: AtomicBool::new(false),
-                dir,
-            }),
-        })
+        Ok(this)
     }
 
     fn tree(&self) -> MutexGuard<'_, LeanImt<H, N, MAX_DEPTH>> {
@@ -980,10 +1003,15 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         drop(snap);
         self.inserts_at_checkpoint.store(inserts, Ordering::Relaxed);
         // The log below the checkpoint may go, but never past what the
-        // committer has made durable: it may still be writing there.
-        let removed = self
-            .wal
-            .remove_segments_below(position.min(self.wal.durable()), cp.failpoint)?;
+        // committer has made durable: it may still be writing there; and
+        // not while the loaded checkpoint's chunks, which this one may
+        // share, are unverified (the verifier retires it once they pass).
+        let removed = if self.verifying.load(Ordering::Acquire) {
+            0
+        } else {
+            self.wal
+                .remove_segments_below(position.min(self.wal.durable()), cp.failpoint)?
+        };
         self.checkpoint_latency.record(started.elapsed());
         #[cfg(feature = "metrics")]
         self.export.checkpoint(started.elapsed());

@@ -776,3 +776,64 @@ fn a_checkpoint_failing_after_its_rename_stops_checkpoints() {
     assert_eq!(t.size(), 1001);
     futures::executor::block_on(t.checkpoint()).unwrap();
 }
+
+/// Until the loaded checkpoint's chunks pass their background check, the
+/// log below it is their only other copy: the open keeps it, and when the
+/// check finds damage, it is still all there.
+#[test]
+fn the_log_below_a_checkpoint_stays_until_its_chunks_pass() {
+    let sim = SimStorage::new(41);
+    let cfg = sim_config(&sim, "/v").segment_size(16 << 10);
+    let all = leaves(0..6000);
+    let t = T4::open_blocking(cfg.clone()).unwrap();
+    futures::executor::block_on(async {
+        insert_awaited(&t, &all[..5000]).await;
+        t.checkpoint().await.unwrap();
+        insert_awaited(&t, &all[5000..]).await;
+        t.close().await.unwrap();
+    });
+    drop(t);
+    let before = wal_segments(&sim, "/v");
+    sim.corrupt(Path::new("/v/shards/level-00.shard"), 4096 + 5000, 0x20)
+        .unwrap();
+    // No spares: a retired segment would be deleted at once.
+    let t = T4::open_blocking(cfg.clone().spare_segments(0)).unwrap();
+    let mut refused = false;
+    for _ in 0..1000 {
+        if futures::executor::block_on(t.insert(leaf(9))).is_err() {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert!(refused, "the background check refuses inserts");
+    let _ = futures::executor::block_on(t.close());
+    drop(t);
+    assert!(before.len() >= 6, "{before:?}");
+    assert_eq!(wal_segments(&sim, "/v"), before);
+
+    // Undamaged: once the check passes, the log below the checkpoint goes.
+    let sim = SimStorage::new(42);
+    let cfg = sim_config(&sim, "/w").segment_size(16 << 10);
+    let t = T4::open_blocking(cfg.clone()).unwrap();
+    futures::executor::block_on(async {
+        insert_awaited(&t, &all[..5000]).await;
+        t.checkpoint().await.unwrap();
+        insert_awaited(&t, &all[5000..]).await;
+        t.close().await.unwrap();
+    });
+    drop(t);
+    let before = wal_segments(&sim, "/w").len();
+    let t = T4::open_blocking(cfg.spare_segments(0)).unwrap();
+    let mut left = before;
+    for _ in 0..2000 {
+        left = wal_segments(&sim, "/w").len();
+        if left < before {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(left < before, "{left} of {before} segments left");
+    assert_eq!(t.root(), model_root(&all));
+    futures::executor::block_on(t.close()).unwrap();
+}
