@@ -831,9 +831,11 @@ mod tests {
     #[test]
     fn commit_frames_carry_their_segments_salt() {
         let storage: Arc<dyn Storage> = Arc::new(SimStorage::new(11));
-        let mut cfg = LogConfig::default();
-        cfg.segment_size = 8 << 10;
-        cfg.buffer_capacity = 8 << 10;
+        let cfg = LogConfig {
+            segment_size: 8 << 10,
+            buffer_capacity: 8 << 10,
+            ..LogConfig::default()
+        };
         let dir = Path::new("/sim/salt");
         let log = Log::open(storage.clone(), dir, &cfg, 0, &mut |_, _| Ok(())).unwrap();
         // One record at a time, each awaited: every group closes with a

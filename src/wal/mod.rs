@@ -789,10 +789,12 @@ mod tests {
     #[test]
     fn poison_stops_the_committer() {
         let storage: Arc<dyn Storage> = Arc::new(SimStorage::new(3));
-        let mut cfg = LogConfig::default();
-        cfg.segment_size = 64 << 10;
-        cfg.buffer_capacity = 64 << 10;
-        cfg.flush = FlushPolicy::Manual;
+        let cfg = LogConfig {
+            segment_size: 64 << 10,
+            buffer_capacity: 64 << 10,
+            flush: FlushPolicy::Manual,
+            ..LogConfig::default()
+        };
         let dir = Path::new("/sim/poison");
         let log = Log::open(storage, dir, &cfg, 0, &mut |_, _| Ok(())).unwrap();
         let a = futures::executor::block_on(log.append(&[b"first record"])).unwrap();
