@@ -87,7 +87,10 @@ pub struct LogConfig {
     /// held at most two records) spins up to about two fsync times on the
     /// thread that awaits it before it sleeps (default true). Saves the
     /// wake-up of a sleeping thread, tens of microseconds on virtual
-    /// machines; never spins under concurrent load.
+    /// machines; never spins under concurrent load. Only the task that
+    /// came to spin last time may spin again: when several tasks take turns
+    /// (as on a current-thread runtime, where a spinner would hold back
+    /// the tasks that would join its group), they sleep instead.
     pub lone_waiter_spin: bool,
     /// How many segments retired below a tree's checkpoint are kept to
     /// become the log's next segments (default 8: 512 MiB at the default

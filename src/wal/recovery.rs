@@ -9,8 +9,12 @@
 //!   group only after the previous one's fdatasync completed, so a valid
 //!   commit frame whose group starts after `x`, or a valid frame in a later
 //!   segment, means `x` was durable and is damaged: `Error::Corruption`.
-//! - A torn tail is zeroed on disk (and synced) before the log goes on, so
-//!   no frame of the lost group can come back to life later.
+//! - A torn tail is zeroed on disk (and synced), and the segments after it
+//!   removed, before the log goes on, so no frame of the lost group (or of
+//!   a later one never proved durable) can come back to life later.
+//! - What no frame proves synced, from the highest position a commit frame
+//!   names to the end, is reported (`Recovered::proven`): the committer
+//!   writes it again and syncs it before the log goes on.
 
 use std::path::Path;
 
