@@ -1276,56 +1276,80 @@ fn a_group_whose_sync_failed_is_made_durable_by_the_next_open() {
     }
 }
 
-/// A torn tail cut in one segment takes the later segments with it: what
-/// they hold was never proved durable, yet their frames are valid at their
-/// own positions and could pass for the log's continuation once the log
-/// refilled them. (Two faults: the last group of a segment damaged, and a
-/// crash that tore the first frame of the next one.)
+/// Segment 0's last record is damaged and segment 1's first frame torn
+/// (two faults). When a commit frame later in segment 1 names a position
+/// past the damage, the damage was synced: `Corruption`, nothing removed.
+/// When nothing in segment 1 proves it, the tail is cut there and the later
+/// segments go with it: what they hold was never proved durable, yet their
+/// frames are valid at their own positions and could pass for the log's
+/// continuation once the log refilled them.
 #[test]
 fn a_cut_removes_the_segments_after_it() {
-    let sim = SimStorage::new(5);
-    let storage: Arc<dyn Storage> = Arc::new(sim.clone());
-    let dir = Path::new("/sim/cut-later");
-    let cfg = config(8 << 10, 8 << 10, FlushPolicy::GroupCommit);
-    let data = (8 << 10) - 4096;
-    let (log, _) = open(&storage, dir, &cfg).unwrap();
-    // One record per group; each durable position is its record's end.
-    let mut ends = Vec::new();
-    let mut n = 0;
-    while log.end() < data + 2048 {
-        let d = futures::executor::block_on(log.append(&[&record(1, n)])).unwrap();
-        d.wait().unwrap();
-        ends.push(d.position());
-        n += 1;
+    for proved in [true, false] {
+        let sim = SimStorage::new(5);
+        let storage: Arc<dyn Storage> = Arc::new(sim.clone());
+        let dir = Path::new("/sim/cut-later");
+        let cfg = config(8 << 10, 8 << 10, FlushPolicy::GroupCommit);
+        let data = (8 << 10) - 4096;
+        let (log, _) = open(&storage, dir, &cfg).unwrap();
+        // One record per group; each durable position is its record's end.
+        let mut ends = Vec::new();
+        let mut n = 0;
+        while log.end() < data + 2048 {
+            let d = futures::executor::block_on(log.append(&[&record(1, n)])).unwrap();
+            d.wait().unwrap();
+            ends.push(d.position());
+            n += 1;
+        }
+        // Dies without a clean close.
+        sim.kill();
+        drop(log);
+        let seg0 = dir.join("00000000000000000000.wal");
+        let seg1 = dir.join("00000000000000000001.wal");
+        let last0 = ends.iter().rposition(|&e| e <= data).unwrap();
+        let x = ends[last0] - 72;
+        sim.corrupt(&seg0, 4096 + x + 20, 0xFF).unwrap();
+        sim.corrupt(&seg1, 4096 + 4, 0xFF).unwrap();
+        if !proved {
+            // Every commit frame of segment 1 (header word: tag 0xC1,
+            // 16-byte payload) loses its checksum.
+            let bytes = sim.live_bytes(&seg1).unwrap();
+            let word = ((0xC1u32 << 24) | 16).to_le_bytes();
+            for at in (4096..bytes.len() - 8).step_by(8) {
+                if bytes[at..at + 4] == word {
+                    sim.corrupt(&seg1, at as u64 + 12, 0x01).unwrap();
+                }
+            }
+        }
+        let storage: Arc<dyn Storage> = Arc::new(sim.restart());
+        if proved {
+            match open(&storage, dir, &cfg) {
+                Err(Error::Corruption { file, .. }) => assert_eq!(file, seg0),
+                Err(e) => panic!("expected corruption in segment 0, got {e}"),
+                Ok((_, got)) => panic!("expected corruption, got {} records", got.len()),
+            }
+            assert!(sim.live_bytes(&seg1).is_some(), "segment 1 was removed");
+            continue;
+        }
+        let (log, got) = open(&storage, dir, &cfg).unwrap();
+        assert_eq!(got.len(), last0, "cut at the damaged record");
+        assert_eq!(log.end(), x);
+        if let Some(bytes) = sim.live_bytes(&seg1) {
+            assert!(
+                bytes[4096..].iter().all(|&b| b == 0),
+                "segment 1 still holds frames past the cut"
+            );
+        }
+        // The log goes on through segment 1 and reopens whole.
+        for m in 0..100 {
+            futures::executor::block_on(log.append(&[&record(2, m)]))
+                .unwrap()
+                .wait()
+                .unwrap();
+        }
+        log.close().unwrap();
+        let (log, again) = open(&storage, dir, &cfg).unwrap();
+        assert_eq!(again.len(), last0 + 100);
+        log.close().unwrap();
     }
-    // Dies without a clean close.
-    sim.kill();
-    drop(log);
-    let seg0 = dir.join("00000000000000000000.wal");
-    let seg1 = dir.join("00000000000000000001.wal");
-    let last0 = ends.iter().rposition(|&e| e <= data).unwrap();
-    let x = ends[last0] - 72;
-    sim.corrupt(&seg0, 4096 + x + 20, 0xFF).unwrap();
-    sim.corrupt(&seg1, 4096 + 4, 0xFF).unwrap();
-    let storage: Arc<dyn Storage> = Arc::new(sim.restart());
-    let (log, got) = open(&storage, dir, &cfg).unwrap();
-    assert_eq!(got.len(), last0, "cut at the damaged record");
-    assert_eq!(log.end(), x);
-    if let Some(bytes) = sim.live_bytes(&seg1) {
-        assert!(
-            bytes[4096..].iter().all(|&b| b == 0),
-            "segment 1 still holds frames past the cut"
-        );
-    }
-    // The log goes on through segment 1 and reopens whole.
-    for m in 0..100 {
-        futures::executor::block_on(log.append(&[&record(2, m)]))
-            .unwrap()
-            .wait()
-            .unwrap();
-    }
-    log.close().unwrap();
-    let (log, again) = open(&storage, dir, &cfg).unwrap();
-    assert_eq!(again.len(), last0 + 100);
-    log.close().unwrap();
 }

@@ -374,6 +374,18 @@ pub(crate) fn recover(
                     ),
                 ));
             }
+            // Its first frame may be damaged too, and a group after it
+            // synced: its commit frame proves `x` was.
+            if scan_rest(&mut lw, later.seq * data, later.salt, 0, x)?.0 {
+                return Err(corruption(
+                    &seg.path,
+                    file_off,
+                    format!(
+                        "invalid frame, yet segment {} after it holds frames of a later, synced group",
+                        later.seq
+                    ),
+                ));
+            }
         }
         if seg.clean.is_some_and(|end| x < end) {
             // Its last owner closed cleanly at `end`: every byte before was
@@ -413,7 +425,8 @@ pub(crate) fn recover(
         // continuation. Remove them for good before the log goes on.
         drop(w);
         let later = &segs[i + 1..];
-        for l in later {
+        // Newest first: a crash midway leaves no gap between segments.
+        for l in later.iter().rev() {
             storage.remove(&l.path).map_err(|e| io_err(&l.path, e))?;
             tracing::warn!(file = %l.path.display(), "removed a WAL segment past a torn tail");
         }
