@@ -272,8 +272,8 @@ struct Inner<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     /// A background checkpoint is running.
     checkpointing: AtomicBool,
     /// The loaded checkpoint's chunks are still being verified: the log
-    /// below it is kept until they pass.
-    verifying: Arc<AtomicBool>,
+    /// below it is kept, and checkpoints wait, until they pass.
+    verifying: Verifying,
     /// Threads spinning past the short spin for the tree lock (at most one
     /// is let to: see `tree`).
     lock_spinners: std::sync::atomic::AtomicU32,
@@ -467,7 +467,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         let wal = Arc::new(log);
         // The log below the checkpoint is its only other copy of the leaves
         // until the checkpoint's chunks are verified: retired only then.
-        let verifying = Arc::new(AtomicBool::new(!unverified.is_empty()));
+        let verifying = Verifying::new(!unverified.is_empty());
         if start > 0 && unverified.is_empty() {
             retire_on_open(&*storage_for_inner, &dir, &wal, start);
         }
@@ -518,6 +518,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                             tracing::error!(error = %e, "checkpoint damaged; refusing further inserts");
                             if let Some(inner) = inner.upgrade() {
                                 inner.wal.poison(e.to_string());
+                                inner.verifying.finish();
                             }
                             return;
                         }
@@ -529,7 +530,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                     if start > 0 && !inner.closed.load(Ordering::Acquire) {
                         retire_on_open(&*inner.storage, &inner.dir, &inner.wal, start);
                     }
-                    inner.verifying.store(false, Ordering::Release);
+                    inner.verifying.finish();
                     drop(cp);
                 }
             };
@@ -927,6 +928,36 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
 /// its manifest and syncing the directory left the name in the page cache
 /// only, and a power loss would then bring back an older checkpoint that
 /// needs those segments.
+/// Whether the loaded checkpoint's chunks are still being checked in the
+/// background.
+struct Verifying {
+    pending: Mutex<bool>,
+    done: std::sync::Condvar,
+}
+
+impl Verifying {
+    fn new(pending: bool) -> Self {
+        Self {
+            pending: Mutex::new(pending),
+            done: std::sync::Condvar::new(),
+        }
+    }
+
+    /// The check is over (passed, or failed and the tree poisoned).
+    fn finish(&self) {
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.done.notify_all();
+    }
+
+    /// Blocks until the check is over.
+    fn wait(&self) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        while *p {
+            p = self.done.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
 fn retire_on_open(storage: &dyn Storage, dir: &Path, wal: &Log, start: u64) {
     let durable = storage
         .sync_dir(dir)
@@ -951,6 +982,10 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
     fn checkpoint_at(&self, closing: bool) -> Result<()> {
         let _span = tracing::info_span!("ringtree.checkpoint", dir = %self.dir.display(), closing)
             .entered();
+        // A checkpoint shares the loaded one's sealed chunks: written before
+        // they are verified, it could carry damage on, and replace the only
+        // manifest from which the kept log below it can be replayed.
+        self.verifying.wait();
         let mut cp = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner());
         // Checked under the checkpointer lock, which close takes before it
         // closes the log: no checkpoint runs past a close.
@@ -1011,15 +1046,10 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         drop(snap);
         self.inserts_at_checkpoint.store(inserts, Ordering::Relaxed);
         // The log below the checkpoint may go, but never past what the
-        // committer has made durable: it may still be writing there; and
-        // not while the loaded checkpoint's chunks, which this one may
-        // share, are unverified (the verifier retires it once they pass).
-        let removed = if self.verifying.load(Ordering::Acquire) {
-            0
-        } else {
-            self.wal
-                .remove_segments_below(position.min(self.wal.durable()), cp.failpoint)?
-        };
+        // committer has made durable: it may still be writing there.
+        let removed = self
+            .wal
+            .remove_segments_below(position.min(self.wal.durable()), cp.failpoint)?;
         self.checkpoint_latency.record(started.elapsed());
         #[cfg(feature = "metrics")]
         self.export.checkpoint(started.elapsed());

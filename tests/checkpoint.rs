@@ -172,12 +172,7 @@ fn crash_points_keep_the_durable_prefix() {
                         t.close().await.unwrap();
                     });
                 }
-                // Verified at open: while a loaded checkpoint is checked in
-                // the background, a checkpoint retires no log, and would
-                // not reach `wal-recycle`.
-                let t =
-                    T4::open_blocking(sim_config(&sim, "/c").failpoint(point).verify_on_open(true))
-                        .unwrap();
+                let t = T4::open_blocking(sim_config(&sim, "/c").failpoint(point)).unwrap();
                 let acked = futures::executor::block_on(async {
                     for _ in 0..5 {
                         let b = batch(1 + rng.below(400));
@@ -543,7 +538,9 @@ fn retired_segments_are_reused_after_a_reopen() {
         t.close().await.unwrap();
     });
     drop(t);
-    let t = T4::open_blocking(cfg.clone()).unwrap();
+    // Verified at open, so the log below the checkpoint is retired there
+    // (after a background check, only once that passes).
+    let t = T4::open_blocking(cfg.clone().verify_on_open(true)).unwrap();
     futures::executor::block_on(async {
         insert_awaited(&t, &all[2400..]).await;
         let m = t.metrics();
@@ -841,4 +838,46 @@ fn the_log_below_a_checkpoint_stays_until_its_chunks_pass() {
     assert!(left < before, "{left} of {before} segments left");
     assert_eq!(t.root(), model_root(&all));
     futures::executor::block_on(t.close()).unwrap();
+}
+
+/// A checkpoint asked for while the loaded checkpoint's chunks are still
+/// being checked waits for the check: when it finds damage, no new
+/// manifest carries that damage on or replaces the one the kept log below
+/// it replays from.
+#[test]
+fn a_checkpoint_waits_for_the_loaded_one_to_be_verified() {
+    for seed in 0..4 {
+        let sim = SimStorage::new(50 + seed);
+        let cfg = sim_config(&sim, "/m");
+        let all = leaves(0..60_000);
+        let t = T4::open_blocking(cfg.clone()).unwrap();
+        futures::executor::block_on(async {
+            insert_all(&t, &all[..50_000]).await.await.unwrap();
+            t.checkpoint().await.unwrap();
+            insert_all(&t, &all[50_000..]).await.await.unwrap();
+            t.close().await.unwrap();
+        });
+        drop(t);
+        let manifest = sim.live_bytes(Path::new("/m/MANIFEST")).unwrap();
+        // The last sealed chunk of level 0: found last by the check.
+        let last_sealed = 50_000 * 32 / 4096 * 4096 - 4096;
+        sim.corrupt(
+            Path::new("/m/shards/level-00.shard"),
+            4096 + last_sealed + 7,
+            0x20,
+        )
+        .unwrap();
+        let t = T4::open_blocking(cfg.clone()).unwrap();
+        let r = futures::executor::block_on(t.checkpoint());
+        assert!(
+            matches!(&r, Err(Error::Poisoned { reason, .. }) if reason.contains("level-00.shard")),
+            "seed {seed}: {r:?}"
+        );
+        assert_eq!(
+            sim.live_bytes(Path::new("/m/MANIFEST")).unwrap(),
+            manifest,
+            "seed {seed}: a new manifest was written"
+        );
+        let _ = futures::executor::block_on(t.close());
+    }
 }
