@@ -82,6 +82,9 @@ pub(crate) struct Watermark {
     spin_ns: AtomicU64,
     /// Which task last came to spin (see `may_spin`; 0: none yet).
     spinner: AtomicU64,
+    /// Orders `advance` against `fail`: no position becomes durable after
+    /// the failure is set.
+    gate: Mutex<()>,
 }
 
 impl Watermark {
@@ -96,6 +99,7 @@ impl Watermark {
             after_take: Mutex::new(None),
             spin_ns: AtomicU64::new(0),
             spinner: AtomicU64::new(0),
+            gate: Mutex::new(()),
         }
     }
 
@@ -136,8 +140,16 @@ impl Watermark {
     }
 
     /// Advances the watermark to `lsn` and wakes every waiter it covers.
+    /// After a failure it does nothing: the failure's offset is the last
+    /// word (see [`poison_now`](Self::poison_now)).
     pub(crate) fn advance(&self, lsn: u64) {
-        self.durable.fetch_max(lsn, Ordering::Release);
+        {
+            let _gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+            if self.failure.get().is_some() {
+                return;
+            }
+            self.durable.fetch_max(lsn, Ordering::Release);
+        }
         let mut spare = self.ready.lock().unwrap_or_else(|e| e.into_inner());
         let (ready, taken) = &mut *spare;
         // Registrations made before this point are taken here; later ones
@@ -171,13 +183,35 @@ impl Watermark {
     /// Stops the log: every waiter past the watermark resolves with
     /// `failure` (the first failure set wins). Returns the failure in force.
     pub(crate) fn fail(&self, failure: Failure) -> Failure {
-        let f = self.failure.get_or_init(|| failure).clone();
+        let f = {
+            let _gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+            self.failure.get_or_init(|| failure).clone()
+        };
+        self.wake_all();
+        f
+    }
+
+    /// Poisons the log at the watermark as it stands (read under the same
+    /// lock `advance` moves it under, so a future that resolved `Ok` before
+    /// never resolves `Err` after). Returns the failure in force.
+    pub(crate) fn poison_now(&self, reason: String) -> Failure {
+        let f = {
+            let _gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+            let offset = self.durable();
+            self.failure
+                .get_or_init(|| Failure::Poisoned { offset, reason })
+                .clone()
+        };
+        self.wake_all();
+        f
+    }
+
+    fn wake_all(&self) {
         // Registrations after `failure` is set see it and do not register.
         let incoming = std::mem::take(&mut *self.incoming());
         let all = std::mem::take(&mut *self.waiters());
         incoming.into_iter().for_each(|w| w.waker.wake());
         all.into_iter().for_each(|w| w.waker.wake());
-        f
     }
 
     /// The state of position `lsn`: `Some` once it is decided.
@@ -445,6 +479,57 @@ mod tests {
             assert_eq!(n, 200, "round {round}: a future never resolved");
             committer.join().unwrap();
             writers.into_iter().for_each(|w| w.join().unwrap());
+        }
+    }
+
+    /// Poisoned while the committer advances: every position that was
+    /// once seen durable stays `Ok` after the failure, and every other
+    /// resolves `Err` (all clones of a future resolve alike).
+    #[test]
+    fn poisoning_while_advancing_keeps_what_resolved_ok() {
+        for round in 0..300u64 {
+            let mark = Arc::new(Watermark::new(0));
+            let committer = {
+                let mark = mark.clone();
+                std::thread::spawn(move || {
+                    let mut at = 0;
+                    while mark.failure().is_none() && at < 100_000 {
+                        at += 8;
+                        mark.advance(at);
+                    }
+                })
+            };
+            let watcher = {
+                let mark = mark.clone();
+                std::thread::spawn(move || {
+                    let mut seen_ok = 0;
+                    while mark.failure().is_none() {
+                        let d = mark.durable();
+                        if matches!(mark.check(d), Some(Ok(()))) {
+                            seen_ok = d;
+                        }
+                    }
+                    seen_ok
+                })
+            };
+            std::thread::sleep(std::time::Duration::from_micros(round % 50));
+            let Failure::Poisoned { offset, .. } = mark.poison_now("test".into()) else {
+                panic!("not poisoned");
+            };
+            let seen_ok = watcher.join().unwrap();
+            committer.join().unwrap();
+            assert!(
+                seen_ok <= offset,
+                "round {round}: {seen_ok} was Ok, offset {offset}"
+            );
+            assert!(matches!(mark.check(seen_ok), Some(Ok(()))));
+            assert!(matches!(mark.check(offset), Some(Ok(()))));
+            assert!(matches!(mark.check(offset + 8), Some(Err(_))));
+            assert_eq!(
+                mark.durable(),
+                offset,
+                "round {round}: advanced past the failure"
+            );
         }
     }
 

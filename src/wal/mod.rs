@@ -441,10 +441,7 @@ impl Log {
                         .or_else(|| p.downcast_ref::<String>().cloned())
                         .unwrap_or_default();
                     tracing::error!(panic = %what, "committer panicked; log poisoned");
-                    sh.mark.fail(Failure::Poisoned {
-                        offset: sh.mark.durable(),
-                        reason: format!("committer panicked: {what}"),
-                    });
+                    sh.mark.poison_now(format!("committer panicked: {what}"));
                     sh.wake_space();
                 }
             })
@@ -637,10 +634,9 @@ impl Log {
         if let Some(t) = thread.take()
             && t.join().is_err()
         {
-            self.shared.mark.fail(Failure::Poisoned {
-                offset: self.shared.mark.durable(),
-                reason: "committer thread panicked".into(),
-            });
+            self.shared
+                .mark
+                .poison_now("committer thread panicked".into());
         }
         // Whatever the committer left undone is not durable.
         self.shared.mark.fail(Failure::Closed);
@@ -660,10 +656,7 @@ impl Log {
 
     /// Stops the log as a failed write would: pending and later futures fail.
     pub(crate) fn poison(&self, reason: String) {
-        self.shared.mark.fail(Failure::Poisoned {
-            offset: self.shared.mark.durable(),
-            reason,
-        });
+        self.shared.mark.poison_now(reason);
         self.shared.wake_space();
         // The committer stops at the failure: no group past it is made.
         self.shared.wake_committer();
