@@ -400,15 +400,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             path: path.to_path_buf(),
             source: e,
         };
-        storage.create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
-        // The tree directory's own name, durable before anything in it is
-        // acknowledged. Its parent is not the tree's: a failure to sync it
-        // (no permission to open it) is only reported.
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty())
-            && let Err(e) = storage.sync_dir(parent)
-        {
-            tracing::warn!(dir = %parent.display(), error = %e, "could not sync the tree directory's parent");
-        }
+        crate::io::create_dir_durable(&*storage, &dir)?;
         let lock_path = dir.join("LOCK");
         let lock = match storage.lock(&lock_path) {
             Ok(l) => l,

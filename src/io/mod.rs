@@ -201,6 +201,43 @@ impl std::fmt::Debug for LockGuard {
     }
 }
 
+/// Creates `dir` and every missing directory above it, then syncs the
+/// parent of each one it created (deepest last), so their names are durable
+/// before anything in them is acknowledged. The parent of `dir` is synced
+/// even when `dir` existed (an earlier process may have died between
+/// creating it and that sync); a failure there is only reported, as the
+/// parent may not be ours to open.
+pub(crate) fn create_dir_durable(storage: &dyn Storage, dir: &Path) -> crate::Result<()> {
+    let io = |path: &Path, e| crate::Error::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let parent_of = |p: &Path| {
+        p.parent()
+            .filter(|q| !q.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+    };
+    let mut missing = Vec::new();
+    let mut p = Some(dir.to_path_buf());
+    while let Some(d) = p.filter(|d| !storage.exists(d)) {
+        p = parent_of(&d);
+        missing.push(d);
+    }
+    storage.create_dir_all(dir).map_err(|e| io(dir, e))?;
+    for d in missing.iter().rev() {
+        if let Some(parent) = parent_of(d) {
+            storage.sync_dir(&parent).map_err(|e| io(&parent, e))?;
+        }
+    }
+    if missing.is_empty()
+        && let Some(parent) = parent_of(dir)
+        && let Err(e) = storage.sync_dir(&parent)
+    {
+        tracing::warn!(dir = %parent.display(), error = %e, "could not sync a directory's parent");
+    }
+    Ok(())
+}
+
 /// The storage for `choice`, resolving [`IoBackend::Auto`].
 ///
 /// The environment variable `RINGTREE_IO=uring|threaded` overrides `choice`.
@@ -248,5 +285,62 @@ pub fn open_storage(choice: IoBackend) -> crate::Result<std::sync::Arc<dyn Stora
         IoBackend::Simulated => Err(crate::Error::Config(
             "the simulated disk is chosen by passing a SimStorage, not by IoBackend".into(),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A simulated disk that records which directories were synced.
+    struct Recording(SimStorage, Arc<Mutex<Vec<PathBuf>>>);
+
+    impl Storage for Recording {
+        fn backend(&self) -> IoBackend {
+            self.0.backend()
+        }
+        fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn StorageFile>> {
+            self.0.open(path, create)
+        }
+        fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+            self.0.create_dir_all(path)
+        }
+        fn sync_dir(&self, path: &Path) -> io::Result<()> {
+            self.1.lock().unwrap().push(path.to_path_buf());
+            self.0.sync_dir(path)
+        }
+        fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+            self.0.list(dir)
+        }
+        fn remove(&self, path: &Path) -> io::Result<()> {
+            self.0.remove(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+            self.0.rename(from, to)
+        }
+        fn exists(&self, path: &Path) -> bool {
+            self.0.exists(path)
+        }
+        fn lock(&self, path: &Path) -> io::Result<LockGuard> {
+            self.0.lock(path)
+        }
+    }
+
+    /// Every directory it creates gets its name synced, top down; an
+    /// existing one gets its parent synced once.
+    #[test]
+    fn created_directories_are_synced_into_their_parents() {
+        let synced = Arc::new(Mutex::new(Vec::new()));
+        let disk = Recording(SimStorage::new(1), synced.clone());
+        disk.create_dir_all(Path::new("/a")).unwrap();
+        create_dir_durable(&disk, Path::new("/a/b/c/tree")).unwrap();
+        let want: Vec<PathBuf> = ["/a", "/a/b", "/a/b/c"].iter().map(PathBuf::from).collect();
+        assert_eq!(*synced.lock().unwrap(), want);
+        synced.lock().unwrap().clear();
+        create_dir_durable(&disk, Path::new("/a/b/c/tree")).unwrap();
+        assert_eq!(*synced.lock().unwrap(), [PathBuf::from("/a/b/c")]);
     }
 }

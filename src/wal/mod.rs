@@ -381,19 +381,9 @@ impl Log {
         replay: &mut Replay<'_>,
     ) -> Result<Self> {
         config.validate()?;
-        storage.create_dir_all(dir).map_err(|e| Error::Io {
-            path: dir.to_path_buf(),
-            source: e,
-        })?;
-        // The log's directory entry must be durable before anything in it
-        // is acknowledged (a new directory's name is not, until its parent
-        // is synced).
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            storage.sync_dir(parent).map_err(|e| Error::Io {
-                path: parent.to_path_buf(),
-                source: e,
-            })?;
-        }
+        // Its name (and those of new directories above it) durable before
+        // anything in it is acknowledged.
+        crate::io::create_dir_durable(&*storage, dir)?;
         let rec = recovery::recover(&*storage, dir, config, start, replay)?;
         let seg_data = rec.segment_size - format::SEGMENT_HEADER;
         let cap = config.buffer_capacity;
