@@ -604,7 +604,11 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
 
     /// The writer critical section: checks, reserves log space, updates the
     /// tree. Returns `Ok(None)` when the log buffer is full.
-    fn try_insert(&self, leaves: &[Hash]) -> Result<Option<Inserted>> {
+    fn try_insert(
+        &self,
+        leaves: &[Hash],
+        claim: Option<&crate::wal::SpaceClaim<'_>>,
+    ) -> Result<Option<Inserted>> {
         let payload = RECORD_HEADER + 32 * leaves.len() as u64;
         let (reservation, index, root) = {
             let mut t = self.tree();
@@ -621,7 +625,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                     capacity: cap,
                 });
             }
-            let r = match self.inner.wal.try_reserve(payload) {
+            let r = match self.inner.wal.try_reserve_as(payload, claim) {
                 Ok(r) => r,
                 Err(ReserveError::Full) => return Ok(None),
                 Err(ReserveError::Fatal(e)) => return Err(e),
@@ -660,13 +664,13 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         let payload = RECORD_HEADER + 32 * leaves.len() as u64;
         let mut claim = None;
         loop {
-            if let Some(ins) = self.try_insert(leaves)? {
+            if let Some(ins) = self.try_insert(leaves, claim.as_ref())? {
                 drop(claim);
                 self.maybe_checkpoint();
                 return Ok(ins);
             }
-            claim.get_or_insert_with(|| self.inner.wal.claim_space(payload));
-            std::future::poll_fn(|cx| self.inner.wal.poll_space(payload, cx)).await;
+            let c = claim.get_or_insert_with(|| self.inner.wal.claim_space(payload));
+            std::future::poll_fn(|cx| self.inner.wal.poll_space(payload, c, cx)).await;
         }
     }
 

@@ -1221,10 +1221,11 @@ fn a_large_record_is_not_starved_by_small_ones() {
         // A hang detector, not a timing goal: it takes milliseconds.
         let got = rx.recv_timeout(Duration::from_secs(30));
         stop.store(true, Ordering::Relaxed);
-        // The group commits it waited through: one or two with room kept
-        // for it; 60 to 350 when it waited for an empty buffer.
+        // The group commits it waited through: 0 to 8 in twelve runs with
+        // room kept for it (behind the older claims of small appenders);
+        // 60 to 350 when it waited for an empty buffer.
         match got {
-            Ok(Ok(waited)) => assert!(waited <= 8, "waited through {waited} group commits"),
+            Ok(Ok(waited)) => assert!(waited <= 32, "waited through {waited} group commits"),
             other => panic!("the large record did not get in: {other:?}"),
         }
         flooders.into_iter().map(|f| f.join().unwrap()).sum::<u32>()
@@ -1352,4 +1353,50 @@ fn a_cut_removes_the_segments_after_it() {
         assert_eq!(again.len(), last0 + 100);
         log.close().unwrap();
     }
+}
+
+/// A large append that found the buffer full and was polled once, then
+/// never again (its future kept but abandoned), holds its claim only for a
+/// while: a later small append on the same thread gets in.
+#[test]
+fn an_abandoned_claim_does_not_block_the_log() {
+    use std::future::Future;
+    let t = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(ThreadedStorage);
+    let dir = t.path().join("wal");
+    // Manual: records stay in the buffer until asked for.
+    let cfg = config(1 << 20, 64 << 10, FlushPolicy::Manual);
+    let log = Arc::new(open(&storage, &dir, &cfg).unwrap().0);
+    let big = vec![0xB6u8; log.max_payload() as usize];
+    // Half the buffer taken: the large record does not fit.
+    let mut first = None;
+    for n in 0..500 {
+        first = Some(futures::executor::block_on(log.append(&[&record(0, n)])).unwrap());
+    }
+    let first = first.unwrap();
+    let parts: [&[u8]; 1] = [&big];
+    let mut stuck = Box::pin(log.append(&parts));
+    let waker = futures::task::noop_waker();
+    let pending = stuck
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(&waker));
+    assert!(pending.is_pending(), "the large record found room");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let small = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let d = futures::executor::block_on(log.append(&[&record(1, 0)]));
+            let _ = tx.send(d.map(|_| ()));
+        })
+    };
+    // A hang detector: it takes tens of milliseconds.
+    let got = rx.recv_timeout(Duration::from_secs(30));
+    assert!(matches!(got, Ok(Ok(()))), "the small append: {got:?}");
+    small.join().unwrap();
+    // The abandoned one still gets in when polled again.
+    let d = futures::executor::block_on(stuck).unwrap();
+    log.flush().wait().unwrap();
+    first.wait().unwrap();
+    d.wait().unwrap();
+    log.close().unwrap();
 }

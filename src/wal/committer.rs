@@ -756,6 +756,7 @@ impl Committer {
                     s.mark.tune_spin(counted, took);
                 }
                 s.mark.advance(end);
+                s.age_claims();
                 s.wake_space();
                 #[cfg(feature = "metrics")]
                 if let Some(e) = s.export.get() {
@@ -809,10 +810,19 @@ impl Committer {
                 FlushPolicy::Interval(d) if scan > synced => {
                     std::thread::park_timeout(d.saturating_sub(last.elapsed()));
                 }
+                // An appender waits behind a claim with nothing in flight:
+                // no commit will come to age the claims, so a tick does.
+                _ if s.tick.load(Ordering::Acquire) => {
+                    std::thread::park_timeout(super::CLAIM_TICK);
+                }
                 _ => std::thread::park(),
             }
         }
         s.sleeping.store(false, Ordering::Relaxed);
+        if s.tick.swap(false, Ordering::AcqRel) {
+            s.age_claims();
+            s.wake_space();
+        }
     }
 }
 

@@ -164,13 +164,20 @@ pub(crate) struct Shared {
     handed_below: AtomicU64,
     /// Appenders waiting for ring space.
     space: Mutex<Vec<Waker>>,
-    /// Ring bytes kept free for a waiting appender of a large frame (twice
-    /// its frame: the frame and the worst filler before it; 0: none).
-    /// Smaller appenders leave them free, so that a stream of small records
-    /// cannot starve a large one (it may need the ring nearly empty).
+    /// Ring bytes kept free for the appender that has waited longest for
+    /// room (twice its frame: the frame and the worst filler before it; 0:
+    /// none). Smaller appenders leave them free, so that a stream of small
+    /// records cannot starve a large one (it may need the ring nearly
+    /// empty).
     want: AtomicU64,
-    /// The claims `want` is the largest of (see [`Log::claim_space`]).
-    claims: Mutex<Vec<u64>>,
+    /// Waiting appenders' claims, oldest first (see [`Log::claim_space`]).
+    claims: Mutex<Claims>,
+    /// The id of the oldest claim, whose owner alone may use `want`.
+    front: AtomicU64,
+    /// An appender waits behind a claim with nothing in flight: the
+    /// committer wakes the space waiters every [`CLAIM_TICK`] meanwhile
+    /// (each wake-up ages the claims; see [`Claims::sweep`]).
+    tick: AtomicBool,
     /// Largest frame that fits: (min(ring capacity, segment data) - the
     /// committer's room) / 2.
     max_frame: u64,
@@ -187,14 +194,20 @@ impl Shared {
     /// How far past `freed` a reservation of a frame of `len` bytes may
     /// end: the ring less the committer's room, less the room kept for a
     /// waiting larger frame.
-    fn limit(&self, len: u64) -> u64 {
+    /// `claim` is the caller's claim id (0: none): every appender but the
+    /// one whose claim is oldest leaves that claim's room free.
+    fn limit(&self, claim: u64) -> u64 {
         let want = self.want.load(Ordering::Acquire);
         let room = self.ring.cap() - COMMITTER_ROOM;
-        if 2 * len < want {
+        if want > 0 && claim != self.front.load(Ordering::Acquire) {
             room.saturating_sub(want)
         } else {
             room
         }
+    }
+
+    fn claims(&self) -> std::sync::MutexGuard<'_, Claims> {
+        self.claims.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn wake_committer(&self) {
@@ -206,6 +219,23 @@ impl Shared {
         {
             t.unpark();
         }
+    }
+
+    /// One wake-up of the space waiters by the committer (after a group
+    /// commit, or a tick) ages the claims: those whose owners were not
+    /// polled for a while are dropped, so a future nobody polls does not
+    /// hold the others back for good.
+    fn age_claims(&self) {
+        let mut c = self.claims();
+        c.sweep();
+        self.publish_claims(&c);
+    }
+
+    /// Makes the oldest claim the one honoured.
+    fn publish_claims(&self, c: &Claims) {
+        let (front, want) = c.front();
+        self.front.store(front, Ordering::Release);
+        self.want.store(want, Ordering::Release);
     }
 
     fn wake_space(&self) {
@@ -236,6 +266,7 @@ fn reclaim(storage: &dyn Storage, path: &Path, size: u64) {
 /// Room kept free for a waiting large record (see [`Log::claim_space`]).
 pub(crate) struct SpaceClaim<'a> {
     shared: &'a Shared,
+    id: u64,
     /// Ring bytes claimed: twice the frame.
     want: u64,
 }
@@ -243,17 +274,66 @@ pub(crate) struct SpaceClaim<'a> {
 impl Drop for SpaceClaim<'_> {
     fn drop(&mut self) {
         let s = self.shared;
-        let mut claims = s.claims.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = claims.iter().position(|&w| w == self.want) {
-            claims.swap_remove(i);
-        }
-        let max = claims.iter().copied().max().unwrap_or(0);
-        let before = s.want.swap(max, Ordering::AcqRel);
-        drop(claims);
-        if before > max {
+        let mut c = s.claims();
+        c.remove(self.id);
+        let was = s.front.load(Ordering::Acquire);
+        s.publish_claims(&c);
+        let now = c.front().0;
+        drop(c);
+        if was != now {
             // Appenders that left the room free may now take it.
             s.wake_space();
         }
+    }
+}
+
+/// The claims of appenders waiting for ring space, oldest first.
+#[derive(Default)]
+pub(crate) struct Claims {
+    next_id: u64,
+    /// (id, bytes claimed, wake-ups since its owner last polled).
+    list: std::collections::VecDeque<(u64, u64, u32)>,
+}
+
+/// Wake-ups of space waiters (one per group commit, or per
+/// [`CLAIM_TICK`]) a claim survives without its owner polling it.
+const CLAIM_MISSES: u32 = 64;
+
+/// How often space waiters are woken while one waits behind a claim and
+/// nothing is in flight.
+const CLAIM_TICK: Duration = Duration::from_millis(1);
+
+impl Claims {
+    fn add(&mut self, want: u64) -> u64 {
+        self.next_id += 1;
+        self.list.push_back((self.next_id, want, 0));
+        self.next_id
+    }
+
+    /// Its owner polled it: fresh again (back in line, at the end, if it
+    /// had been swept).
+    fn polled(&mut self, id: u64, want: u64) {
+        match self.list.iter_mut().find(|c| c.0 == id) {
+            Some(c) => c.2 = 0,
+            None => self.list.push_back((id, want, 0)),
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.list.retain(|c| c.0 != id);
+    }
+
+    fn sweep(&mut self) {
+        self.list.retain_mut(|c| {
+            c.2 += 1;
+            c.2 <= CLAIM_MISSES
+        });
+    }
+
+    /// The oldest claim: its id and the room it asks to be kept free
+    /// (0, 0: none).
+    fn front(&self) -> (u64, u64) {
+        self.list.front().map_or((0, 0), |c| (c.0, c.1))
     }
 }
 
@@ -401,7 +481,9 @@ impl Log {
             handed_below: AtomicU64::new(0),
             space: Mutex::new(Vec::new()),
             want: AtomicU64::new(0),
-            claims: Mutex::new(Vec::new()),
+            claims: Mutex::new(Claims::default()),
+            front: AtomicU64::new(0),
+            tick: AtomicBool::new(false),
             max_frame: ((cap.min(seg_data) - COMMITTER_ROOM) / 2) & !7,
             syncs: AtomicU64::new(0),
             records: AtomicU64::new(0),
@@ -472,10 +554,13 @@ impl Log {
 
     /// Reserves room for a record of `payload` bytes. One compare-and-swap;
     /// no lock.
-    pub(crate) fn try_reserve(
+    /// `claim`: the caller's, once it found the ring full and waits.
+    pub(crate) fn try_reserve_as(
         &self,
         payload: u64,
+        claim: Option<&SpaceClaim<'_>>,
     ) -> std::result::Result<Reservation<'_>, ReserveError> {
+        let claim = claim.map_or(0, |c| c.id);
         let s = &*self.shared;
         if let Some(f) = s.mark.failure() {
             return Err(ReserveError::Fatal(f.to_error()));
@@ -501,7 +586,7 @@ impl Log {
             };
             let end = lsn + len;
             // `start` may be stale (then the CAS fails): saturate.
-            if end.saturating_sub(s.freed.load(Ordering::Acquire)) > s.limit(len) {
+            if end.saturating_sub(s.freed.load(Ordering::Acquire)) > s.limit(claim) {
                 return Err(ReserveError::Full);
             }
             match s
@@ -524,14 +609,24 @@ impl Log {
 
     /// Ready once a reservation of `payload` bytes may fit (or the log
     /// failed); registers `cx` to be woken when space frees up.
-    pub(crate) fn poll_space(&self, payload: u64, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_space(
+        &self,
+        payload: u64,
+        claim: &SpaceClaim<'_>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
         let s = &*self.shared;
+        {
+            let mut c = s.claims();
+            c.polled(claim.id, claim.want);
+            s.publish_claims(&c);
+        }
         // Room for the frame and the worst filler before it (shorter than
         // the frame) at the end of a segment.
         let len = frame_len(payload);
         let fits = || {
             let end = s.reserved.load(Ordering::Acquire) + 2 * len;
-            end.saturating_sub(s.freed.load(Ordering::Acquire)) <= s.limit(len)
+            end.saturating_sub(s.freed.load(Ordering::Acquire)) <= s.limit(claim.id)
                 || s.mark.failure().is_some()
         };
         if fits() {
@@ -545,8 +640,12 @@ impl Log {
         drop(w);
         // The committer may be idle in Manual mode with a full ring: ask it
         // to write (not necessarily sync) so space frees up.
-        s.flush_to
-            .fetch_max(s.reserved.load(Ordering::Acquire), Ordering::AcqRel);
+        let reserved = s.reserved.load(Ordering::Acquire);
+        s.flush_to.fetch_max(reserved, Ordering::AcqRel);
+        if reserved == s.freed.load(Ordering::Acquire) {
+            // Held back by a claim alone: no commit will wake this waiter.
+            s.tick.store(true, Ordering::Release);
+        }
         s.wake_committer();
         Poll::Pending
     }
@@ -579,12 +678,12 @@ impl Log {
         let payload = parts.iter().map(|p| p.len() as u64).sum();
         let mut claim = None;
         loop {
-            match self.try_reserve(payload) {
+            match self.try_reserve_as(payload, claim.as_ref()) {
                 Ok(r) => return Ok(r.write(parts)),
                 Err(ReserveError::Fatal(e)) => return Err(e),
                 Err(ReserveError::Full) => {
-                    claim.get_or_insert_with(|| self.claim_space(payload));
-                    std::future::poll_fn(|cx| self.poll_space(payload, cx)).await
+                    let c = claim.get_or_insert_with(|| self.claim_space(payload));
+                    std::future::poll_fn(|cx| self.poll_space(payload, c, cx)).await
                 }
             }
         }
@@ -596,10 +695,14 @@ impl Log {
     pub(crate) fn claim_space(&self, payload: u64) -> SpaceClaim<'_> {
         let want = 2 * frame_len(payload);
         let s = &*self.shared;
-        let mut claims = s.claims.lock().unwrap_or_else(|e| e.into_inner());
-        claims.push(want);
-        s.want.fetch_max(want, Ordering::AcqRel);
-        SpaceClaim { shared: s, want }
+        let mut c = s.claims();
+        let id = c.add(want);
+        s.publish_claims(&c);
+        SpaceClaim {
+            shared: s,
+            id,
+            want,
+        }
     }
 
     /// Asks for a sync of everything appended so far; the future resolves
