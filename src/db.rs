@@ -505,6 +505,9 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             let check = {
                 let inner = Arc::downgrade(&this.inner);
                 move || {
+                    // Whatever happens below (a panic included), the check
+                    // ends: checkpoints wait for it.
+                    let _end = EndCheck(inner.clone());
                     for u in unverified {
                         if let Err(e) = u.verify() {
                             tracing::error!(error = %e, "checkpoint damaged; refusing further inserts");
@@ -924,6 +927,25 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
 /// its manifest and syncing the directory left the name in the page cache
 /// only, and a power loss would then bring back an older checkpoint that
 /// needs those segments.
+/// Ends the background check of a loaded checkpoint when dropped; a check
+/// that panicked poisons the tree (its chunks were not all verified).
+struct EndCheck<H: Hasher, const N: usize, const MAX_DEPTH: usize>(
+    std::sync::Weak<Inner<H, N, MAX_DEPTH>>,
+);
+
+impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Drop for EndCheck<H, N, MAX_DEPTH> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade() {
+            if std::thread::panicking() {
+                inner
+                    .wal
+                    .poison("the check of the loaded checkpoint panicked".into());
+            }
+            inner.verifying.finish();
+        }
+    }
+}
+
 /// Whether the loaded checkpoint's chunks are still being checked in the
 /// background.
 struct Verifying {

@@ -806,15 +806,18 @@ impl Committer {
         s.sleeping.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         if !work() {
+            // An appender waits behind a claim with nothing in flight: no
+            // commit may come to see a stale claim, so a tick does.
+            let tick = s.tick.load(Ordering::Acquire);
             match self.policy {
                 FlushPolicy::Interval(d) if scan > synced => {
-                    std::thread::park_timeout(d.saturating_sub(last.elapsed()));
+                    let mut t = d.saturating_sub(last.elapsed());
+                    if tick {
+                        t = t.min(super::CLAIM_TICK);
+                    }
+                    std::thread::park_timeout(t);
                 }
-                // An appender waits behind a claim with nothing in flight:
-                // no commit will come to age the claims, so a tick does.
-                _ if s.tick.load(Ordering::Acquire) => {
-                    std::thread::park_timeout(super::CLAIM_TICK);
-                }
+                _ if tick => std::thread::park_timeout(super::CLAIM_TICK),
                 _ => std::thread::park(),
             }
         }

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::thread::{JoinHandle, Thread};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use durable::Durable;
 pub(crate) use durable::{Failure, Watermark};
@@ -176,7 +176,7 @@ pub(crate) struct Shared {
     front: AtomicU64,
     /// An appender waits behind a claim with nothing in flight: the
     /// committer wakes the space waiters every [`CLAIM_TICK`] meanwhile
-    /// (each wake-up ages the claims; see [`Claims::sweep`]).
+    /// (and drops stale claims; see [`Claims::sweep`]).
     tick: AtomicBool,
     /// Largest frame that fits: (min(ring capacity, segment data) - the
     /// committer's room) / 2.
@@ -221,10 +221,8 @@ impl Shared {
         }
     }
 
-    /// One wake-up of the space waiters by the committer (after a group
-    /// commit, or a tick) ages the claims: those whose owners were not
-    /// polled for a while are dropped, so a future nobody polls does not
-    /// hold the others back for good.
+    /// At each wake-up of the space waiters by the committer (after a group
+    /// commit, or a tick), stale claims are dropped (see [`Claims::sweep`]).
     fn age_claims(&self) {
         let mut c = self.claims();
         c.sweep();
@@ -287,53 +285,59 @@ impl Drop for SpaceClaim<'_> {
     }
 }
 
-/// The claims of appenders waiting for ring space, oldest first.
+/// The claims of appenders waiting for ring space, by age.
 #[derive(Default)]
 pub(crate) struct Claims {
     next_id: u64,
-    /// (id, bytes claimed, wake-ups since its owner last polled).
-    list: std::collections::VecDeque<(u64, u64, u32)>,
+    /// id (older first) -> (bytes claimed, when its owner last polled it).
+    list: std::collections::BTreeMap<u64, (u64, Instant)>,
 }
 
-/// Wake-ups of space waiters (one per group commit, or per
-/// [`CLAIM_TICK`]) a claim survives without its owner polling it.
-const CLAIM_MISSES: u32 = 64;
+/// How long the oldest claim is honoured without its owner polling it (a
+/// future kept but no longer polled must not hold the others back for
+/// good; its owner, polled again, gets its place back).
+const CLAIM_STALE: Duration = Duration::from_millis(100);
 
 /// How often space waiters are woken while one waits behind a claim and
-/// nothing is in flight.
+/// nothing is in flight (so that a stale claim is seen to be stale).
 const CLAIM_TICK: Duration = Duration::from_millis(1);
 
 impl Claims {
     fn add(&mut self, want: u64) -> u64 {
         self.next_id += 1;
-        self.list.push_back((self.next_id, want, 0));
+        self.list.insert(self.next_id, (want, Instant::now()));
         self.next_id
     }
 
-    /// Its owner polled it: fresh again (back in line, at the end, if it
-    /// had been swept).
+    /// Its owner polled it: fresh again (and back in its place if it had
+    /// gone stale).
     fn polled(&mut self, id: u64, want: u64) {
-        match self.list.iter_mut().find(|c| c.0 == id) {
-            Some(c) => c.2 = 0,
-            None => self.list.push_back((id, want, 0)),
-        }
+        self.list.insert(id, (want, Instant::now()));
     }
 
     fn remove(&mut self, id: u64) {
-        self.list.retain(|c| c.0 != id);
+        self.list.remove(&id);
     }
 
+    /// Drops the oldest claims while their owners have not polled them
+    /// for [`CLAIM_STALE`] (only the oldest is honoured, so only it can
+    /// hold anyone back).
     fn sweep(&mut self) {
-        self.list.retain_mut(|c| {
-            c.2 += 1;
-            c.2 <= CLAIM_MISSES
-        });
+        let now = Instant::now();
+        while let Some(e) = self.list.first_entry() {
+            if now.duration_since(e.get().1) < CLAIM_STALE {
+                break;
+            }
+            e.remove();
+        }
     }
 
     /// The oldest claim: its id and the room it asks to be kept free
     /// (0, 0: none).
     fn front(&self) -> (u64, u64) {
-        self.list.front().map_or((0, 0), |c| (c.0, c.1))
+        self.list
+            .first_key_value()
+            .map_or((0, 0), |(&id, &(want, _))| (id, want))
     }
 }
 
