@@ -374,18 +374,6 @@ pub(crate) fn recover(
                     ),
                 ));
             }
-            // Its first frame may be damaged too, and a group after it
-            // synced: its commit frame proves `x` was.
-            if scan_rest(&mut lw, later.seq * data, later.salt, 0, x)?.0 {
-                return Err(corruption(
-                    &seg.path,
-                    file_off,
-                    format!(
-                        "invalid frame, yet segment {} after it holds frames of a later, synced group",
-                        later.seq
-                    ),
-                ));
-            }
         }
         if seg.clean.is_some_and(|end| x < end) {
             // Its last owner closed cleanly at `end`: every byte before was
@@ -414,6 +402,22 @@ pub(crate) fn recover(
                 file_off,
                 "invalid frame followed by frames of a later, synced group",
             ));
+        }
+        // A later segment's first frame may be damaged too, and a group
+        // after it synced: its commit frame proves `x` was. (Read only
+        // here, past the clean-close shortcut: a whole segment each.)
+        for later in &segs[i + 1..] {
+            let mut lw = Window::new(later, data)?;
+            if scan_rest(&mut lw, later.seq * data, later.salt, 0, x)?.0 {
+                return Err(corruption(
+                    &seg.path,
+                    file_off,
+                    format!(
+                        "invalid frame, yet segment {} after it holds frames of a later, synced group",
+                        later.seq
+                    ),
+                ));
+            }
         }
         if nonzero || !zero_here {
             cut_tail(&mut w, off)?;
