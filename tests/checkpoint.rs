@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use common::{Rng, leaf, leaves};
 use ringtree::io::{SimStorage, Storage};
@@ -880,4 +881,100 @@ fn a_checkpoint_waits_for_the_loaded_one_to_be_verified() {
         );
         let _ = futures::executor::block_on(t.close());
     }
+}
+
+/// A simulated disk whose `sync_dir` of `target` panics once armed.
+struct PanicOnSyncDir {
+    disk: SimStorage,
+    target: std::path::PathBuf,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl Storage for PanicOnSyncDir {
+    fn backend(&self) -> ringtree::IoBackend {
+        self.disk.backend()
+    }
+    fn open(
+        &self,
+        path: &Path,
+        create: bool,
+    ) -> std::io::Result<Box<dyn ringtree::io::StorageFile>> {
+        self.disk.open(path, create)
+    }
+    fn create_dir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.disk.create_dir_all(path)
+    }
+    fn sync_dir(&self, path: &Path) -> std::io::Result<()> {
+        if path == self.target && self.armed.load(std::sync::atomic::Ordering::SeqCst) {
+            panic!("sync_dir of {} panicked", path.display());
+        }
+        self.disk.sync_dir(path)
+    }
+    fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        self.disk.list(dir)
+    }
+    fn remove(&self, path: &Path) -> std::io::Result<()> {
+        self.disk.remove(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        self.disk.rename(from, to)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        self.disk.exists(path)
+    }
+    fn lock(&self, path: &Path) -> std::io::Result<ringtree::io::LockGuard> {
+        self.disk.lock(path)
+    }
+    fn shrink(&self, path: &Path, len: u64) -> std::io::Result<()> {
+        self.disk.shrink(path, len)
+    }
+    fn open_direct(
+        &self,
+        path: &Path,
+    ) -> std::io::Result<Option<Box<dyn ringtree::io::StorageFile>>> {
+        self.disk.open_direct(path)
+    }
+    fn map(&self, path: &Path) -> std::io::Result<std::sync::Arc<dyn ringtree::io::Mapped>> {
+        self.disk.map(path)
+    }
+}
+
+/// The background check of a loaded checkpoint panics (here in the
+/// storage, while it retires the log below it): the tree is poisoned, and
+/// a checkpoint that waits for the check returns instead of waiting for
+/// good.
+#[test]
+fn a_check_that_panics_ends_and_poisons() {
+    let disk = Arc::new(PanicOnSyncDir {
+        disk: SimStorage::new(61),
+        target: Path::new("/p/shards").to_path_buf(),
+        armed: std::sync::atomic::AtomicBool::new(false),
+    });
+    let cfg = Config::new("/p")
+        .storage(disk.clone())
+        .checkpoint(CheckpointPolicy::Manual);
+    let all = leaves(0..20_000);
+    let t = T4::open_blocking(cfg.clone()).unwrap();
+    futures::executor::block_on(async {
+        insert_all(&t, &all).await.await.unwrap();
+        t.checkpoint().await.unwrap();
+        t.close().await.unwrap();
+    });
+    drop(t);
+    disk.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let t = Arc::new(T4::open_blocking(cfg).unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let t = t.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(futures::executor::block_on(t.checkpoint()));
+        });
+    }
+    // A hang detector: it takes milliseconds.
+    let got = rx.recv_timeout(std::time::Duration::from_secs(30));
+    assert!(
+        matches!(&got, Ok(Err(Error::Poisoned { reason, .. })) if reason.contains("panicked")),
+        "{got:?}"
+    );
+    assert!(futures::executor::block_on(t.insert(leaf(1))).is_err());
 }
