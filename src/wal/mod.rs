@@ -166,8 +166,8 @@ pub(crate) struct Shared {
     space: Mutex<Vec<Waker>>,
     /// Ring bytes kept free for the appender that has waited longest for
     /// room (twice its frame: the frame and the worst filler before it; 0:
-    /// none). Smaller appenders leave them free, so that a stream of small
-    /// records cannot starve a large one (it may need the ring nearly
+    /// none). Every other appender leaves them free, so that a stream of
+    /// small records cannot starve a large one (it may need the ring nearly
     /// empty).
     want: AtomicU64,
     /// Waiting appenders' claims, oldest first (see [`Log::claim_space`]).
@@ -191,11 +191,9 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// How far past `freed` a reservation of a frame of `len` bytes may
-    /// end: the ring less the committer's room, less the room kept for a
-    /// waiting larger frame.
-    /// `claim` is the caller's claim id (0: none): every appender but the
-    /// one whose claim is oldest leaves that claim's room free.
+    /// How far past `freed` a reservation may end: the ring less the
+    /// committer's room, less the room kept for the oldest claim unless
+    /// `claim` (the caller's claim id, 0: none) is that claim.
     fn limit(&self, claim: u64) -> u64 {
         let want = self.want.load(Ordering::Acquire);
         let room = self.ring.cap() - COMMITTER_ROOM;
@@ -261,7 +259,8 @@ fn reclaim(storage: &dyn Storage, path: &Path, size: u64) {
     }
 }
 
-/// Room kept free for a waiting large record (see [`Log::claim_space`]).
+/// A waiting appender's place in line for ring room (see
+/// [`Log::claim_space`]); dropping it leaves the line.
 pub(crate) struct SpaceClaim<'a> {
     shared: &'a Shared,
     id: u64,
@@ -693,9 +692,11 @@ impl Log {
         }
     }
 
-    /// Has smaller appenders keep room free for a record of `payload`
-    /// bytes that found the ring full, while the claim lives (a waiting
-    /// appender holds it until it reserved, failed or was dropped).
+    /// Puts an appender of `payload` bytes that found the ring full in line
+    /// for room: once its claim is the oldest, every other appender keeps
+    /// room for it free. A waiting appender holds the claim until it
+    /// reserved, failed or was dropped (and passes it to `poll_space` and
+    /// `try_reserve_as`).
     pub(crate) fn claim_space(&self, payload: u64) -> SpaceClaim<'_> {
         let want = 2 * frame_len(payload);
         let s = &*self.shared;
