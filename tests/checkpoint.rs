@@ -39,6 +39,18 @@ async fn insert_all(t: &T4, leaves: &[Hash]) -> ringtree::Durable {
     last.unwrap()
 }
 
+/// A tree at `cfg` holding `all`: the first `at` leaves awaited, a
+/// checkpoint, the rest awaited, closed.
+fn checkpointed_at(cfg: &Config, all: &[Hash], at: usize) {
+    let t = T4::open_blocking(cfg.clone()).unwrap();
+    futures::executor::block_on(async {
+        insert_awaited(&t, &all[..at]).await;
+        t.checkpoint().await.unwrap();
+        insert_awaited(&t, &all[at..]).await;
+        t.close().await.unwrap();
+    });
+}
+
 fn wal_segments(storage: &dyn Storage, dir: &str) -> Vec<String> {
     storage
         .list(&Path::new(dir).join("wal"))
@@ -532,13 +544,7 @@ fn retired_segments_are_reused_after_a_reopen() {
     let sim = SimStorage::new(31);
     let cfg = sim_config(&sim, "/o").segment_size(16 << 10);
     let all = leaves(0..3600);
-    let t = T4::open_blocking(cfg.clone()).unwrap();
-    futures::executor::block_on(async {
-        insert_awaited(&t, &all[..2400]).await;
-        t.checkpoint().await.unwrap();
-        t.close().await.unwrap();
-    });
-    drop(t);
+    checkpointed_at(&cfg, &all[..2400], 2400);
     // Verified at open, so the log below the checkpoint is retired there
     // (after a background check, only once that passes).
     let t = T4::open_blocking(cfg.clone().verify_on_open(true)).unwrap();
@@ -788,14 +794,7 @@ fn the_log_below_a_checkpoint_stays_until_its_chunks_pass() {
     let sim = SimStorage::new(41);
     let cfg = sim_config(&sim, "/v").segment_size(16 << 10);
     let all = leaves(0..6000);
-    let t = T4::open_blocking(cfg.clone()).unwrap();
-    futures::executor::block_on(async {
-        insert_awaited(&t, &all[..5000]).await;
-        t.checkpoint().await.unwrap();
-        insert_awaited(&t, &all[5000..]).await;
-        t.close().await.unwrap();
-    });
-    drop(t);
+    checkpointed_at(&cfg, &all, 5000);
     let before = wal_segments(&sim, "/v");
     sim.corrupt(Path::new("/v/shards/level-00.shard"), 4096 + 5000, 0x20)
         .unwrap();
@@ -818,14 +817,7 @@ fn the_log_below_a_checkpoint_stays_until_its_chunks_pass() {
     // Undamaged: once the check passes, the log below the checkpoint goes.
     let sim = SimStorage::new(42);
     let cfg = sim_config(&sim, "/w").segment_size(16 << 10);
-    let t = T4::open_blocking(cfg.clone()).unwrap();
-    futures::executor::block_on(async {
-        insert_awaited(&t, &all[..5000]).await;
-        t.checkpoint().await.unwrap();
-        insert_awaited(&t, &all[5000..]).await;
-        t.close().await.unwrap();
-    });
-    drop(t);
+    checkpointed_at(&cfg, &all, 5000);
     let before = wal_segments(&sim, "/w").len();
     let t = T4::open_blocking(cfg.spare_segments(0)).unwrap();
     let mut left = before;

@@ -485,6 +485,17 @@ fn direct_writes_fall_back_by_themselves() {
     assert_eq!(tree.root(), model_root(&all));
 }
 
+/// A tree on the real disk (threaded backend) and a current-thread runtime.
+fn on_disk_current_thread() -> (tempfile::TempDir, T4, tokio::runtime::Runtime) {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = T4::open_blocking(Config::new(tmp.path()).io(IoBackend::Threaded)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    (tmp, tree, rt)
+}
+
 /// A task that inserts and awaits durability in a loop on a current-thread
 /// runtime leaves room for the tasks beside it, though its futures resolve
 /// by spinning (the log serves it alone).
@@ -494,12 +505,7 @@ fn a_lone_writer_does_not_starve_its_neighbours() {
     use std::sync::atomic::{AtomicU64, Ordering};
     // A real disk: its fsync takes long enough that the spin budget (about
     // two fsyncs) covers it, so the writer's futures resolve by spinning.
-    let tmp = tempfile::tempdir().unwrap();
-    let tree = T4::open_blocking(Config::new(tmp.path()).io(IoBackend::Threaded)).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (_tmp, tree, rt) = on_disk_current_thread();
     let ticks = Arc::new(AtomicU64::new(0));
     let seen = rt.block_on(async {
         let ticker = {
@@ -557,12 +563,7 @@ fn a_lone_writer_does_not_starve_its_neighbours() {
 #[test]
 fn tasks_on_a_current_thread_runtime_share_group_commits() {
     // A real disk: syncs long enough for tasks to pile up behind them.
-    let tmp = tempfile::tempdir().unwrap();
-    let tree = T4::open_blocking(Config::new(tmp.path()).io(IoBackend::Threaded)).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (_tmp, tree, rt) = on_disk_current_thread();
     rt.block_on(async {
         // A lone writer first, so the log starts in its lone mode.
         for i in 0..50 {
