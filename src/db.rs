@@ -513,7 +513,6 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                             tracing::error!(error = %e, "checkpoint damaged; refusing further inserts");
                             if let Some(inner) = inner.upgrade() {
                                 inner.wal.poison(e.to_string());
-                                inner.verifying.finish();
                             }
                             return;
                         }
@@ -521,12 +520,10 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                     let Some(inner) = inner.upgrade() else {
                         return;
                     };
-                    let cp = inner.checkpointer.lock().unwrap_or_else(|e| e.into_inner());
+                    let _cp = inner.checkpointer.lock().unwrap_or_else(|e| e.into_inner());
                     if start > 0 && !inner.closed.load(Ordering::Acquire) {
                         retire_on_open(&*inner.storage, &inner.dir, &inner.wal, start);
                     }
-                    inner.verifying.finish();
-                    drop(cp);
                 }
             };
             let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
