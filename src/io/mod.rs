@@ -87,24 +87,21 @@ pub trait StorageFile: Send + Sync {
     /// nor unwritten extents: later writes and fdatasyncs then have no
     /// metadata to change) and syncs it. Never shrinks.
     fn allocate_zeroed(&self, len: u64) -> io::Result<()> {
-        // Written and synced a few MiB at a time: one large flush would fill
-        // the device queue and stall the log's fdatasyncs behind it.
-        const STEP: usize = 1 << 20;
-        const SYNC_EVERY: u64 = 4 << 20;
-        let zeros = vec![0u8; STEP];
+        // Written and synced a quarter MiB at a time: a larger flush fills
+        // the device queue and stalls other files' fdatasyncs behind it.
+        const STEP: u64 = 256 << 10;
         let mut at = self.len()?;
-        let mut unsynced = 0;
+        if at >= len {
+            return self.sync_data();
+        }
+        let zeros = vec![0u8; STEP.min(len - at) as usize];
         while at < len {
-            let n = (len - at).min(STEP as u64) as usize;
+            let n = (len - at).min(STEP) as usize;
             self.write_at(at, &[&zeros[..n]])?;
             at += n as u64;
-            unsynced += n as u64;
-            if unsynced >= SYNC_EVERY {
-                self.sync_data()?;
-                unsynced = 0;
-            }
+            self.sync_data()?;
         }
-        self.sync_data()
+        Ok(())
     }
 }
 

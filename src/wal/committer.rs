@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{Ordering, fence};
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -86,12 +86,18 @@ impl Spares {
 struct Preparer {
     requests: Option<mpsc::Sender<u64>>,
     state: Arc<(Mutex<PrepState>, Condvar)>,
+    /// The highest segment the log is about to need (or waits for): those
+    /// up to it are written without pauses.
+    urgent: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for Preparer {
     fn drop(&mut self) {
-        // Closing the channel ends the thread after its current segment.
+        // A segment being filled is abandoned (its temporary file is
+        // removed by the next preparation or open); closing the channel
+        // ends the thread.
+        self.urgent.store(STOP, Ordering::Relaxed);
         self.requests = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -109,13 +115,16 @@ struct PrepState {
 /// a temporary name (which recovery removes), from a spare when there is
 /// one (renamed, the rename made durable, new header written and synced),
 /// else as a new file (header, then written zeros to the full size,
-/// synced); then renamed into place and the directory synced.
+/// synced); then renamed into place and the directory synced. With `pace`
+/// (the preparer thread's), zeros are written with pauses unless `pace`
+/// has reached `seq`.
 pub(crate) fn prepare_segment(
     storage: &dyn Storage,
     dir: &Path,
     seq: u64,
     size: u64,
     spares: &Spares,
+    pace: Option<&AtomicU64>,
 ) -> std::io::Result<()> {
     let path = dir.join(segment_name(seq));
     if storage.exists(&path) {
@@ -152,12 +161,79 @@ pub(crate) fn prepare_segment(
     }
     let f = storage.open(&tmp, true)?;
     f.write_at(0, &[&header])?;
-    f.allocate_zeroed(size)?;
+    write_zeros(storage, &tmp, &*f, size, pace.map(|p| (p, seq)))?;
     drop(f);
     storage.rename(&tmp, &path)?;
     storage.sync_dir(dir)?;
     spares.zeroed.fetch_add(1, Ordering::Relaxed);
     Ok(())
+}
+
+/// Zeros written per step when filling a new segment.
+const ZERO_STEP: usize = 64 << 10;
+
+/// The preparer's urgent mark when the log closes: a fill in progress
+/// stops.
+const STOP: u64 = u64::MAX;
+
+/// Fills `f` (at `path`) with written zeros from its end to `size`, then
+/// syncs it. Direct writes where the storage has them (no page-cache
+/// copy, no writeback burst), else buffered ones synced a step at a time.
+/// With `pace` (the preparer's), each step is followed by a pause three
+/// times as long as the step, so the log's own writes and fdatasyncs
+/// mostly find the disk idle; pauses end once the urgent mark reaches the
+/// segment, and the fill stops (`Interrupted`) when it is [`STOP`].
+/// (Written all at once, 64 MiB of zeros took a concurrent 4 KiB write +
+/// fdatasync from 0.1 ms to 0.15-3 ms; see docs/BENCHMARKS.md.)
+fn write_zeros(
+    storage: &dyn Storage,
+    path: &Path,
+    f: &dyn StorageFile,
+    size: u64,
+    pace: Option<(&AtomicU64, u64)>,
+) -> std::io::Result<()> {
+    let align = crate::io::DIRECT_ALIGN;
+    let mut at = f.len()?;
+    let mut direct = if at.is_multiple_of(align as u64) && size.is_multiple_of(align as u64) {
+        storage.open_direct(path)?
+    } else {
+        None
+    };
+    let mem = vec![0u8; ZERO_STEP + align];
+    let start = mem.as_ptr().align_offset(align).min(align);
+    let zeros = &mem[start..start + ZERO_STEP];
+    while at < size {
+        let t = Instant::now();
+        let n = (size - at).min(ZERO_STEP as u64) as usize;
+        match &direct {
+            Some(d) => match d.write_at(at, &[&zeros[..n]]) {
+                Ok(()) => at += n as u64,
+                // Refused at write time (some file systems do): buffered
+                // from here on.
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => direct = None,
+                Err(e) => return Err(e),
+            },
+            None => {
+                at += n as u64;
+                f.allocate_zeroed(at)?;
+            }
+        }
+        if let Some((urgent, seq)) = pace
+            && at < size
+        {
+            match urgent.load(Ordering::Relaxed) {
+                STOP => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::Interrupted,
+                        "the log closed",
+                    ));
+                }
+                u if u < seq => std::thread::sleep(t.elapsed() * 3),
+                _ => {}
+            }
+        }
+    }
+    f.sync_data()
 }
 
 /// Turns the spare segment file `spare` into `tmp` with `header`.
@@ -194,12 +270,14 @@ impl Preparer {
         let (tx, rx) = mpsc::channel::<u64>();
         let state: Arc<(Mutex<PrepState>, Condvar)> = Arc::default();
         let st = state.clone();
+        let urgent = Arc::new(AtomicU64::new(0));
+        let urg = urgent.clone();
         let thread = std::thread::Builder::new()
             .name("ringtree-segments".into())
             .spawn(move || {
                 for seq in rx {
                     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        prepare_segment(&*storage, &dir, seq, size, &spares)
+                        prepare_segment(&*storage, &dir, seq, size, &spares, Some(&urg))
                     }));
                     let (m, cv) = &*st;
                     let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
@@ -222,8 +300,14 @@ impl Preparer {
         Ok(Self {
             requests: Some(tx),
             state,
+            urgent,
             thread: Some(thread),
         })
+    }
+
+    /// Has segment `seq` (and any before it) prepared without pauses.
+    fn hurry(&self, seq: u64) {
+        self.urgent.fetch_max(seq, Ordering::Relaxed);
     }
 
     fn request(&self, seq: u64) {
@@ -233,6 +317,7 @@ impl Preparer {
     }
 
     fn wait(&self, seq: u64) -> std::result::Result<(), String> {
+        self.hurry(seq);
         let (m, cv) = &*self.state;
         let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
         loop {
@@ -309,11 +394,17 @@ impl Committer {
         // The segment the log continues in must exist before the first
         // append is acknowledged; prepare it now so open reports failures.
         let seq = c.shared.mark.durable() / c.shared.seg_data;
-        prepare_segment(&*c.storage, &c.dir, seq, segment_size, &c.shared.spares).map_err(|e| {
-            Error::Io {
-                path: c.dir.join(segment_name(seq)),
-                source: e,
-            }
+        prepare_segment(
+            &*c.storage,
+            &c.dir,
+            seq,
+            segment_size,
+            &c.shared.spares,
+            None,
+        )
+        .map_err(|e| Error::Io {
+            path: c.dir.join(segment_name(seq)),
+            source: e,
         })?;
         // Segments found on disk may have been renamed into place by a
         // process that died before syncing the directory: make their names
@@ -413,15 +504,21 @@ impl Committer {
             // Not prepared ahead (or that failed, perhaps transiently):
             // prepare it here, once.
             let spares = &self.shared.spares;
-            prepare_segment(&*self.storage, &self.dir, seq, self.segment_size, spares).map_err(
-                |e| {
-                    let before = prepared
-                        .err()
-                        .map(|p| format!(" (after: {p})"))
-                        .unwrap_or_default();
-                    format!("preparing {}: {e}{before}", path.display())
-                },
-            )?;
+            prepare_segment(
+                &*self.storage,
+                &self.dir,
+                seq,
+                self.segment_size,
+                spares,
+                None,
+            )
+            .map_err(|e| {
+                let before = prepared
+                    .err()
+                    .map(|p| format!(" (after: {p})"))
+                    .unwrap_or_default();
+                format!("preparing {}: {e}{before}", path.display())
+            })?;
         }
         let f = self
             .storage
@@ -534,8 +631,15 @@ impl Committer {
             return;
         }
         let next = synced / data + 1;
-        if self.requested.contains(&next) || self.storage.exists(&self.dir.join(segment_name(next)))
-        {
+        if self.requested.contains(&next) {
+            // Three quarters through with the next one still in the making:
+            // no more pauses in it.
+            if synced % data >= data / 4 * 3 {
+                self.preparer.hurry(next);
+            }
+            return;
+        }
+        if self.storage.exists(&self.dir.join(segment_name(next))) {
             return;
         }
         self.requested.insert(next);
@@ -837,6 +941,47 @@ mod tests {
     use super::super::format::{FRAME_HEADER, FrameHeader, Kind, SEGMENT_HEADER, SegmentHeader};
     use super::super::{Log, LogConfig};
     use crate::io::{SimStorage, Storage};
+
+    /// A new segment is its header, then written zeros to its full size,
+    /// all durable and under its final name: through direct writes, through
+    /// buffered ones where there are none or they are refused at write
+    /// time.
+    #[test]
+    fn new_segments_are_durable_zeros_whichever_way_they_are_written() {
+        use super::{STOP, Spares, prepare_segment};
+        use crate::io::SimDirect;
+        use std::sync::atomic::AtomicU64;
+        let cases = [
+            (SimDirect::Aligned, 300 << 10),
+            (SimDirect::Unsupported, 300 << 10),
+            (SimDirect::Refused, 300 << 10),
+        ];
+        for (i, (mode, size)) in cases.into_iter().enumerate() {
+            let sim = SimStorage::new(40 + i as u64);
+            sim.set_direct(mode);
+            let dir = Path::new("/sim/zeros");
+            sim.create_dir_all(dir).unwrap();
+            let spares = Spares::new(0);
+            // Not urgent: the fill pauses between steps.
+            let pace = AtomicU64::new(0);
+            prepare_segment(&sim, dir, 3, size, &spares, Some(&pace)).unwrap();
+            let path = dir.join(super::segment_name(3));
+            let got = sim.durable_bytes(&path).expect("durable under its name");
+            assert_eq!(got.len() as u64, size, "{mode:?}");
+            let header = SegmentHeader::decode(&path, &got).unwrap();
+            assert_eq!((header.seq, header.size), (3, size));
+            assert!(
+                got[SEGMENT_HEADER as usize..].iter().all(|&b| b == 0),
+                "{mode:?}: zeros after the header"
+            );
+            assert_eq!(spares.zeroed(), 1);
+            // A fill told to stop leaves no segment behind.
+            let stop = AtomicU64::new(STOP);
+            let e = prepare_segment(&sim, dir, 4, size, &spares, Some(&stop)).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::Interrupted);
+            assert!(!sim.exists(&dir.join(super::segment_name(4))));
+        }
+    }
 
     /// Every commit frame carries the salt of the segment it lies in, also
     /// the first group's frame of each segment (it once took the salt of
