@@ -212,6 +212,8 @@ fn draw(path: &Path, panels: &[(&str, Series)]) -> Result<(), Box<dyn std::error
 /// Runs the checkpoint workload for `who` in a child process (its own peak
 /// RSS) and returns its figures by label.
 fn checkpoint_child(who: &str) -> Vec<(String, f64)> {
+    // What earlier sections removed is discarded before, not during, it.
+    tree_latency::common::settle();
     let exe = std::env::current_exe().unwrap();
     let out = Command::new(exe).args(["--child", who]).output().unwrap();
     assert!(

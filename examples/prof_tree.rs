@@ -28,7 +28,12 @@ fn main() {
         .find_map(|a| a.parse().ok())
         .unwrap_or(if tail { 5 } else { 3 });
     let dir = std::env::temp_dir().join("ringtree-prof-tree");
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::fs::remove_dir_all(&dir).is_ok() {
+        // The last run's segments are freed (and discarded) now, not
+        // during this run.
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+    }
     let io = if std::env::var("PROF_URING").is_ok() {
         IoBackend::Uring
     } else {

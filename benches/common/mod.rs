@@ -50,10 +50,22 @@ pub fn row(name: &str, h: &Histogram<u64>, extra: &str) {
     );
 }
 
-/// `dir/name`, emptied.
+/// `dir/name`, emptied. What a removal frees is handed back to the disk
+/// (the file system may discard it at its next journal commit) before
+/// the workload starts, not during it.
 pub fn fresh(dir: &Path, name: &str) -> PathBuf {
     let d = dir.join(name);
-    let _ = std::fs::remove_dir_all(&d);
+    if std::fs::remove_dir_all(&d).is_ok() {
+        settle();
+    }
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// Commits every file system's pending metadata and writes (and so any
+/// discards of freed blocks) now.
+pub fn settle() {
+    // SAFETY: sync(2) takes no arguments, touches no memory of ours and
+    // cannot fail.
+    unsafe { libc::sync() };
 }
