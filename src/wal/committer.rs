@@ -161,7 +161,15 @@ pub(crate) fn prepare_segment(
     }
     let f = storage.open(&tmp, true)?;
     f.write_at(0, &[&header])?;
-    write_zeros(storage, &tmp, &*f, size, pace.map(|p| (p, seq)))?;
+    if let Err(e) = write_zeros(storage, &tmp, &*f, size, pace.map(|p| (p, seq))) {
+        drop(f);
+        // Removed now rather than by the next open (a large file's removal
+        // takes milliseconds).
+        if e.kind() == std::io::ErrorKind::Interrupted {
+            let _ = storage.remove(&tmp);
+        }
+        return Err(e);
+    }
     drop(f);
     storage.rename(&tmp, &path)?;
     storage.sync_dir(dir)?;
@@ -169,8 +177,11 @@ pub(crate) fn prepare_segment(
     Ok(())
 }
 
-/// Zeros written per step when filling a new segment.
+/// Zeros written per step when filling a new segment with pauses (small,
+/// so the log's own writes queue behind little) and without (the open, or
+/// a log about to need the segment).
 const ZERO_STEP: usize = 64 << 10;
+const ZERO_STEP_HURRIED: usize = 1 << 20;
 
 /// The preparer's urgent mark when the log closes: a fill in progress
 /// stops.
@@ -179,10 +190,11 @@ const STOP: u64 = u64::MAX;
 /// Fills `f` (at `path`) with written zeros from its end to `size`, then
 /// syncs it. Direct writes where the storage has them (no page-cache
 /// copy, no writeback burst), else buffered ones synced a step at a time.
-/// With `pace` (the preparer's), each step is followed by a pause three
-/// times as long as the step, so the log's own writes and fdatasyncs
-/// mostly find the disk idle; pauses end once the urgent mark reaches the
-/// segment, and the fill stops (`Interrupted`) when it is [`STOP`].
+/// With `pace` (the preparer's), each step of [`ZERO_STEP`] is followed by
+/// a pause three times as long as the step, so the log's own writes and
+/// fdatasyncs mostly find the disk idle; pauses end (and steps grow to
+/// [`ZERO_STEP_HURRIED`]) once the urgent mark reaches the segment, and
+/// the fill stops (`Interrupted`) when it is [`STOP`].
 /// (Written all at once, 64 MiB of zeros took a concurrent 4 KiB write +
 /// fdatasync from 0.1 ms to 0.15-3 ms; see docs/BENCHMARKS.md.)
 fn write_zeros(
@@ -199,12 +211,25 @@ fn write_zeros(
     } else {
         None
     };
-    let mem = vec![0u8; ZERO_STEP + align];
+    let mem = vec![0u8; ZERO_STEP_HURRIED + align];
     let start = mem.as_ptr().align_offset(align).min(align);
-    let zeros = &mem[start..start + ZERO_STEP];
+    let zeros = &mem[start..start + ZERO_STEP_HURRIED];
     while at < size {
         let t = Instant::now();
-        let n = (size - at).min(ZERO_STEP as u64) as usize;
+        let mark = pace.map(|(urgent, seq)| (urgent.load(Ordering::Relaxed), seq));
+        if mark.is_some_and(|(u, _)| u == STOP) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "the log closed",
+            ));
+        }
+        let pausing = mark.is_some_and(|(u, seq)| u < seq);
+        let step = if pausing {
+            ZERO_STEP
+        } else {
+            ZERO_STEP_HURRIED
+        };
+        let n = (size - at).min(step as u64) as usize;
         match &direct {
             Some(d) => match d.write_at(at, &[&zeros[..n]]) {
                 Ok(()) => at += n as u64,
@@ -218,19 +243,8 @@ fn write_zeros(
                 f.allocate_zeroed(at)?;
             }
         }
-        if let Some((urgent, seq)) = pace
-            && at < size
-        {
-            match urgent.load(Ordering::Relaxed) {
-                STOP => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::Interrupted,
-                        "the log closed",
-                    ));
-                }
-                u if u < seq => std::thread::sleep(t.elapsed() * 3),
-                _ => {}
-            }
+        if pausing && at < size {
+            std::thread::sleep(t.elapsed() * 3);
         }
     }
     f.sync_data()
@@ -980,6 +994,7 @@ mod tests {
             let e = prepare_segment(&sim, dir, 4, size, &spares, Some(&stop)).unwrap_err();
             assert_eq!(e.kind(), std::io::ErrorKind::Interrupted);
             assert!(!sim.exists(&dir.join(super::segment_name(4))));
+            assert_eq!(sim.list(dir).unwrap(), [super::segment_name(3)]);
         }
     }
 

@@ -71,9 +71,16 @@ struct Window<'a> {
     data: u64,
     start: u64,
     buf: Vec<u8>,
+    /// The least one read takes.
+    min: u64,
 }
 
-const WINDOW: u64 = 4 << 20;
+const WINDOW: u64 = 1 << 20;
+
+/// The least a look at one frame of another segment reads (a window would
+/// read 4 MiB for 8 bytes: milliseconds at every open whose pages are not
+/// cached).
+const PEEK: u64 = 4 << 10;
 
 impl<'a> Window<'a> {
     fn new(seg: &'a Segment, data: u64) -> Result<Self> {
@@ -94,6 +101,15 @@ impl<'a> Window<'a> {
             data,
             start: 0,
             buf: Vec::new(),
+            min: WINDOW,
+        })
+    }
+
+    /// A window for a look at a frame or two: small reads.
+    fn peek(seg: &'a Segment, data: u64) -> Result<Self> {
+        Ok(Self {
+            min: PEEK,
+            ..Self::new(seg, data)?
         })
     }
 
@@ -101,7 +117,7 @@ impl<'a> Window<'a> {
     fn get(&mut self, off: u64, len: u64) -> Result<&[u8]> {
         let end = (off + len).min(self.data);
         if off < self.start || end > self.start + self.buf.len() as u64 {
-            let want = (end - off).max(WINDOW).min(self.data - off);
+            let want = (end - off).max(self.min).min(self.data - off);
             self.buf.resize(want as usize, 0);
             let n = self
                 .seg
@@ -353,7 +369,7 @@ pub(crate) fn recover(
         let x = pos;
         let file_off = SEGMENT_HEADER + off;
         for later in &segs[i + 1..] {
-            let mut lw = Window::new(later, data)?;
+            let mut lw = Window::peek(later, data)?;
             if lw.frame(later.seq * data, 0)?.is_some() {
                 return Err(corruption(
                     &seg.path,
