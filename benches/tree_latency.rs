@@ -16,7 +16,8 @@
 //! (5), `RINGTREE_BENCH_IO` (`threaded` or `uring`; default: both),
 //! `RINGTREE_BENCH_ONLY` (sections to run, e.g. `14`; default `1234`),
 //! `RINGTREE_BENCH_SPIN_US` (the committer's spin), `RINGTREE_BENCH_INTERVAL_US`
-//! (our side with `FlushPolicy::Interval` instead of group commit).
+//! (our side with `FlushPolicy::Interval` instead of group commit),
+//! `RINGTREE_BENCH_YIELD` (`Config::thread_yield_every`; 0 turns it off).
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -50,6 +51,9 @@ fn ours(dir: &Path, io: IoBackend) -> Ours {
         cfg = cfg.flush(ringtree::FlushPolicy::Interval(Duration::from_micros(
             us.parse().unwrap(),
         )));
+    }
+    if let Ok(n) = std::env::var("RINGTREE_BENCH_YIELD") {
+        cfg = cfg.thread_yield_every(n.parse().unwrap());
     }
     Ours::open_blocking(cfg).unwrap()
 }
