@@ -706,11 +706,12 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         let mut claim = None;
         loop {
             if let Some(ins) = self.try_insert(leaves, claim.as_ref())? {
+                drop(claim);
+                self.maybe_checkpoint();
+                // With nothing held that others wait for.
                 if yield_due(leaves.len() as u64, self.inner.thread_yield_every) {
                     std::thread::yield_now();
                 }
-                drop(claim);
-                self.maybe_checkpoint();
                 return Ok(ins);
             }
             let c = claim.get_or_insert_with(|| self.inner.wal.claim_space(payload));

@@ -87,9 +87,9 @@ pub trait StorageFile: Send + Sync {
     /// nor unwritten extents: later writes and fdatasyncs then have no
     /// metadata to change) and syncs it. Never shrinks.
     fn allocate_zeroed(&self, len: u64) -> io::Result<()> {
-        // Written and synced a quarter MiB at a time: a larger flush fills
-        // the device queue and stalls other files' fdatasyncs behind it.
-        const STEP: u64 = 256 << 10;
+        // Written and synced a MiB at a time: a larger flush fills the
+        // device queue and stalls other files' fdatasyncs behind it.
+        const STEP: u64 = 1 << 20;
         let mut at = self.len()?;
         if at >= len {
             return self.sync_data();

@@ -94,12 +94,13 @@ struct Preparer {
 
 impl Drop for Preparer {
     fn drop(&mut self) {
-        // A segment being filled is abandoned (its temporary file is
-        // removed by the next preparation or open); closing the channel
-        // ends the thread.
+        // A segment being filled is abandoned (its fill removes its
+        // temporary file), a pause cut short, and requests still queued
+        // are skipped; closing the channel ends the thread.
         self.urgent.store(STOP, Ordering::Relaxed);
         self.requests = None;
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
@@ -129,6 +130,9 @@ pub(crate) fn prepare_segment(
     let path = dir.join(segment_name(seq));
     if storage.exists(&path) {
         return Ok(());
+    }
+    if pace.is_some_and(|p| p.load(Ordering::Relaxed) == STOP) {
+        return Err(stopped());
     }
     let tmp = dir.join(format!("{}.tmp", segment_name(seq)));
     if storage.exists(&tmp) {
@@ -187,6 +191,14 @@ const ZERO_STEP_HURRIED: usize = 1 << 20;
 /// stops.
 const STOP: u64 = u64::MAX;
 
+/// The longest pause between two paced steps (a step that stalled long
+/// does not make the fill stall three times as long).
+const MAX_PAUSE: Duration = Duration::from_millis(5);
+
+fn stopped() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::Interrupted, "the log closed")
+}
+
 /// Fills `f` (at `path`) with written zeros from its end to `size`, then
 /// syncs it. Direct writes where the storage has them (no page-cache
 /// copy, no writeback burst), else buffered ones synced a step at a time.
@@ -214,37 +226,49 @@ fn write_zeros(
     let mem = vec![0u8; ZERO_STEP_HURRIED + align];
     let start = mem.as_ptr().align_offset(align).min(align);
     let zeros = &mem[start..start + ZERO_STEP_HURRIED];
+    let mark = || pace.map(|(urgent, seq)| (urgent.load(Ordering::Relaxed), seq));
     while at < size {
         let t = Instant::now();
-        let mark = pace.map(|(urgent, seq)| (urgent.load(Ordering::Relaxed), seq));
-        if mark.is_some_and(|(u, _)| u == STOP) {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Interrupted,
-                "the log closed",
-            ));
+        if mark().is_some_and(|(u, _)| u == STOP) {
+            return Err(stopped());
         }
-        let pausing = mark.is_some_and(|(u, seq)| u < seq);
-        let step = if pausing {
-            ZERO_STEP
-        } else {
-            ZERO_STEP_HURRIED
-        };
-        let n = (size - at).min(step as u64) as usize;
+        let pausing = mark().is_some_and(|(u, seq)| u < seq);
         match &direct {
-            Some(d) => match d.write_at(at, &[&zeros[..n]]) {
-                Ok(()) => at += n as u64,
-                // Refused at write time (some file systems do): buffered
-                // from here on.
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => direct = None,
-                Err(e) => return Err(e),
-            },
+            Some(d) => {
+                let step = if pausing {
+                    ZERO_STEP
+                } else {
+                    ZERO_STEP_HURRIED
+                };
+                let n = (size - at).min(step as u64) as usize;
+                match d.write_at(at, &[&zeros[..n]]) {
+                    Ok(()) => at += n as u64,
+                    // Refused at write time (some file systems do):
+                    // buffered from here on.
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                        tracing::warn!(file = %path.display(), error = %e, "direct writes refused; filling the WAL segment through the page cache");
+                        direct = None;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             None => {
-                at += n as u64;
+                // Buffered: written and synced a MiB at a time (each sync
+                // also commits the file's growth).
+                at = (at + ZERO_STEP_HURRIED as u64).min(size);
                 f.allocate_zeroed(at)?;
             }
         }
         if pausing && at < size {
-            std::thread::sleep(t.elapsed() * 3);
+            // Cut short by a hurry or a stop (the preparer is unparked).
+            let until = Instant::now() + (t.elapsed() * 3).min(MAX_PAUSE);
+            while let Some(left) = until.checked_duration_since(Instant::now())
+                && !left.is_zero()
+                && mark().is_some_and(|(u, seq)| u < seq)
+            {
+                std::thread::park_timeout(left);
+            }
         }
     }
     f.sync_data()
@@ -319,9 +343,14 @@ impl Preparer {
         })
     }
 
-    /// Has segment `seq` (and any before it) prepared without pauses.
+    /// Has segment `seq` (and any before it) prepared without pauses,
+    /// cutting a pause short.
     fn hurry(&self, seq: u64) {
-        self.urgent.fetch_max(seq, Ordering::Relaxed);
+        if self.urgent.fetch_max(seq, Ordering::Relaxed) < seq
+            && let Some(t) = &self.thread
+        {
+            t.thread().unpark();
+        }
     }
 
     fn request(&self, seq: u64) {
@@ -636,12 +665,14 @@ impl Committer {
         }
     }
 
-    /// Once the log is past half of segment `seq`, has the next one
-    /// prepared in the background (not earlier: preparing writes a whole
-    /// segment of zeros, which competes with the log for the disk).
+    /// Once the log is a quarter through segment `seq`, has the next one
+    /// prepared in the background: a paced fill (about a quarter of the
+    /// disk's time) has half a segment's worth of the log's writing to
+    /// finish in before it is hurried (not at once: a log that never
+    /// reaches the next segment should not write one).
     fn prepare_ahead(&mut self, synced: u64) {
         let data = self.shared.seg_data;
-        if synced % data < data / 2 {
+        if synced % data < data / 4 {
             return;
         }
         let next = synced / data + 1;
@@ -957,44 +988,74 @@ mod tests {
     use crate::io::{SimStorage, Storage};
 
     /// A new segment is its header, then written zeros to its full size,
-    /// all durable and under its final name: through direct writes, through
-    /// buffered ones where there are none or they are refused at write
-    /// time.
+    /// all durable and under its final name: through direct writes (one
+    /// sync at the end), through buffered ones where there are none or
+    /// they are refused at write time (a sync per MiB), paced or not; and
+    /// a power loss at any step leaves either no segment under that name
+    /// or a whole one.
     #[test]
     fn new_segments_are_durable_zeros_whichever_way_they_are_written() {
         use super::{STOP, Spares, prepare_segment};
         use crate::io::SimDirect;
         use std::sync::atomic::AtomicU64;
+        const SIZE: u64 = 3 << 20;
+        let dir = Path::new("/sim/zeros");
+        let check = |sim: &SimStorage, seq: u64| {
+            let path = dir.join(super::segment_name(seq));
+            let got = sim.durable_bytes(&path).expect("durable under its name");
+            assert_eq!(got.len() as u64, SIZE);
+            let header = SegmentHeader::decode(&path, &got).unwrap();
+            assert_eq!((header.seq, header.size), (seq, SIZE));
+            assert!(got[SEGMENT_HEADER as usize..].iter().all(|&b| b == 0));
+        };
+        // (mode, paced, most file syncs a fill may take, least)
         let cases = [
-            (SimDirect::Aligned, 300 << 10),
-            (SimDirect::Unsupported, 300 << 10),
-            (SimDirect::Refused, 300 << 10),
+            (SimDirect::Aligned, true, 1, 1),
+            (SimDirect::Aligned, false, 1, 1),
+            // A MiB at a time (three), then the closing sync.
+            (SimDirect::Unsupported, true, 4, 4),
+            (SimDirect::Refused, false, 4, 4),
         ];
-        for (i, (mode, size)) in cases.into_iter().enumerate() {
+        for (i, (mode, paced, most, least)) in cases.into_iter().enumerate() {
             let sim = SimStorage::new(40 + i as u64);
             sim.set_direct(mode);
-            let dir = Path::new("/sim/zeros");
             sim.create_dir_all(dir).unwrap();
             let spares = Spares::new(0);
-            // Not urgent: the fill pauses between steps.
-            let pace = AtomicU64::new(0);
-            prepare_segment(&sim, dir, 3, size, &spares, Some(&pace)).unwrap();
-            let path = dir.join(super::segment_name(3));
-            let got = sim.durable_bytes(&path).expect("durable under its name");
-            assert_eq!(got.len() as u64, size, "{mode:?}");
-            let header = SegmentHeader::decode(&path, &got).unwrap();
-            assert_eq!((header.seq, header.size), (3, size));
+            // 0: not urgent, the fill pauses between steps; MAX-1: hurried.
+            let pace = AtomicU64::new(if paced { 0 } else { STOP - 1 });
+            let syncs = sim.syncs();
+            prepare_segment(&sim, dir, 3, SIZE, &spares, Some(&pace)).unwrap();
+            let took = sim.syncs() - syncs;
             assert!(
-                got[SEGMENT_HEADER as usize..].iter().all(|&b| b == 0),
-                "{mode:?}: zeros after the header"
+                (least..=most).contains(&took),
+                "{mode:?}: {took} file syncs"
             );
+            check(&sim, 3);
             assert_eq!(spares.zeroed(), 1);
-            // A fill told to stop leaves no segment behind.
+            // A fill told to stop leaves nothing behind.
             let stop = AtomicU64::new(STOP);
-            let e = prepare_segment(&sim, dir, 4, size, &spares, Some(&stop)).unwrap_err();
+            let e = prepare_segment(&sim, dir, 4, SIZE, &spares, Some(&stop)).unwrap_err();
             assert_eq!(e.kind(), std::io::ErrorKind::Interrupted);
-            assert!(!sim.exists(&dir.join(super::segment_name(4))));
             assert_eq!(sim.list(dir).unwrap(), [super::segment_name(3)]);
+        }
+        // A power loss before each step in turn.
+        for mode in [SimDirect::Aligned, SimDirect::Unsupported] {
+            for n in 0.. {
+                let sim = SimStorage::new(60 + n);
+                sim.set_direct(mode);
+                sim.create_dir_all(dir).unwrap();
+                sim.crash_at_op(n);
+                let done = prepare_segment(&sim, dir, 5, SIZE, &Spares::new(0), None).is_ok();
+                let sim = if done { sim } else { sim.restart() };
+                sim.clear_faults();
+                if sim.exists(&dir.join(super::segment_name(5))) {
+                    check(&sim, 5);
+                }
+                if done {
+                    check(&sim, 5);
+                    break;
+                }
+            }
         }
     }
 
