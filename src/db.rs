@@ -109,9 +109,10 @@ pub struct Config {
     /// and the kernel switches between them at its tick (4 ms at 250 Hz);
     /// every task queued on the one waiting waits that long. Yielding every
     /// 256 inserts (well under a millisecond of work) makes them take turns
-    /// that often: on a 2-vCPU VM it took the p99 of 1,000 tasks inserting
-    /// and awaiting from 5.0-6.0 ms to 2.3-3.6 ms (`docs/BENCHMARKS.md`). A
-    /// thread alone on its core pays one system call per 256 inserts.
+    /// that often: on a 2-vCPU VM, in six alternated pairs, it took the p99
+    /// of 1,000 tasks inserting and awaiting from 4.1-6.0 ms to 2.3-4.8 ms
+    /// (`docs/BENCHMARKS.md`). A thread alone on its core pays one system
+    /// call per 256 inserts.
     pub thread_yield_every: u32,
     storage: Option<Arc<dyn Storage>>,
     failpoint: checkpoint::Failpoint,
