@@ -711,6 +711,8 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                 self.maybe_checkpoint();
                 // With nothing held that others wait for.
                 if yield_due(leaves.len() as u64, self.inner.thread_yield_every) {
+                    #[cfg(test)]
+                    tests::YIELDS.with(|y| y.set(y.get() + 1));
                     std::thread::yield_now();
                 }
                 return Ok(ins);
@@ -1280,6 +1282,42 @@ fn verify_levels<H: Hasher, const N: usize, const MAX_DEPTH: usize>(
 #[cfg(test)]
 mod tests {
     use super::yield_due;
+    use crate::{Blake3, Config, Tree, io::SimStorage};
+    use std::cell::Cell;
+    use std::sync::Arc;
+
+    thread_local! {
+        /// Yields made by inserts on this thread.
+        pub(super) static YIELDS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// Inserts on one thread yield once per `thread_yield_every` leaves,
+    /// single and batched alike, and never with 0.
+    #[test]
+    fn inserts_yield_their_thread_as_configured() {
+        std::thread::spawn(|| {
+            let run = |every: u32| {
+                let sim = Arc::new(SimStorage::new(7));
+                let cfg = Config::new("/y").storage(sim).thread_yield_every(every);
+                let t = Tree::<Blake3, 4, 16>::open_blocking(cfg).unwrap();
+                let before = YIELDS.with(Cell::get);
+                futures::executor::block_on(async {
+                    for i in 0..1000u32 {
+                        t.insert([i.to_le_bytes()[0]; 32]).await.unwrap();
+                    }
+                    t.insert_many(&[[9; 32]; 300]).await.unwrap();
+                    t.close().await.unwrap();
+                });
+                YIELDS.with(Cell::get) - before
+            };
+            // 1000 single leaves: 3 yields (at 256, 512, 768) and 232
+            // counted; the batch of 300 crosses the mark: a fourth.
+            assert_eq!(run(256), 4);
+            assert_eq!(run(0), 0);
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn a_thread_is_due_to_yield_once_per_every_leaves() {
