@@ -256,8 +256,10 @@ fn write_zeros(
             None => {
                 // Buffered: written and synced a MiB at a time (each sync
                 // also commits the file's growth).
-                at = (at + ZERO_STEP_HURRIED as u64).min(size);
-                f.allocate_zeroed(at)?;
+                let n = (size - at).min(ZERO_STEP_HURRIED as u64) as usize;
+                f.write_at(at, &[&zeros[..n]])?;
+                f.sync_data()?;
+                at += n as u64;
             }
         }
         if pausing && at < size {
