@@ -27,7 +27,10 @@ const SHARDS: &str = "shards";
 const MANIFEST_MAGIC: [u8; 8] = *b"RTMANIFS";
 const SHARD_MAGIC: [u8; 8] = *b"RTSHARD1";
 const SUMS_MAGIC: [u8; 8] = *b"RTSUMS01";
+/// Version of the shard, sums and tail file headers.
 const VERSION: u32 = 1;
+/// Version of the manifest (2: with the tree id).
+const MANIFEST_VERSION: u32 = 2;
 /// Shard header size; chunk `i` is at `SHARD_HEADER + i * CHUNK_BYTES`, so
 /// chunks are page-aligned.
 const SHARD_HEADER: u64 = 4096;
@@ -65,6 +68,9 @@ pub(crate) struct Manifest {
     pub root: Hash,
     /// The log below this position is covered by the checkpoint.
     pub wal_position: u64,
+    /// The tree's id (see `identity`): a manifest of another tree is
+    /// refused.
+    pub tree_id: [u8; 16],
     pub levels: Vec<LevelMeta>,
 }
 
@@ -85,16 +91,17 @@ fn io_err(path: &Path, e: std::io::Error) -> Error {
 
 impl Manifest {
     /// `"RTMANIFS" | version u32 | arity u32 | leaves u64 | WAL position u64
-    /// | root [32] | level count u32 | per level: nodes u64, sums crc u32,
-    /// tail slot u32, tail crc u32 | crc32c of all before u32`.
+    /// | root [32] | tree id [16] | level count u32 | per level: nodes u64,
+    /// sums crc u32, tail slot u32, tail crc u32 | crc32c of all before u32`.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(68 + LEVEL_META * self.levels.len());
+        let mut b = Vec::with_capacity(88 + LEVEL_META * self.levels.len());
         b.extend_from_slice(&MANIFEST_MAGIC);
-        b.extend_from_slice(&VERSION.to_le_bytes());
+        b.extend_from_slice(&MANIFEST_VERSION.to_le_bytes());
         b.extend_from_slice(&self.arity.to_le_bytes());
         b.extend_from_slice(&self.leaves.to_le_bytes());
         b.extend_from_slice(&self.wal_position.to_le_bytes());
         b.extend_from_slice(&self.root);
+        b.extend_from_slice(&self.tree_id);
         b.extend_from_slice(&(self.levels.len() as u32).to_le_bytes());
         for l in &self.levels {
             b.extend_from_slice(&l.nodes.to_le_bytes());
@@ -108,7 +115,7 @@ impl Manifest {
     }
 
     pub(crate) fn decode(path: &Path, b: &[u8]) -> Result<Self> {
-        const FIXED: usize = 8 + 4 + 4 + 8 + 8 + 32 + 4;
+        const FIXED: usize = 8 + 4 + 4 + 8 + 8 + 32 + 16 + 4;
         if b.len() < FIXED + 4 {
             return Err(corruption(
                 path,
@@ -134,18 +141,21 @@ impl Manifest {
         }
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
-        if u32_at(8) != VERSION {
+        if u32_at(8) != MANIFEST_VERSION {
             return Err(corruption(
                 path,
                 8,
-                format!("unsupported manifest version {}", u32_at(8)),
+                format!(
+                    "unsupported manifest version {}, this build reads {MANIFEST_VERSION}",
+                    u32_at(8)
+                ),
             ));
         }
-        let count = u32_at(64) as usize;
+        let count = u32_at(80) as usize;
         if body.len() != FIXED + LEVEL_META * count {
             return Err(corruption(
                 path,
-                64,
+                80,
                 format!(
                     "{count} levels do not match the manifest's length {}",
                     b.len()
@@ -168,6 +178,7 @@ impl Manifest {
             leaves: u64_at(16),
             wal_position: u64_at(24),
             root: b[32..64].try_into().expect("32 bytes"),
+            tree_id: b[64..80].try_into().expect("16 bytes"),
             levels,
         })
     }
@@ -277,6 +288,12 @@ pub(crate) struct Checkpointer {
     /// The last checkpoint's WAL position.
     pub(crate) wal_position: u64,
     pub(crate) failpoint: Failpoint,
+    tree_id: [u8; 16],
+    /// Per level, whether its files' headers are known durable (written
+    /// by a checkpoint whose syncs all passed). Until then every checkpoint
+    /// writes them again: a sync that failed may have left them in clean
+    /// pages that never reached the disk (invariant 13).
+    headers: Vec<bool>,
     /// Set when a manifest rename may or may not have taken effect.
     broken: std::sync::Mutex<Option<String>>,
 }
@@ -285,6 +302,7 @@ impl Checkpointer {
     pub(crate) fn new(
         storage: Arc<dyn Storage>,
         dir: &Path,
+        tree_id: [u8; 16],
         loaded: Option<(&Manifest, Vec<Vec<u32>>)>,
     ) -> Self {
         let (sums, nodes, slots, wal_position) = match loaded {
@@ -296,6 +314,7 @@ impl Checkpointer {
             ),
             None => (Vec::new(), Vec::new(), Vec::new(), 0),
         };
+        let nodes_len = nodes.len();
         Self {
             storage,
             dir: dir.to_path_buf(),
@@ -304,6 +323,8 @@ impl Checkpointer {
             slots,
             wal_position,
             failpoint: None,
+            headers: vec![true; nodes_len],
+            tree_id,
             broken: std::sync::Mutex::new(None),
         }
     }
@@ -349,12 +370,11 @@ impl Checkpointer {
     ) -> Result<[Box<dyn StorageFile>; 3]> {
         let mut open =
             |path: PathBuf, magic: [u8; 8], header: u64| -> Result<Box<dyn StorageFile>> {
-                let fresh = !self.storage.exists(&path);
                 let f = self
                     .storage
                     .open(&path, true)
                     .map_err(|e| io_err(&path, e))?;
-                if fresh || f.len().map_err(|e| io_err(&path, e))? < header {
+                if !self.headers.get(level).copied().unwrap_or(false) {
                     f.write_at(0, &[&file_header(magic, level, header)])
                         .map_err(|e| io_err(&path, e))?;
                     *created = true;
@@ -396,6 +416,7 @@ impl Checkpointer {
             // same as none) is made durable: from then on a missing
             // manifest beside shard files can only be damage.
             let empty = Manifest {
+                tree_id: self.tree_id,
                 arity: snap.arity() as u32,
                 leaves: 0,
                 root: [0; 32],
@@ -502,6 +523,7 @@ impl Checkpointer {
             .map_err(|e| io_err(&self.dir, e))?;
         failpoint(self.failpoint, "shard-sync", &shards)?;
         let manifest = Manifest {
+            tree_id: self.tree_id,
             arity: snap.arity() as u32,
             leaves: snap.size(),
             root: snap.root().unwrap_or([0; 32]),
@@ -514,6 +536,7 @@ impl Checkpointer {
         self.write_manifest(&manifest, true)?;
         sums.truncate(levels);
         self.sums = sums;
+        self.headers = vec![true; levels];
         self.nodes = manifest.levels.iter().map(|l| l.nodes).collect();
         self.slots = manifest.levels.iter().map(|l| l.tail_slot).collect();
         self.wal_position = wal_position;
@@ -588,6 +611,7 @@ pub(crate) fn load(
     dir: &Path,
     arity: usize,
     max_depth: usize,
+    tree_id: [u8; 16],
     map_below: usize,
 ) -> Result<Option<Loaded>> {
     let path = dir.join(MANIFEST);
@@ -619,11 +643,24 @@ pub(crate) fn load(
     let mut b = vec![0u8; len as usize];
     f.read_at(0, &mut b).map_err(|e| io_err(&path, e))?;
     let m = Manifest::decode(&path, &b)?;
+    if m.tree_id != tree_id {
+        return Err(corruption(
+            &path,
+            64,
+            format!(
+                "manifest of another tree (tree id {}, this one is {})",
+                crate::wal::format::hex(&m.tree_id),
+                crate::wal::format::hex(&tree_id)
+            ),
+        ));
+    }
     if m.arity as usize != arity {
-        return Err(Error::Config(format!(
-            "the checkpoint is of a {}-ary tree, this tree type is {arity}-ary",
-            m.arity
-        )));
+        return Err(Error::ConfigMismatch {
+            field: "arity",
+            on_disk: m.arity.to_string(),
+            given: arity.to_string(),
+            file: path.clone(),
+        });
     }
     // The shape must be that of a tree of `leaves` leaves.
     let mismatch =
@@ -821,6 +858,7 @@ mod tests {
 
     fn manifest(leaves: u64, nodes: &[u64]) -> Manifest {
         Manifest {
+            tree_id: [3; 16],
             arity: 4,
             leaves,
             root: [7; 32],
@@ -869,7 +907,7 @@ mod tests {
             put(&manifest(leaves, &nodes));
             assert!(
                 matches!(
-                    load(&sim, dir, 4, 32, usize::MAX),
+                    load(&sim, dir, 4, 32, [3; 16], usize::MAX),
                     Err(Error::Corruption { .. })
                 ),
                 "{leaves} {nodes:?}"
@@ -878,7 +916,7 @@ mod tests {
         put(&manifest(5, &[5, 2, 1]));
         // Deeper than the tree type allows: a clear error.
         assert!(matches!(
-            load(&sim, dir, 4, 1, usize::MAX),
+            load(&sim, dir, 4, 1, [3; 16], usize::MAX),
             Err(Error::Depth { .. })
         ));
     }

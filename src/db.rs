@@ -14,11 +14,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::checkpoint::{self, Checkpointer};
+use crate::identity::{self, Identity};
 use crate::error::{Error, Result};
 use crate::hash::{Hash, Hasher};
 use crate::io::{IoBackend, LockGuard, Storage};
 use crate::tree::{LeanImt, Snapshot};
-use crate::wal::{Durable, FlushPolicy, Log, LogConfig, ReserveError};
+use crate::wal::{Cause, Durable, Failure, FlushPolicy, Log, LogConfig, ReserveError};
 
 /// Bytes of a record before its leaves: the index of its first leaf (u64).
 const RECORD_HEADER: u64 = 8;
@@ -259,6 +260,8 @@ impl Config {
             direct_io: self.direct_io,
             lone_waiter_spin: self.lone_waiter_spin,
             spare_segments: self.spare_segments,
+            tree_id: [0; 16],
+            must_exist: false,
         }
     }
 }
@@ -302,7 +305,15 @@ struct Inner<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     wal: Arc<Log>,
     lock: Mutex<Option<LockGuard>>,
     /// The first close's failure, for later callers.
-    close_failed: Mutex<Option<String>>,
+    close_failed: Mutex<Option<Cause>>,
+    /// The last background checkpoint's failure, not yet reported.
+    background_failure: Mutex<Option<Error>>,
+    /// Background checkpoints that failed since open.
+    checkpoint_failures: AtomicU64,
+    /// No background checkpoint is started before this instant (after a
+    /// failure: one second, doubling with each failure in a row, up to a
+    /// minute).
+    retry_after: Mutex<Option<(std::time::Instant, u32)>>,
     storage: Arc<dyn Storage>,
     checkpointer: Mutex<Checkpointer>,
     policy: CheckpointPolicy,
@@ -450,10 +461,13 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         };
         let backend = storage.backend();
         tracing::info!(dir = %dir.display(), backend = %backend, "opening tree");
+        let want = Identity::new(N, MAX_DEPTH, hasher.id())?;
+        let established = identity::establish(&*storage, &dir, want)?;
+        let tree_id = established.identity.tree_id;
         let pin = config.tiering.pin_above_level;
         let mut unverified = Vec::new();
         let (mut tree, start, mut checkpointer) =
-            match checkpoint::load(&*storage, &dir, N, MAX_DEPTH, pin)? {
+            match checkpoint::load(&*storage, &dir, N, MAX_DEPTH, tree_id, pin)? {
                 Some(l) => {
                     let tree = LeanImt::<H, N, MAX_DEPTH>::from_levels(hasher, l.levels);
                     if config.verify_on_open {
@@ -464,13 +478,18 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                     } else {
                         unverified = l.unverified;
                     }
-                    let cp = Checkpointer::new(storage.clone(), &dir, Some((&l.manifest, l.sums)));
+                    let cp = Checkpointer::new(
+                        storage.clone(),
+                        &dir,
+                        tree_id,
+                        Some((&l.manifest, l.sums)),
+                    );
                     (tree, l.manifest.wal_position, cp)
                 }
                 None => (
                     LeanImt::new(hasher),
                     0,
-                    Checkpointer::new(storage.clone(), &dir, None),
+                    Checkpointer::new(storage.clone(), &dir, tree_id, None),
                 ),
             };
         checkpointer.failpoint = config.failpoint;
@@ -484,18 +503,34 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             pending: Vec::new(),
         };
         let storage_for_inner = storage.clone();
+        let mut log_config = config.log_config();
+        log_config.tree_id = tree_id;
+        log_config.must_exist = !established.new;
         let log = Log::open(
             storage,
             &dir.join("wal"),
-            &config.log_config(),
+            &log_config,
             start,
             &mut |_, rec| replay.record(rec),
         )?;
-        replay.finish().map_err(|reason| Error::Corruption {
+        let replayed = replay.finish().map_err(|reason| Error::Corruption {
             file: dir.join("wal"),
             offset: 0,
             reason: format!("replay: {reason}"),
-        })?;
+        });
+        // A new tree is a tree from here on: its log exists, and its
+        // identity is recorded before any leaf can be acknowledged.
+        let recorded = replayed.and_then(|()| {
+            if established.new {
+                identity::record(&*storage_for_inner, &dir, &established.identity)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = recorded {
+            let _ = log.close();
+            return Err(e);
+        }
         tracing::info!(leaves = tree.size(), "tree recovered");
         let wal = Arc::new(log);
         // The log below the checkpoint is its only other copy of the leaves
@@ -518,6 +553,9 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                 wal,
                 lock: Mutex::new(Some(lock)),
                 close_failed: Mutex::new(None),
+                background_failure: Mutex::new(None),
+                checkpoint_failures: AtomicU64::new(0),
+                retry_after: Mutex::new(None),
                 storage: storage_for_inner,
                 checkpointer: Mutex::new(checkpointer),
                 policy: config.checkpoint,
@@ -554,7 +592,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                         if let Err(e) = u.verify() {
                             tracing::error!(error = %e, "checkpoint damaged; refusing further inserts");
                             if let Some(inner) = inner.upgrade() {
-                                inner.wal.poison(e.to_string());
+                                inner.wal.poison(Cause::of(&e));
                             }
                             return;
                         }
@@ -803,13 +841,21 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         if !due || inner.checkpointing.swap(true, Ordering::AcqRel) {
             return;
         }
+        let backing_off = inner
+            .retry_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|(at, _)| std::time::Instant::now() < at);
+        if backing_off {
+            inner.checkpointing.store(false, Ordering::Release);
+            return;
+        }
         let bg = inner.clone();
         let spawned = std::thread::Builder::new()
             .name("ringtree-checkpoint".into())
             .spawn(move || {
-                if let Err(e) = bg.checkpoint() {
-                    tracing::error!(error = %e, "background checkpoint failed");
-                }
+                let r = bg.checkpoint();
+                bg.background_done(r);
                 bg.checkpointing.store(false, Ordering::Release);
             });
         if spawned.is_err() {
@@ -831,8 +877,12 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     /// # Ok::<(), ringtree::Error>(())
     /// # }).unwrap();
     /// ```
+    ///
+    /// A background checkpoint that failed since the last report is
+    /// returned here (once) instead.
     pub async fn checkpoint(&self) -> Result<()> {
         self.check_open()?;
+        self.inner.take_background_failure()?;
         let inner = self.inner.clone();
         let dir = self.inner.dir.clone();
         off_thread("ringtree-checkpoint", &dir, move || inner.checkpoint()).await
@@ -856,9 +906,13 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     /// # Ok::<(), ringtree::Error>(())
     /// # }).unwrap();
     /// ```
+    ///
+    /// A background checkpoint that failed since the last report is
+    /// returned (once) after the flush.
     pub async fn flush(&self) -> Result<()> {
         self.check_open()?;
-        self.inner.wal.flush().await
+        self.inner.wal.flush().await?;
+        self.inner.take_background_failure()
     }
 
     /// Syncs every insert made so far, stops the log and releases the
@@ -961,6 +1015,9 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             checkpoint_duration: self.inner.checkpoint_latency.summary(),
             wal_segments_reused: reused,
             wal_segments_zeroed: zeroed,
+            checkpoint_failures: self.inner.checkpoint_failures.load(Ordering::Relaxed),
+            chunks_verified: 0,
+            chunks_corrupt: 0,
         }
     }
 }
@@ -984,7 +1041,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Drop for EndCheck<H, N, 
             if std::thread::panicking() {
                 inner
                     .wal
-                    .poison("the check of the loaded checkpoint panicked".into());
+                    .poison(Cause::msg("the check of the loaded checkpoint panicked"));
             }
             inner.verifying.finish();
         }
@@ -1039,6 +1096,32 @@ fn retire_on_open(storage: &dyn Storage, dir: &Path, wal: &Log, start: u64) {
 impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
     fn checkpoint(&self) -> Result<()> {
         self.checkpoint_at(false)
+    }
+
+    /// Records how a background checkpoint ended: a failure is kept for
+    /// the next `checkpoint`, `flush` or `close` to return, counted, and
+    /// holds further background attempts back (one second, doubling with
+    /// each failure in a row, up to a minute), so a full disk is not
+    /// rewritten on every insert.
+    fn background_done(&self, r: Result<()>) {
+        let mut retry = self.retry_after.lock().unwrap_or_else(|e| e.into_inner());
+        match r {
+            Ok(()) => *retry = None,
+            // A closed tree has nothing to report.
+            Err(Error::Closed) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "background checkpoint failed");
+                let failures = retry.map_or(0, |(_, n)| n) + 1;
+                let wait = std::time::Duration::from_secs(1 << (failures - 1).min(6))
+                    .min(std::time::Duration::from_secs(60));
+                *retry = Some((std::time::Instant::now() + wait, failures));
+                self.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
+                *self
+                    .background_failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(e);
+            }
+        }
     }
 
     /// A checkpoint; `closing` for the one `close` itself makes.
@@ -1126,6 +1209,13 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         Ok(())
     }
 
+    /// Closes the tree for good, whatever fails on the way: the close-time
+    /// checkpoint (if the policy asks for one) may fail or panic, but the
+    /// log is closed all the same (every pending future resolves, the
+    /// committer and its helpers are joined), and only then is the
+    /// directory lock released, when nothing of this tree can write to it
+    /// again (invariant 12). The first close's outcome is every later
+    /// close's.
     fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::Release);
         // Held through the whole close: a concurrent close waits for this
@@ -1134,29 +1224,54 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         let r = match slot.take() {
             Some(l) => {
                 let checkpointed = match self.policy {
-                    CheckpointPolicy::OnClose => self.checkpoint_at(true),
+                    CheckpointPolicy::OnClose => std::panic::catch_unwind(
+                        std::panic::AssertUnwindSafe(|| self.checkpoint_at(true)),
+                    )
+                    .unwrap_or_else(|_| {
+                        Err(Error::Io {
+                            path: self.dir.join(checkpoint::MANIFEST),
+                            source: std::io::Error::other("the close-time checkpoint panicked"),
+                        })
+                    }),
                     _ => Ok(()),
                 };
                 // Waits for a background checkpoint: none outlives the close
                 // (it would recycle the log under the next owner's feet).
                 let cp = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner());
-                let r = checkpointed.and_then(|()| l.close());
+                let closed = l.close();
                 drop(cp);
+                let background = self.take_background_failure();
+                let r = checkpointed.and(closed).and(background);
                 *self.close_failed.lock().unwrap_or_else(|e| e.into_inner()) =
-                    r.as_ref().err().map(|e| e.to_string());
+                    r.as_ref().err().map(Cause::of);
                 r
             }
             None => match &*self.close_failed.lock().unwrap_or_else(|e| e.into_inner()) {
                 None => Ok(()),
-                Some(reason) => Err(Error::Poisoned {
+                Some(cause) => Err(Failure::Poisoned {
                     offset: self.wal.durable(),
-                    reason: reason.clone(),
-                }),
+                    cause: cause.clone(),
+                }
+                .to_error()),
             },
         };
         self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(slot);
         r
+    }
+
+    /// The failure of the last background checkpoint, once: the next
+    /// `checkpoint`, `flush` or `close` returns it.
+    fn take_background_failure(&self) -> Result<()> {
+        match self
+            .background_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }
 

@@ -80,14 +80,22 @@ pub enum Error {
         /// What was expected and what was found.
         reason: String,
     },
-    /// The log failed to write or sync earlier; nothing at or after the
-    /// failure is durable and the tree refuses further writes until reopened.
-    #[error("log poisoned at offset {offset} by an earlier I/O failure: {reason}")]
+    /// The log failed to write or sync earlier (or the tree found damage it
+    /// cannot serve past); nothing at or after the failure is durable and
+    /// the tree refuses further writes until reopened.
+    #[error("log poisoned at offset {offset} by an earlier failure: {reason}")]
     Poisoned {
         /// Log position from which nothing is durable.
         offset: u64,
-        /// The original failure.
+        /// The original failure, as a message.
         reason: String,
+        /// The file the failure was on, where one was involved.
+        file: Option<PathBuf>,
+        /// The I/O error's kind, where the failure was an I/O error
+        /// (`StorageFull` for ENOSPC, `Other` for EIO).
+        kind: Option<std::io::ErrorKind>,
+        /// The operating system's error number, where there was one.
+        errno: Option<i32>,
     },
     /// Another handle or process holds the directory's lock.
     #[error("directory {} is locked by another process or handle", .0.display())]
@@ -107,6 +115,42 @@ pub enum Error {
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The tree on disk was made with another arity, depth bound, hasher or
+    /// format than the one opening it (or a file belongs to another tree).
+    #[error("{file} records {field} = {on_disk}, but this tree is opened with {given}", file = file.display())]
+    ConfigMismatch {
+        /// What differs: `arity`, `max_depth`, `hasher`, `format`, `chunk_size`, `tree_id`.
+        field: &'static str,
+        /// The value the tree's files record.
+        on_disk: String,
+        /// The value the caller gave.
+        given: String,
+        /// The file that records it.
+        file: PathBuf,
+    },
+}
+
+impl Error {
+    /// The I/O error kind behind this error, if it came from one: the
+    /// source of [`Error::Io`], the recorded kind of [`Error::Poisoned`].
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            Error::Io { source, .. } => Some(source.kind()),
+            Error::Poisoned { kind, .. } => *kind,
+            _ => None,
+        }
+    }
+
+    /// The file this error names, if any.
+    pub fn file(&self) -> Option<&std::path::Path> {
+        match self {
+            Error::Io { path, .. } => Some(path),
+            Error::Corruption { file, .. } | Error::ConfigMismatch { file, .. } => Some(file),
+            Error::Poisoned { file, .. } => file.as_deref(),
+            Error::Locked(dir) => Some(dir),
+            _ => None,
+        }
+    }
 }
 
 /// `Result` with [`Error`].

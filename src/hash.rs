@@ -17,6 +17,13 @@ pub type Hash = [u8; 32];
 /// [`hash_groups`](Hasher::hash_groups): the batch path is only a faster way
 /// to compute the same values.
 pub trait Hasher: Clone + Send + Sync + 'static {
+    /// A stable name for this hash function and its parameters (1 to 64
+    /// bytes, e.g. `"blake3"`), recorded in a tree's identity when it is
+    /// created: reopening the tree with a hasher of another id is
+    /// [`Error::ConfigMismatch`](crate::Error::ConfigMismatch). Two hashers
+    /// with the same id must give the same parents.
+    fn id(&self) -> &str;
+
     /// Hashes the concatenation of `children` (at least two) into their
     /// parent.
     fn hash_children(&self, children: &[Hash]) -> Hash;
@@ -203,6 +210,10 @@ fn hash_one_chunk_resume(platform: Platform, children: &[Hash], resume: &mut Res
 }
 
 impl Hasher for Blake3 {
+    fn id(&self) -> &str {
+        "blake3"
+    }
+
     #[inline]
     fn hash_children_resume(&self, children: &[Hash], resume: &mut Resume) -> Hash {
         if children.len() * 32 <= CHUNK_LEN && resume.group.is_some() {

@@ -61,6 +61,7 @@ mod checkpoint;
 mod db;
 mod error;
 mod hash;
+mod identity;
 pub mod io;
 mod metrics;
 mod proof;

@@ -198,6 +198,13 @@ pub struct Metrics {
     pub wal_segments_reused: u64,
     /// Log segments made since open by writing a new file full of zeros.
     pub wal_segments_zeroed: u64,
+    /// Background checkpoints that failed since open.
+    pub checkpoint_failures: u64,
+    /// Checkpointed chunks whose checksum was checked since open, on first
+    /// use or by the background check.
+    pub chunks_verified: u64,
+    /// Checkpointed chunks that failed their check since open.
+    pub chunks_corrupt: u64,
 }
 
 impl Metrics {

@@ -410,11 +410,14 @@ fn policies_bound_the_log() {
 }
 
 #[test]
-fn an_arity_mismatch_is_a_config_error() {
+fn an_arity_mismatch_is_a_config_mismatch() {
     let sim = SimStorage::new(13);
     build_checkpointed(&sim);
     let r = Tree::<Blake3, 2, 32>::open_blocking(sim_config(&sim, "/d"));
-    assert!(matches!(r, Err(Error::Config(_))));
+    assert!(
+        matches!(&r, Err(Error::ConfigMismatch { field: "arity", on_disk, given, .. }) if on_disk == "4" && given == "2"),
+        "{r:?}"
+    );
 }
 
 /// `Tree::metrics`: counts match what happened.

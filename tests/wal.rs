@@ -660,15 +660,16 @@ fn format_is_pinned_by_known_bytes() {
     let size = 8192u64;
     let mut seg = vec![0u8; size as usize];
     seg[..8].copy_from_slice(b"RTWALSEG");
-    seg[8..12].copy_from_slice(&1u32.to_le_bytes()); // format version
+    seg[8..12].copy_from_slice(&2u32.to_le_bytes()); // format version
     seg[12..16].copy_from_slice(&4096u32.to_le_bytes()); // header length
     seg[16..24].copy_from_slice(&0u64.to_le_bytes()); // sequence
     seg[24..32].copy_from_slice(&0u64.to_le_bytes()); // base LSN
     seg[32..40].copy_from_slice(&size.to_le_bytes());
     let salt = 0x0123_4567_89ab_cdefu64;
     seg[40..48].copy_from_slice(&salt.to_le_bytes());
-    let crc = crc32c::crc32c(&seg[..48]);
-    seg[48..52].copy_from_slice(&crc.to_le_bytes());
+    // tree id: all zeros, a standalone log's (LogConfig::default)
+    let crc = crc32c::crc32c(&seg[..64]);
+    seg[64..68].copy_from_slice(&crc.to_le_bytes());
     let mut lsn = 0u64;
     let mut frame = |seg: &mut Vec<u8>, tag: u8, payload: &[u8]| {
         let word = (u32::from(tag) << 24) | payload.len() as u32;

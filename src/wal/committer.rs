@@ -20,7 +20,7 @@ use super::format::{
     FRAME_HEADER, FrameHeader, Kind, SEGMENT_HEADER, SegmentHeader, frame_crc, header_word,
     segment_name,
 };
-use super::{Failure, FlushPolicy, LogConfig, Shared, header_bytes};
+use super::{Cause, Failure, FlushPolicy, LogConfig, Shared, header_bytes};
 use crate::error::{Error, Result};
 use crate::io::{Storage, StorageFile};
 
@@ -124,12 +124,15 @@ pub(crate) fn prepare_segment(
     dir: &Path,
     seq: u64,
     size: u64,
+    tree_id: [u8; 16],
     spares: &Spares,
     pace: Option<&AtomicU64>,
 ) -> std::io::Result<()> {
     let path = dir.join(segment_name(seq));
     if storage.exists(&path) {
-        return Ok(());
+        // Renamed into place by someone whose directory sync may have
+        // failed, or not have run: the name is durable only after this.
+        return storage.sync_dir(dir);
     }
     if pace.is_some_and(|p| p.load(Ordering::Relaxed) == STOP) {
         return Err(stopped());
@@ -142,6 +145,7 @@ pub(crate) fn prepare_segment(
         seq,
         size,
         salt: super::format::random_salt(),
+        tree_id,
     }
     .encode();
     while let Some(spare) = spares.take() {
@@ -305,6 +309,7 @@ impl Preparer {
         storage: Arc<dyn Storage>,
         dir: PathBuf,
         size: u64,
+        tree_id: [u8; 16],
         spares: Arc<Spares>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<u64>();
@@ -317,7 +322,7 @@ impl Preparer {
             .spawn(move || {
                 for seq in rx {
                     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        prepare_segment(&*storage, &dir, seq, size, &spares, Some(&urg))
+                        prepare_segment(&*storage, &dir, seq, size, tree_id, &spares, Some(&urg))
                     }));
                     let (m, cv) = &*st;
                     let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
@@ -396,6 +401,10 @@ pub(crate) struct Committer {
     lone_spin: bool,
     /// Sequences asked of the preparer and not yet waited for.
     requested: HashSet<u64>,
+    /// Sequences made sure to exist durably ahead of their first group.
+    ready: HashSet<u64>,
+    /// The id new segments carry.
+    tree_id: [u8; 16],
     segment_size: u64,
     /// The current segment's salt, which its commit frames carry.
     salt: u64,
@@ -414,6 +423,7 @@ impl Committer {
             storage.clone(),
             dir.clone(),
             segment_size,
+            config.tree_id,
             shared.spares.clone(),
         )
         .map_err(|e| Error::Io {
@@ -433,6 +443,8 @@ impl Committer {
             blocks: super::direct::Blocks::new(),
             lone_spin: config.lone_waiter_spin,
             requested: HashSet::new(),
+            ready: HashSet::new(),
+            tree_id: config.tree_id,
             segment_size,
             salt: 0,
         };
@@ -444,6 +456,7 @@ impl Committer {
             &c.dir,
             seq,
             segment_size,
+            c.tree_id,
             &c.shared.spares,
             None,
         )
@@ -458,9 +471,15 @@ impl Committer {
             path: c.dir.clone(),
             source: e,
         })?;
-        c.open_segment(seq).map_err(|reason| Error::Io {
-            path: c.dir.join(segment_name(seq)),
-            source: std::io::Error::other(reason),
+        c.open_segment(seq).map_err(|cause| Error::Io {
+            path: cause
+                .file
+                .unwrap_or_else(|| c.dir.join(segment_name(seq))),
+            source: match (cause.errno, cause.kind) {
+                (Some(n), _) => std::io::Error::from_raw_os_error(n),
+                (None, Some(k)) => std::io::Error::new(k, cause.reason),
+                (None, None) => std::io::Error::other(cause.reason),
+            },
         })?;
         // A process killed before its last fdatasync returned leaves that
         // group readable, so recovery took it, but maybe not on disk: make
@@ -533,47 +552,63 @@ impl Committer {
         Ok(())
     }
 
-    fn open_segment(&mut self, seq: u64) -> std::result::Result<(), String> {
+    /// Makes segment `seq` exist under its final name, durably: waits for
+    /// the preparer when it was asked for it, else (or when that failed,
+    /// perhaps transiently) prepares it here, once. Either way the
+    /// directory is synced after the name appeared: a name the preparer
+    /// renamed into place is durable only once its directory sync
+    /// succeeded, and nothing may be acknowledged in a file whose name a
+    /// power loss could take (invariant 13).
+    fn ensure_segment(&mut self, seq: u64) -> std::result::Result<(), Cause> {
+        let path = self.dir.join(segment_name(seq));
+        let prepared = if self.requested.remove(&seq) {
+            self.preparer.wait(seq)
+        } else {
+            Err(String::new())
+        };
+        if prepared.is_ok() {
+            return Ok(());
+        }
+        // `prepare_segment` syncs the directory whether it made the file or
+        // found it there.
+        prepare_segment(
+            &*self.storage,
+            &self.dir,
+            seq,
+            self.segment_size,
+            self.tree_id,
+            &self.shared.spares,
+            None,
+        )
+        .map_err(|e| {
+            let mut c = Cause::io(&path, "preparing", &e);
+            if let Err(p) = prepared
+                && !p.is_empty()
+            {
+                c.reason = format!("{} (after: {p})", c.reason);
+            }
+            c
+        })
+    }
+
+    fn open_segment(&mut self, seq: u64) -> std::result::Result<(), Cause> {
         if self.current.as_ref().is_some_and(|(s, _)| *s == seq) {
             return Ok(());
         }
         let path = self.dir.join(segment_name(seq));
-        // A requested segment is trusted only once the preparer says so: its
-        // name is durable only after the preparer's directory sync.
-        let prepared = if self.requested.remove(&seq) {
-            self.preparer.wait(seq)
-        } else {
-            Ok(())
-        };
-        if prepared.is_err() || !self.storage.exists(&path) {
-            // Not prepared ahead (or that failed, perhaps transiently):
-            // prepare it here, once.
-            let spares = &self.shared.spares;
-            prepare_segment(
-                &*self.storage,
-                &self.dir,
-                seq,
-                self.segment_size,
-                spares,
-                None,
-            )
-            .map_err(|e| {
-                let before = prepared
-                    .err()
-                    .map(|p| format!(" (after: {p})"))
-                    .unwrap_or_default();
-                format!("preparing {}: {e}{before}", path.display())
-            })?;
+        if !self.ready.contains(&seq) {
+            self.ensure_segment(seq)?;
         }
+        self.ready.retain(|&r| r > seq);
         let f = self
             .storage
             .open(&path, false)
-            .map_err(|e| format!("opening {}: {e}", path.display()))?;
+            .map_err(|e| Cause::io(&path, "opening", &e))?;
         let mut hb = vec![0u8; super::format::SEGMENT_HEADER as usize];
         let n = f
             .read_at(0, &mut hb)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        let header = SegmentHeader::decode(&path, &hb[..n]).map_err(|e| e.to_string())?;
+            .map_err(|e| Cause::io(&path, "reading", &e))?;
+        let header = SegmentHeader::decode(&path, &hb[..n]).map_err(|e| Cause::of(&e))?;
         self.direct = None;
         self.blocks.forget();
         if self.use_direct {
@@ -809,7 +844,7 @@ impl Committer {
     }
 
     /// Writes and syncs `[synced, end)`, all in one segment.
-    fn commit(&mut self, synced: u64, end: u64) -> std::result::Result<(), String> {
+    fn commit(&mut self, synced: u64, end: u64) -> std::result::Result<(), Cause> {
         let seq = synced / self.shared.seg_data;
         assert!(
             end - synced <= self.shared.ring.cap() && (end - 1) / self.shared.seg_data == seq,
@@ -847,9 +882,10 @@ impl Committer {
             done = file.write_sync(off, &bufs);
         }
         done.map_err(|e| {
-            format!(
-                "{} at file offset {off}: {e}",
-                self.dir.join(segment_name(seq)).display()
+            Cause::io(
+                &self.dir.join(segment_name(seq)),
+                &format!("writing or syncing at file offset {off} of"),
+                &e,
             )
         })
     }
@@ -879,12 +915,29 @@ impl Committer {
                     scan = self.commit_marker(synced, scan);
                 }
                 let end = scan.min(seg_end);
+                // A log that fills a segment goes on in the next: that one
+                // exists, durably, before the part reaching this one's end
+                // is written, so recovery can tell a full segment with no
+                // successor from a missing file (invariant 11).
+                let next_ready = if end == seg_end {
+                    let next = seg_end / s.seg_data;
+                    let r = self.ensure_segment(next);
+                    if r.is_ok() {
+                        self.ready.insert(next);
+                    }
+                    r
+                } else {
+                    Ok(())
+                };
                 let t0 = Instant::now();
-                if let Err(reason) = opened.and_then(|()| self.commit(synced, end)) {
-                    tracing::error!(offset = synced, %reason, "WAL write or sync failed; log poisoned");
+                if let Err(cause) = opened
+                    .and(next_ready)
+                    .and_then(|()| self.commit(synced, end))
+                {
+                    tracing::error!(offset = synced, reason = %cause.reason, "WAL write or sync failed; log poisoned");
                     s.mark.fail(Failure::Poisoned {
                         offset: synced,
-                        reason,
+                        cause,
                     });
                     s.wake_space();
                     return;
@@ -1030,7 +1083,7 @@ mod tests {
             // 0: not urgent, the fill pauses between steps; MAX-1: hurried.
             let pace = AtomicU64::new(if paced { 0 } else { STOP - 1 });
             let syncs = sim.syncs();
-            prepare_segment(&sim, dir, 3, SIZE, &spares, Some(&pace)).unwrap();
+            prepare_segment(&sim, dir, 3, SIZE, [0; 16], &spares, Some(&pace)).unwrap();
             let took = sim.syncs() - syncs;
             assert!(
                 (least..=most).contains(&took),
@@ -1040,7 +1093,7 @@ mod tests {
             assert_eq!(spares.zeroed(), 1);
             // A fill told to stop leaves nothing behind.
             let stop = AtomicU64::new(STOP);
-            let e = prepare_segment(&sim, dir, 4, SIZE, &spares, Some(&stop)).unwrap_err();
+            let e = prepare_segment(&sim, dir, 4, SIZE, [0; 16], &spares, Some(&stop)).unwrap_err();
             assert_eq!(e.kind(), std::io::ErrorKind::Interrupted);
             assert_eq!(sim.list(dir).unwrap(), [super::segment_name(3)]);
         }
@@ -1051,7 +1104,7 @@ mod tests {
                 sim.set_direct(mode);
                 sim.create_dir_all(dir).unwrap();
                 sim.crash_at_op(n);
-                let done = prepare_segment(&sim, dir, 5, SIZE, &Spares::new(0), None).is_ok();
+                let done = prepare_segment(&sim, dir, 5, SIZE, [0; 16], &Spares::new(0), None).is_ok();
                 let sim = if done { sim } else { sim.restart() };
                 sim.clear_faults();
                 if sim.exists(&dir.join(super::segment_name(5))) {

@@ -12,11 +12,58 @@ use std::task::{Context, Poll, Waker};
 
 use crate::error::Error;
 
+/// What poisoned the log: a message, and the file and I/O error behind it
+/// where there was one, so a caller can tell a full disk from a failing one.
+#[derive(Clone, Debug)]
+pub(crate) struct Cause {
+    pub reason: String,
+    pub file: Option<std::path::PathBuf>,
+    pub kind: Option<std::io::ErrorKind>,
+    pub errno: Option<i32>,
+}
+
+impl Cause {
+    /// A failure with no file or I/O error behind it.
+    pub(crate) fn msg(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            file: None,
+            kind: None,
+            errno: None,
+        }
+    }
+
+    /// An I/O error on `file`.
+    pub(crate) fn io(file: &std::path::Path, what: &str, e: &std::io::Error) -> Self {
+        Self {
+            reason: format!("{what} {}: {e}", file.display()),
+            file: Some(file.to_path_buf()),
+            kind: Some(e.kind()),
+            errno: e.raw_os_error(),
+        }
+    }
+
+    /// The cause of `e`, keeping its file and I/O error.
+    pub(crate) fn of(e: &Error) -> Self {
+        let (kind, errno) = match e {
+            Error::Io { source, .. } => (Some(source.kind()), source.raw_os_error()),
+            Error::Poisoned { kind, errno, .. } => (*kind, *errno),
+            _ => (None, None),
+        };
+        Self {
+            reason: e.to_string(),
+            file: e.file().map(std::path::Path::to_path_buf),
+            kind,
+            errno,
+        }
+    }
+}
+
 /// Why the log stopped making things durable.
 #[derive(Clone, Debug)]
 pub(crate) enum Failure {
     /// A write or sync failed; nothing at or after `offset` is durable.
-    Poisoned { offset: u64, reason: String },
+    Poisoned { offset: u64, cause: Cause },
     /// The log was closed before this position became durable.
     Closed,
 }
@@ -24,9 +71,12 @@ pub(crate) enum Failure {
 impl Failure {
     pub(crate) fn to_error(&self) -> Error {
         match self {
-            Failure::Poisoned { offset, reason } => Error::Poisoned {
+            Failure::Poisoned { offset, cause } => Error::Poisoned {
                 offset: *offset,
-                reason: reason.clone(),
+                reason: cause.reason.clone(),
+                file: cause.file.clone(),
+                kind: cause.kind,
+                errno: cause.errno,
             },
             Failure::Closed => Error::Closed,
         }
@@ -194,12 +244,12 @@ impl Watermark {
     /// Poisons the log at the watermark as it stands (read under the same
     /// lock `advance` moves it under, so a future that resolved `Ok` before
     /// never resolves `Err` after). Returns the failure in force.
-    pub(crate) fn poison_now(&self, reason: String) -> Failure {
+    pub(crate) fn poison_now(&self, cause: Cause) -> Failure {
         let f = {
             let _gate = self.gate.lock().unwrap_or_else(|e| e.into_inner());
             let offset = self.durable();
             self.failure
-                .get_or_init(|| Failure::Poisoned { offset, reason })
+                .get_or_init(|| Failure::Poisoned { offset, cause })
                 .clone()
         };
         self.wake_all();
@@ -349,8 +399,28 @@ impl Durable {
     /// Blocks the calling thread until the insert is durable (or the log
     /// failed). For threads outside async code: inside an async runtime,
     /// `.await` the future instead.
+    ///
+    /// Runs no executor: it can be called from inside one (a `block_on`,
+    /// a `Drop` during one) without nesting executors.
     pub fn wait(&self) -> Result<(), Error> {
-        futures::executor::block_on(self.clone())
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+            fn wake_by_ref(self: &Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            if let Poll::Ready(r) = self.mark.poll_lsn(self.start, self.lsn, &mut cx) {
+                return r;
+            }
+            // A wake-up before this park leaves the token set: no loss.
+            std::thread::park();
+        }
     }
 }
 
@@ -427,7 +497,7 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         mark.fail(Failure::Poisoned {
             offset: 15,
-            reason: "EIO".into(),
+            cause: Cause::msg("EIO"),
         });
         assert!(matches!(
             waiter.join().unwrap(),
@@ -513,7 +583,7 @@ mod tests {
                 })
             };
             std::thread::sleep(std::time::Duration::from_micros(round % 50));
-            let Failure::Poisoned { offset, .. } = mark.poison_now("test".into()) else {
+            let Failure::Poisoned { offset, .. } = mark.poison_now(Cause::msg("test")) else {
                 panic!("not poisoned");
             };
             let seen_ok = watcher.join().unwrap();

@@ -9,12 +9,12 @@ use std::path::Path;
 /// Bytes reserved for a segment header; frames start after it.
 pub(crate) const SEGMENT_HEADER: u64 = 4096;
 /// Bytes of the header that are used (the rest of the 4 KiB is zero).
-const HEADER_USED: usize = 52;
+const HEADER_USED: usize = 68;
 /// Largest segment size accepted (1 GiB).
 pub(crate) const MAX_SEGMENT: u64 = 1 << 30;
 const SEGMENT_MAGIC: [u8; 8] = *b"RTWALSEG";
-/// Format version of segments and frames.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Format version of segment headers (2: with the tree id).
+pub(crate) const SEGMENT_VERSION: u32 = 2;
 
 /// Frames are 8-byte aligned; a frame is an 8-byte header and its payload
 /// padded to 8 bytes.
@@ -121,6 +121,9 @@ pub(crate) struct SegmentHeader {
     pub size: u64,
     /// Random per segment; commit frames carry it.
     pub salt: u64,
+    /// The id of the tree (or log) the segment belongs to: a segment of
+    /// another tree is refused (invariant 10).
+    pub tree_id: [u8; 16],
 }
 
 /// A fresh random salt (from the OS-seeded keys of std's `RandomState`).
@@ -144,17 +147,18 @@ impl SegmentHeader {
     }
 
     /// `magic [8] | version u32 | header len u32 | seq u64 | base LSN u64 |
-    /// size u64 | salt u64 | crc32c of the previous 48 bytes u32`, then
-    /// zeros to 4 KiB.
+    /// size u64 | salt u64 | tree id [16] | crc32c of the previous 64 bytes
+    /// u32`, then zeros to 4 KiB.
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(SEGMENT_HEADER as usize);
         b.extend_from_slice(&SEGMENT_MAGIC);
-        b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b.extend_from_slice(&SEGMENT_VERSION.to_le_bytes());
         b.extend_from_slice(&(SEGMENT_HEADER as u32).to_le_bytes());
         b.extend_from_slice(&self.seq.to_le_bytes());
         b.extend_from_slice(&self.base_lsn().to_le_bytes());
         b.extend_from_slice(&self.size.to_le_bytes());
         b.extend_from_slice(&self.salt.to_le_bytes());
+        b.extend_from_slice(&self.tree_id);
         let crc = crc32c::crc32c(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         debug_assert_eq!(b.len(), HEADER_USED);
@@ -183,20 +187,23 @@ impl SegmentHeader {
         }
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
-        let crc = crc32c::crc32c(&b[..48]);
-        if crc != u32_at(48) {
+        if u32_at(8) != SEGMENT_VERSION {
             return Err(bad(
-                48,
+                8,
                 format!(
-                    "segment header checksum {:#010x}, computed {crc:#010x}",
-                    u32_at(48)
+                    "unsupported segment format version {}, this build reads {SEGMENT_VERSION}",
+                    u32_at(8)
                 ),
             ));
         }
-        if u32_at(8) != FORMAT_VERSION {
+        let crc = crc32c::crc32c(&b[..64]);
+        if crc != u32_at(64) {
             return Err(bad(
-                8,
-                format!("unsupported segment format version {}", u32_at(8)),
+                64,
+                format!(
+                    "segment header checksum {:#010x}, computed {crc:#010x}",
+                    u32_at(64)
+                ),
             ));
         }
         if u64::from(u32_at(12)) != SEGMENT_HEADER {
@@ -212,6 +219,7 @@ impl SegmentHeader {
             seq: u64_at(16),
             size: u64_at(32),
             salt: u64_at(40),
+            tree_id: b[48..64].try_into().expect("16 bytes"),
         };
         if h.size < 2 * SEGMENT_HEADER
             || !h.size.is_multiple_of(SEGMENT_HEADER)
@@ -240,6 +248,11 @@ impl SegmentHeader {
     }
 }
 
+/// Lower-case hex of `b`.
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// File name of segment `seq`.
 pub(crate) fn segment_name(seq: u64) -> String {
     format!("{seq:020}.wal")
@@ -264,6 +277,7 @@ mod tests {
             seq: 7,
             size: 1 << 20,
             salt: 0x1234_5678_9abc_def0,
+            tree_id: [7; 16],
         };
         let b = h.encode();
         assert_eq!(b.len(), SEGMENT_HEADER as usize);

@@ -28,7 +28,7 @@ use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 pub use durable::Durable;
-pub(crate) use durable::{Failure, Watermark};
+pub(crate) use durable::{Cause, Failure, Watermark};
 use format::{FRAME_HEADER, Kind, MAX_PAYLOAD, frame_crc, frame_len, header_word};
 use ring::Ring;
 
@@ -97,6 +97,14 @@ pub struct LogConfig {
     /// size). A segment made from a spare needs no zeros written; 0 deletes
     /// retired segments at once, keeping the directory smallest.
     pub spare_segments: usize,
+    /// The id every segment of this log carries (default all zeros); a
+    /// segment carrying another is refused at open. A tree sets its own.
+    pub tree_id: [u8; 16],
+    /// Whether the log is known to exist already (default false). Then
+    /// the segment holding the replay start must be there: a missing one
+    /// is [`Error::Corruption`] naming it, never an empty log. A tree
+    /// sets it once its identity record is durable.
+    pub must_exist: bool,
 }
 
 impl Default for LogConfig {
@@ -109,6 +117,8 @@ impl Default for LogConfig {
             direct_io: true,
             lone_waiter_spin: true,
             spare_segments: 8,
+            tree_id: [0; 16],
+            must_exist: false,
         }
     }
 }
@@ -516,7 +526,8 @@ impl Log {
                         .or_else(|| p.downcast_ref::<String>().cloned())
                         .unwrap_or_default();
                     tracing::error!(panic = %what, "committer panicked; log poisoned");
-                    sh.mark.poison_now(format!("committer panicked: {what}"));
+                    sh.mark
+                        .poison_now(Cause::msg(format!("committer panicked: {what}")));
                     sh.wake_space();
                 }
             })
@@ -734,7 +745,7 @@ impl Log {
         {
             self.shared
                 .mark
-                .poison_now("committer thread panicked".into());
+                .poison_now(Cause::msg("committer thread panicked"));
         }
         // Whatever the committer left undone is not durable.
         self.shared.mark.fail(Failure::Closed);
@@ -753,8 +764,8 @@ impl Log {
     }
 
     /// Stops the log as a failed write would: pending and later futures fail.
-    pub(crate) fn poison(&self, reason: String) {
-        self.shared.mark.poison_now(reason);
+    pub(crate) fn poison(&self, cause: Cause) {
+        self.shared.mark.poison_now(cause);
         self.shared.wake_space();
         // The committer stops at the failure: no group past it is made.
         self.shared.wake_committer();
@@ -895,7 +906,7 @@ mod tests {
         log.flush().wait().unwrap();
         a.wait().unwrap();
         let b = futures::executor::block_on(log.append(&[b"second record"])).unwrap();
-        log.poison("damaged checkpoint".into());
+        log.poison(Cause::msg("damaged checkpoint"));
         let flushed = log.flush();
         std::thread::sleep(Duration::from_millis(50));
         assert!(matches!(flushed.wait(), Err(Error::Poisoned { .. })));

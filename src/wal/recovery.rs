@@ -20,8 +20,8 @@ use std::path::Path;
 
 use super::LogConfig;
 use super::format::{
-    FRAME_HEADER, FrameHeader, Kind, SEGMENT_HEADER, SegmentHeader, frame_crc, parse_segment_name,
-    segment_name,
+    FRAME_HEADER, FrameHeader, Kind, SEGMENT_HEADER, SegmentHeader, frame_crc, hex,
+    parse_segment_name, segment_name,
 };
 use crate::error::{Error, Result};
 use crate::io::{Storage, StorageFile};
@@ -269,6 +269,17 @@ pub(crate) fn recover(
             continue;
         }
         let h = header?;
+        if h.tree_id != config.tree_id {
+            return Err(corruption(
+                &path,
+                48,
+                format!(
+                    "segment of another log (tree id {}, this one is {})",
+                    hex(&h.tree_id),
+                    hex(&config.tree_id)
+                ),
+            ));
+        }
         if h.seq != seq {
             return Err(corruption(
                 &path,
@@ -294,16 +305,21 @@ pub(crate) fn recover(
             file,
         });
     }
-    if let Some(s) = segs.first()
-        && s.seq != first
-    {
-        {
+    // Where the log starts is known (0, or a durable checkpoint's
+    // position): the segment holding it must be there, unless the log is
+    // new (invariant 11). A log that reached a position has its segment:
+    // the committer makes the next segment durable before a group reaches
+    // the end of the one before.
+    match segs.first() {
+        Some(s) if s.seq == first => {}
+        None if !config.must_exist => {}
+        other => {
+            let next = other.map_or("none".to_string(), |s| s.seq.to_string());
             return Err(corruption(
                 &dir.join(segment_name(first)),
                 0,
                 format!(
-                    "segment {first} holding log position {start} is missing (next present: {})",
-                    s.seq
+                    "segment {first} holding log position {start} is missing (next present: {next})"
                 ),
             ));
         }
@@ -361,7 +377,20 @@ pub(crate) fn recover(
             proven = proven.max(end);
         }
         if off == data {
-            // The segment is complete; the log goes on in the next one.
+            // The segment is complete; the log goes on in the next one,
+            // which the committer made durable before this one's last
+            // group: it must be there (invariant 11).
+            if i + 1 == segs.len() {
+                return Err(corruption(
+                    &dir.join(segment_name(seg.seq + 1)),
+                    0,
+                    format!(
+                        "segment {} is missing: segment {} is full and the log went on past it",
+                        seg.seq + 1,
+                        seg.seq
+                    ),
+                ));
+            }
             i += 1;
             continue;
         }
