@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::hash::Hash;
 use crate::io::{Storage, StorageFile};
-use crate::tree::{CHUNK_LEN, ChunkRef, Mapping, Snapshot};
+use crate::tree::{CHUNK_LEN, ChunkRef, ChunkStats, MappedShard, Snapshot};
 
 pub(crate) const MANIFEST: &str = "MANIFEST";
 const SHARDS: &str = "shards";
@@ -329,6 +329,12 @@ impl Checkpointer {
         }
     }
 
+    /// The checksums of level `d`'s sealed chunks as of the last
+    /// checkpoint.
+    pub(crate) fn level_sums(&self, d: usize) -> &[u32] {
+        self.sums.get(d).map_or(&[], Vec::as_slice)
+    }
+
     /// Makes `manifest` the durable one: temp file, fsync, rename,
     /// directory fsync (with the named failpoints when `failpoints`).
     fn write_manifest(&self, manifest: &Manifest, failpoints: bool) -> Result<()> {
@@ -444,6 +450,21 @@ impl Checkpointer {
             let first = sealed_chunks(self.nodes.get(d).copied().unwrap_or(0)) as usize;
             let sealed = sealed_chunks(nodes) as usize;
             level_sums.truncate(first);
+            // Chunks recomputed after failing their check go back over the
+            // damage, with the bytes (and so the checksum) the manifest
+            // expects: a torn write of one only fails the check again.
+            if let Some(mapped) = level.shard() {
+                for (k, chunk) in mapped.all_repaired() {
+                    if k < first {
+                        shard
+                            .write_at(
+                                SHARD_HEADER + k as u64 * CHUNK_BYTES,
+                                &[chunk.as_flattened()],
+                            )
+                            .map_err(|e| io_err(&shard_path(&self.dir, d), e))?;
+                    }
+                }
+            }
             const RUN: usize = 1024; // 4 MiB per write and sync
             let mut c = first;
             if sealed > first {
@@ -458,7 +479,7 @@ impl Checkpointer {
                 let end = (c + RUN).min(sealed);
                 let mut buf = vec![0u8; (end - c) * CHUNK_BYTES as usize];
                 for (i, out) in buf.chunks_exact_mut(CHUNK_BYTES as usize).enumerate() {
-                    out.copy_from_slice(level.chunk(c + i).as_flattened());
+                    out.copy_from_slice(snap.checked_chunk(d, c + i)?.as_flattened());
                     level_sums.push(crc32c::crc32c(out));
                 }
                 let off = SHARD_HEADER + c as u64 * CHUNK_BYTES;
@@ -553,44 +574,24 @@ fn chunk_from(bytes: &[u8]) -> ChunkRef {
     ChunkRef::Owned(chunk)
 }
 
-/// Sealed chunks of one level served from a mapping whose checksums are yet
-/// to be checked (in the background, or at once with `verify_on_open`).
-pub(crate) struct Unverified {
-    pub path: PathBuf,
-    pub map: Mapping,
-    pub sums: Vec<u32>,
-}
-
-impl Unverified {
-    /// Checks every chunk against its sum.
-    pub(crate) fn verify(&self) -> Result<()> {
-        let bytes = self.map.bytes();
-        for (k, sum) in self.sums.iter().enumerate() {
-            let off = SHARD_HEADER as usize + k * CHUNK_BYTES as usize;
-            if crc32c::crc32c(&bytes[off..off + CHUNK_BYTES as usize]) != *sum {
-                return Err(corruption(
-                    &self.path,
-                    off as u64,
-                    format!("chunk {k} checksum mismatch"),
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Maps a level's shard after a checkpoint: the mapping and the offset of
-/// chunk 0 in it.
+/// Maps a level's shard after a checkpoint, its chunks to be checked
+/// against `sums` (the checkpointer's, of the chunks it wrote) on use.
 pub(crate) fn map_shard(
     storage: &dyn Storage,
     dir: &Path,
     level: usize,
-) -> Result<(Mapping, usize)> {
+    sums: Vec<u32>,
+    stats: &Arc<ChunkStats>,
+) -> Result<Arc<MappedShard>> {
     let p = shard_path(dir, level);
-    Ok((
-        storage.map(&p).map_err(|e| io_err(&p, e))?,
+    let map = storage.map(&p).map_err(|e| io_err(&p, e))?;
+    Ok(Arc::new(MappedShard::new(
+        map,
         SHARD_HEADER as usize,
-    ))
+        p,
+        sums,
+        stats.clone(),
+    )?))
 }
 
 /// A checkpoint read back: the levels, the manifest and the chunk sums.
@@ -598,14 +599,15 @@ pub(crate) struct Loaded {
     pub levels: Vec<(Vec<ChunkRef>, u64)>,
     pub manifest: Manifest,
     pub sums: Vec<Vec<u32>>,
-    /// Mapped levels whose chunk checksums are not checked yet.
-    pub unverified: Vec<Unverified>,
+    /// Mapped levels, whose chunks are checked on first use or by the
+    /// background check.
+    pub mapped: Vec<Arc<MappedShard>>,
 }
 
 /// Reads the checkpoint of `dir`, if any, checking the manifest against its
 /// shards and every checksum, except those of the sealed chunks of levels
 /// below `map_below`, which are served from a mapping of their shard and
-/// returned as [`Unverified`].
+/// returned as [`MappedShard`]s whose chunks are checked on use.
 pub(crate) fn load(
     storage: &dyn Storage,
     dir: &Path,
@@ -613,6 +615,7 @@ pub(crate) fn load(
     max_depth: usize,
     tree_id: [u8; 16],
     map_below: usize,
+    stats: &Arc<ChunkStats>,
 ) -> Result<Option<Loaded>> {
     let path = dir.join(MANIFEST);
     let shards = dir.join(SHARDS);
@@ -696,7 +699,7 @@ pub(crate) fn load(
     }
     let mut levels = Vec::with_capacity(m.levels.len());
     let mut all_sums = Vec::with_capacity(m.levels.len());
-    let mut unverified = Vec::new();
+    let mut mapped = Vec::new();
     for (d, meta) in m.levels.iter().enumerate() {
         let sealed = sealed_chunks(meta.nodes);
         let (sp, up, tp) = (shard_path(dir, d), sums_path(dir, d), tail_path(dir, d));
@@ -756,24 +759,17 @@ pub(crate) fn load(
             .map_err(|_| too_many())?;
         if d < map_below && sealed > 0 {
             let map = storage.map(&sp).map_err(|e| io_err(&sp, e))?;
-            if (map.bytes().len() as u64) < need {
-                return Err(corruption(
-                    &sp,
-                    map.bytes().len() as u64,
-                    "shard shorter than its mapping needs",
-                ));
-            }
-            for k in 0..sealed as usize {
-                out.push(ChunkRef::Mapped(
-                    map.clone(),
-                    SHARD_HEADER as usize + k * CHUNK_BYTES as usize,
-                ));
-            }
-            unverified.push(Unverified {
-                path: sp.clone(),
+            let shard = Arc::new(MappedShard::new(
                 map,
-                sums: sums.clone(),
-            });
+                SHARD_HEADER as usize,
+                sp.clone(),
+                sums.clone(),
+                stats.clone(),
+            )?);
+            for k in 0..sealed as usize {
+                out.push(ChunkRef::Mapped(shard.clone(), k));
+            }
+            mapped.push(shard);
         }
         const RUN: u64 = 1024;
         let mut buf = Vec::new();
@@ -823,7 +819,7 @@ pub(crate) fn load(
     // The top node must be the manifest's root.
     let top = levels.last().map(|(chunks, _)| match &chunks[0] {
         ChunkRef::Owned(c) => c[0],
-        ChunkRef::Mapped(map, off) => map.bytes()[*off..*off + 32].try_into().expect("32 bytes"),
+        ChunkRef::Mapped(..) => unreachable!("a level's last chunk is loaded into memory"),
     });
     if top.is_some_and(|t| t != m.root) {
         return Err(corruption(
@@ -836,7 +832,7 @@ pub(crate) fn load(
         levels,
         manifest: m,
         sums: all_sums,
-        unverified,
+        mapped,
     }))
 }
 
@@ -907,7 +903,7 @@ mod tests {
             put(&manifest(leaves, &nodes));
             assert!(
                 matches!(
-                    load(&sim, dir, 4, 32, [3; 16], usize::MAX),
+                    load(&sim, dir, 4, 32, [3; 16], usize::MAX, &Default::default()),
                     Err(Error::Corruption { .. })
                 ),
                 "{leaves} {nodes:?}"
@@ -916,7 +912,7 @@ mod tests {
         put(&manifest(5, &[5, 2, 1]));
         // Deeper than the tree type allows: a clear error.
         assert!(matches!(
-            load(&sim, dir, 4, 1, [3; 16], usize::MAX),
+            load(&sim, dir, 4, 1, [3; 16], usize::MAX, &Default::default()),
             Err(Error::Depth { .. })
         ));
     }

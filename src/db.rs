@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::checkpoint::{self, Checkpointer};
-use crate::identity::{self, Identity};
 use crate::error::{Error, Result};
 use crate::hash::{Hash, Hasher};
+use crate::identity::{self, Identity};
 use crate::io::{IoBackend, LockGuard, Storage};
-use crate::tree::{LeanImt, Snapshot};
+use crate::tree::{ChunkStats, LeanImt, MappedShard, Snapshot};
 use crate::wal::{Cause, Durable, Failure, FlushPolicy, Log, LogConfig, ReserveError};
 
 /// Bytes of a record before its leaves: the index of its first leaf (u64).
@@ -336,6 +336,8 @@ struct Inner<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     /// The last checkpoint's WAL position.
     last_checkpoint: AtomicU64,
     checkpoint_latency: crate::metrics::Histogram,
+    /// Checkpointed chunks checked, found damaged, repaired.
+    chunk_stats: Arc<ChunkStats>,
     #[cfg(feature = "metrics")]
     export: Arc<crate::metrics::Export>,
     backend: IoBackend,
@@ -465,18 +467,17 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         let established = identity::establish(&*storage, &dir, want)?;
         let tree_id = established.identity.tree_id;
         let pin = config.tiering.pin_above_level;
+        let chunk_stats = Arc::new(ChunkStats::default());
         let mut unverified = Vec::new();
         let (mut tree, start, mut checkpointer) =
-            match checkpoint::load(&*storage, &dir, N, MAX_DEPTH, tree_id, pin)? {
+            match checkpoint::load(&*storage, &dir, N, MAX_DEPTH, tree_id, pin, &chunk_stats)? {
                 Some(l) => {
-                    let tree = LeanImt::<H, N, MAX_DEPTH>::from_levels(hasher, l.levels);
+                    let tree = LeanImt::<H, N, MAX_DEPTH>::from_levels(hasher, l.levels)?;
                     if config.verify_on_open {
-                        for u in &l.unverified {
-                            u.verify()?;
-                        }
+                        check_shards(&tree.snapshot(), &l.mapped)?;
                         verify_levels(&tree, &dir)?;
                     } else {
-                        unverified = l.unverified;
+                        unverified = l.mapped;
                     }
                     let cp = Checkpointer::new(
                         storage.clone(),
@@ -568,6 +569,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                 inserts_at_checkpoint: AtomicU64::new(0),
                 last_checkpoint: AtomicU64::new(start),
                 checkpoint_latency: crate::metrics::Histogram::new(),
+                chunk_stats,
                 #[cfg(feature = "metrics")]
                 export,
                 backend,
@@ -588,15 +590,20 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                     // Whatever happens below (a panic included), the check
                     // ends: checkpoints wait for it.
                     let _end = EndCheck(inner.clone());
-                    for u in unverified {
-                        if let Err(e) = u.verify() {
-                            tracing::error!(error = %e, "checkpoint damaged; refusing further inserts");
-                            if let Some(inner) = inner.upgrade() {
-                                inner.wal.poison(Cause::of(&e));
-                            }
-                            return;
+                    let Some(snap) = inner
+                        .upgrade()
+                        .map(|i| i.tree.lock().unwrap_or_else(|e| e.into_inner()).snapshot())
+                    else {
+                        return;
+                    };
+                    if let Err(e) = check_shards(&snap, &unverified) {
+                        tracing::error!(error = %e, "checkpoint damaged; refusing further inserts");
+                        if let Some(inner) = inner.upgrade() {
+                            inner.wal.poison(Cause::of(&e));
                         }
+                        return;
                     }
+                    drop(snap);
                     let Some(inner) = inner.upgrade() else {
                         return;
                     };
@@ -1016,8 +1023,9 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             wal_segments_reused: reused,
             wal_segments_zeroed: zeroed,
             checkpoint_failures: self.inner.checkpoint_failures.load(Ordering::Relaxed),
-            chunks_verified: 0,
-            chunks_corrupt: 0,
+            chunks_verified: self.inner.chunk_stats.verified.load(Ordering::Relaxed),
+            chunks_corrupt: self.inner.chunk_stats.corrupt.load(Ordering::Relaxed),
+            chunks_repaired: self.inner.chunk_stats.repaired.load(Ordering::Relaxed),
         }
     }
 }
@@ -1175,8 +1183,9 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
             if sealed > 0 {
                 // The checkpoint is durable already: a failed mapping only
                 // keeps that level in memory.
-                match checkpoint::map_shard(&*self.storage, &self.dir, d) {
-                    Ok(m) => maps.push((d, m, sealed)),
+                let sums = cp.level_sums(d)[..sealed].to_vec();
+                match checkpoint::map_shard(&*self.storage, &self.dir, d, sums, &self.chunk_stats) {
+                    Ok(m) => maps.push((d, m)),
                     Err(e) => {
                         tracing::warn!(level = d, error = %e, "could not map a shard; the level stays in memory")
                     }
@@ -1185,8 +1194,10 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         }
         if !maps.is_empty() {
             let mut t = self.tree.lock().unwrap_or_else(|e| e.into_inner());
-            for (d, (map, base), sealed) in &maps {
-                t.remap_level(*d, map, *base, *sealed);
+            for (d, shard) in &maps {
+                if let Err(e) = t.remap_level(*d, shard) {
+                    tracing::warn!(level = d, error = %e, "a shard just written reads back damaged; the level stays in memory");
+                }
             }
         }
         drop(snap);
@@ -1224,15 +1235,17 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         let r = match slot.take() {
             Some(l) => {
                 let checkpointed = match self.policy {
-                    CheckpointPolicy::OnClose => std::panic::catch_unwind(
-                        std::panic::AssertUnwindSafe(|| self.checkpoint_at(true)),
-                    )
-                    .unwrap_or_else(|_| {
-                        Err(Error::Io {
-                            path: self.dir.join(checkpoint::MANIFEST),
-                            source: std::io::Error::other("the close-time checkpoint panicked"),
+                    CheckpointPolicy::OnClose => {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            self.checkpoint_at(true)
+                        }))
+                        .unwrap_or_else(|_| {
+                            Err(Error::Io {
+                                path: self.dir.join(checkpoint::MANIFEST),
+                                source: std::io::Error::other("the close-time checkpoint panicked"),
+                            })
                         })
-                    }),
+                    }
                     _ => Ok(()),
                 };
                 // Waits for a background checkpoint: none outlives the close
@@ -1361,6 +1374,21 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> std::fmt::Debug for Tree
             .field("size", &self.size())
             .finish()
     }
+}
+
+/// Checks every chunk of the mapped shards (`shards[d]` is level `d`'s)
+/// not yet checked; a chunk of an internal level that fails is recomputed
+/// from its children where they give its checksum. The first chunk that
+/// stays damaged is the error.
+fn check_shards(snap: &Snapshot, shards: &[Arc<MappedShard>]) -> Result<()> {
+    for (d, shard) in shards.iter().enumerate() {
+        let (failed, first) = shard.check_all();
+        for c in failed {
+            snap.checked(d, (c * crate::tree::CHUNK_LEN) as u64)?;
+        }
+        drop(first);
+    }
+    Ok(())
 }
 
 /// `verify_on_open`: recomputes every level from the leaves and compares.

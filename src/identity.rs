@@ -110,7 +110,11 @@ impl Identity {
             return Err(corruption(
                 path,
                 0,
-                format!("identity record of {} bytes, at least {} expected", b.len(), FIXED + 4),
+                format!(
+                    "identity record of {} bytes, at least {} expected",
+                    b.len(),
+                    FIXED + 4
+                ),
             ));
         }
         if b[..8] != MAGIC {
@@ -122,7 +126,10 @@ impl Identity {
             return Err(corruption(
                 path,
                 (FIXED - 4) as u64,
-                format!("identity record of {} bytes with a hasher id of {n}", b.len()),
+                format!(
+                    "identity record of {} bytes with a hasher id of {n}",
+                    b.len()
+                ),
             ));
         }
         let end = FIXED + n;
@@ -205,7 +212,11 @@ pub(crate) fn establish(storage: &dyn Storage, dir: &Path, want: Identity) -> Re
         let f = storage.open(&path, false).map_err(|e| io_err(&path, e))?;
         let len = f.len().map_err(|e| io_err(&path, e))?;
         if len > 4096 {
-            return Err(corruption(&path, 0, format!("identity record of {len} bytes")));
+            return Err(corruption(
+                &path,
+                0,
+                format!("identity record of {len} bytes"),
+            ));
         }
         let mut b = vec![0u8; len as usize];
         let got = f.read_at(0, &mut b).map_err(|e| io_err(&path, e))?;
@@ -217,7 +228,8 @@ pub(crate) fn establish(storage: &dyn Storage, dir: &Path, want: Identity) -> Re
             new: false,
         });
     }
-    let holds_data = |why: String| corruption(&path, 0, format!("identity record missing, yet {why}"));
+    let holds_data =
+        |why: String| corruption(&path, 0, format!("identity record missing, yet {why}"));
     if storage.exists(&dir.join(crate::checkpoint::MANIFEST)) {
         return Err(holds_data("a MANIFEST exists".into()));
     }
@@ -242,7 +254,9 @@ pub(crate) fn establish(storage: &dyn Storage, dir: &Path, want: Identity) -> Re
                     // its record was written holds no frame yet.
                     let f = storage.open(&p, false).map_err(|e| io_err(&p, e))?;
                     let mut w = [0u8; 8];
-                    let got = f.read_at(SEGMENT_HEADER, &mut w).map_err(|e| io_err(&p, e))?;
+                    let got = f
+                        .read_at(SEGMENT_HEADER, &mut w)
+                        .map_err(|e| io_err(&p, e))?;
                     if got == 8 && w != [0; 8] {
                         return Err(holds_data(format!("{} holds log frames", p.display())));
                     }
@@ -296,7 +310,10 @@ mod tests {
             assert!(Identity::decode(Path::new("I"), &m).is_err(), "byte {i}");
         }
         for n in 0..b.len() {
-            assert!(Identity::decode(Path::new("I"), &b[..n]).is_err(), "length {n}");
+            assert!(
+                Identity::decode(Path::new("I"), &b[..n]).is_err(),
+                "length {n}"
+            );
         }
     }
 

@@ -205,6 +205,10 @@ pub struct Metrics {
     pub chunks_verified: u64,
     /// Checkpointed chunks that failed their check since open.
     pub chunks_corrupt: u64,
+    /// Chunks of internal levels that failed their check and were
+    /// recomputed from their children since open (the next checkpoint
+    /// writes them back).
+    pub chunks_repaired: u64,
 }
 
 impl Metrics {

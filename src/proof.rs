@@ -501,16 +501,15 @@ fn decode(magic: [u8; 4], what: &'static str, bytes: &[u8]) -> Result<Decoded> {
 
 impl Snapshot {
     /// Every other member of each group along leaf `index`'s path.
-    fn path_siblings(&self, index: u64) -> Vec<Hash> {
+    fn path_siblings(&self, index: u64) -> Result<Vec<Hash>> {
         let size = self.size();
         let mut siblings = Vec::with_capacity(sibling_count(self.arity(), index, size));
         for (d, step) in path(self.arity(), index, size).enumerate() {
-            let level = self.level(d);
             for i in (0..step.len).filter(|&i| i != step.pos) {
-                siblings.push(level.get(step.start + i as u64));
+                siblings.push(self.checked(d, step.start + i as u64)?);
             }
         }
-        siblings
+        Ok(siblings)
     }
 
     /// An inclusion proof of leaf `index`.
@@ -523,8 +522,8 @@ impl Snapshot {
             arity: self.arity(),
             leaf_index: index,
             tree_size: size,
-            leaf: self.level(0).get(index),
-            siblings: self.path_siblings(index),
+            leaf: self.checked(0, index)?,
+            siblings: self.path_siblings(index)?,
         })
     }
 
@@ -550,8 +549,8 @@ impl Snapshot {
             arity: self.arity(),
             old_size,
             new_size: size,
-            last_leaf: self.level(0).get(old_size - 1),
-            siblings: self.path_siblings(old_size - 1),
+            last_leaf: self.checked(0, old_size - 1)?,
+            siblings: self.path_siblings(old_size - 1)?,
         })
     }
 }

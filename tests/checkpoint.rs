@@ -276,35 +276,87 @@ fn expect_corruption_with(cfg: Config, file_suffix: &str) {
 
 #[test]
 fn damage_is_reported_by_file() {
-    // A flipped byte in a sealed chunk: found at open when levels are held
-    // in memory or with verify_on_open; when they are mapped (the default),
-    // found by the background check, which then refuses inserts naming it.
-    for (path, off, suffix) in [
-        ("/d/shards/level-00.shard", 4096 + 5000, "level-00.shard"),
-        ("/d/shards/level-01.shard", 4096 + 40, "level-01.shard"),
-    ] {
-        let sim = SimStorage::new(4);
-        build_checkpointed(&sim);
-        sim.corrupt(Path::new(path), off, 0x20).unwrap();
-        expect_corruption_with(
-            sim_config(&sim, "/d").tiering(Tiering { pin_above_level: 0 }),
-            suffix,
-        );
-        expect_corruption_with(sim_config(&sim, "/d").verify_on_open(true), suffix);
-        let t = T4::open_blocking(sim_config(&sim, "/d")).unwrap();
-        let mut refused = None;
-        for _ in 0..500 {
-            match futures::executor::block_on(t.insert(leaf(9))) {
-                Err(e) => {
-                    refused = Some(e);
-                    break;
-                }
-                Ok(_) => std::thread::sleep(std::time::Duration::from_millis(2)),
-            }
-        }
-        let e = refused.expect("the background check refuses inserts");
-        assert!(e.to_string().contains(suffix), "{e} names {suffix}");
+    trait Blocking {
+        fn await_blocking(self);
     }
+    impl<F: std::future::Future<Output = ringtree::Result<()>>> Blocking for F {
+        fn await_blocking(self) {
+            futures::executor::block_on(self).unwrap();
+        }
+    }
+    // A flipped byte in a sealed chunk of the leaves: found at open when
+    // levels are held in memory or with verify_on_open. Mapped (the
+    // default), the tree opens; a proof that needs the chunk is refused
+    // naming it (never served from unchecked bytes), and the background
+    // check then refuses inserts naming it.
+    let (path, off, suffix) = ("/d/shards/level-00.shard", 4096 + 5000, "level-00.shard");
+    let sim = SimStorage::new(4);
+    let (all, root) = build_checkpointed(&sim);
+    sim.corrupt(Path::new(path), off, 0x20).unwrap();
+    expect_corruption_with(
+        sim_config(&sim, "/d").tiering(Tiering { pin_above_level: 0 }),
+        suffix,
+    );
+    expect_corruption_with(sim_config(&sim, "/d").verify_on_open(true), suffix);
+    let t = T4::open_blocking(sim_config(&sim, "/d")).unwrap();
+    assert_eq!(t.root(), Some(root));
+    // Node 5000 / 32 = 156 of chunk 1 (leaves 128..256).
+    let e = t.snapshot().proof(156).unwrap_err();
+    assert!(
+        matches!(&e, Error::Corruption { file, offset: 8192, .. } if file.ends_with(suffix)),
+        "{e}"
+    );
+    // Leaves in intact chunks still prove.
+    let p = t.snapshot().proof(5).unwrap();
+    p.verify_at(&Blake3, &root, all.len() as u64).unwrap();
+    let mut refused = None;
+    for _ in 0..500 {
+        match futures::executor::block_on(t.insert(leaf(9))) {
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(2)),
+        }
+    }
+    let e = refused.expect("the background check refuses inserts");
+    assert!(e.to_string().contains(suffix), "{e} names {suffix}");
+    assert!(t.metrics().chunks_corrupt >= 1);
+    drop(t);
+
+    // The same in a chunk of an internal level: its nodes are a function of
+    // the verified leaves below, so the chunk is recomputed (its stored
+    // checksum proves the copy right), served, counted, and written back by
+    // the next checkpoint.
+    let (path, off) = ("/d/shards/level-01.shard", 4096 + 40);
+    let sim = SimStorage::new(4);
+    let (all, root) = build_checkpointed(&sim);
+    sim.corrupt(Path::new(path), off, 0x20).unwrap();
+    expect_corruption_with(
+        sim_config(&sim, "/d").tiering(Tiering { pin_above_level: 0 }),
+        "level-01.shard",
+    );
+    for verify in [false, true] {
+        let t = T4::open_blocking(sim_config(&sim.restart(), "/d").verify_on_open(verify)).unwrap();
+        assert_eq!(t.root(), Some(root));
+        for i in [0u64, 3, 7, 4000, 19_999] {
+            let p = t.snapshot().proof(i).unwrap();
+            p.verify_at(&Blake3, &root, all.len() as u64).unwrap();
+        }
+        assert_eq!(t.metrics().chunks_repaired, 1, "verify_on_open {verify}");
+        t.close().await_blocking();
+    }
+    let t = T4::open_blocking(sim_config(&sim.restart(), "/d")).unwrap();
+    futures::executor::block_on(t.checkpoint()).unwrap();
+    t.close().await_blocking();
+    let t = T4::open_blocking(sim_config(&sim.restart(), "/d").verify_on_open(true)).unwrap();
+    assert_eq!(
+        t.metrics().chunks_repaired,
+        0,
+        "written back by the checkpoint"
+    );
+    assert_eq!(t.root(), Some(root));
+    drop(t);
     // A flipped byte in the file headers, the checksums, a tail, the manifest.
     for (path, off, suffix) in [
         ("/d/shards/level-00.sums", 64 + 8, "level-00.sums"),

@@ -16,9 +16,11 @@
 //! are never copied. Readers of a snapshot only ever look at sealed chunks
 //! below their own sealed count, which the writer never touches again.
 
-use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::error::{Error, Result};
 use crate::hash::Hash;
 
 /// Nodes per chunk: 128 × 32 B = 4 KiB.
@@ -31,16 +33,189 @@ const FIRST: usize = 32;
 /// Segments: `FIRST * (2^SEGMENTS - 1)` chunks, far beyond any real tree.
 const SEGMENTS: usize = 48;
 
-/// A sealed chunk as handed to a directory: owned in memory, or a 4 KiB
-/// page of a read-only mapping of a shard file (the mapping stays alive as
-/// long as any directory holding one of its chunks).
+/// A sealed chunk as handed to a directory: owned in memory, or chunk `k`
+/// of a mapped shard file (the mapping stays alive as long as any
+/// directory holding one of its chunks).
 pub(crate) enum ChunkRef {
     Owned(Arc<Chunk>),
-    Mapped(Mapping, usize),
+    Mapped(Arc<MappedShard>, usize),
 }
 
 /// A read-only mapping (or in-memory copy) of a file.
 pub(crate) type Mapping = Arc<dyn crate::io::Mapped>;
+
+/// Chunks of a tree's shards checked so far, for its metrics.
+#[derive(Debug, Default)]
+pub(crate) struct ChunkStats {
+    /// Chunks whose checksum passed.
+    pub verified: AtomicU64,
+    /// Chunks whose checksum failed.
+    pub corrupt: AtomicU64,
+    /// Chunks of internal levels recomputed from their children after
+    /// their checksum failed.
+    pub repaired: AtomicU64,
+}
+
+/// A level's shard file, mapped: chunk `k` at `base + 4096 k`, with the
+/// checksum each chunk must have and which chunks have passed it.
+///
+/// No byte of a chunk is read for a caller before its checksum passed
+/// (invariant 9): the first reader of a chunk checks it (one CRC-32C of 4
+/// KiB) and sets its bit; every later read costs one atomic load. A chunk
+/// that fails is `Error::Corruption` naming the file and offset, for that
+/// read and every later one, unless a repaired copy was made (internal
+/// levels only, from their verified children: see `Snapshot`).
+pub(crate) struct MappedShard {
+    map: Mapping,
+    base: usize,
+    path: PathBuf,
+    sums: Box<[u32]>,
+    passed: Box<[AtomicU64]>,
+    /// Chunks recomputed after failing their check, by index; the next
+    /// checkpoint writes them back.
+    repaired: Mutex<std::collections::BTreeMap<usize, Arc<Chunk>>>,
+    stats: Arc<ChunkStats>,
+}
+
+impl MappedShard {
+    /// A shard whose chunks `0..sums.len()` are in `map` from `base` on.
+    /// `Corruption` if the mapping is too short for them.
+    pub(crate) fn new(
+        map: Mapping,
+        base: usize,
+        path: PathBuf,
+        sums: Vec<u32>,
+        stats: Arc<ChunkStats>,
+    ) -> Result<Self> {
+        let need = base + sums.len() * CHUNK_LEN * 32;
+        if map.bytes().len() < need {
+            return Err(Error::Corruption {
+                file: path,
+                offset: map.bytes().len() as u64,
+                reason: format!("shard of {} bytes, {need} expected", map.bytes().len()),
+            });
+        }
+        if map.bytes()[base..].as_ptr().addr() & MAPPED != 0 {
+            return Err(Error::Io {
+                path,
+                source: std::io::Error::other("a mapped shard at an odd address"),
+            });
+        }
+        let words = sums.len().div_ceil(64);
+        Ok(Self {
+            map,
+            base,
+            path,
+            sums: sums.into_boxed_slice(),
+            passed: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            repaired: Mutex::new(Default::default()),
+            stats,
+        })
+    }
+
+    /// Chunks in the shard.
+    pub(crate) fn chunks(&self) -> usize {
+        self.sums.len()
+    }
+
+    /// The file.
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The file offset of chunk `k`.
+    pub(crate) fn offset(&self, k: usize) -> u64 {
+        (self.base + k * CHUNK_LEN * 32) as u64
+    }
+
+    fn bytes(&self, k: usize) -> &[u8] {
+        let off = self.base + k * CHUNK_LEN * 32;
+        &self.map.bytes()[off..off + CHUNK_LEN * 32]
+    }
+
+    /// The stored checksum of chunk `k`.
+    pub(crate) fn sum(&self, k: usize) -> u32 {
+        self.sums[k]
+    }
+
+    #[inline]
+    fn passed(&self, k: usize) -> bool {
+        self.passed[k / 64].load(Ordering::Acquire) & (1 << (k % 64)) != 0
+    }
+
+    /// Checks chunk `k` once: Ok once it passed (or was repaired), else
+    /// its checksum now.
+    #[inline]
+    pub(crate) fn check(&self, k: usize) -> Result<()> {
+        if self.passed(k) {
+            return Ok(());
+        }
+        self.check_slow(k)
+    }
+
+    #[cold]
+    fn check_slow(&self, k: usize) -> Result<()> {
+        if crc32c::crc32c(self.bytes(k)) == self.sums[k] {
+            if self.passed[k / 64].fetch_or(1 << (k % 64), Ordering::AcqRel) & (1 << (k % 64)) == 0
+            {
+                self.stats.verified.fetch_add(1, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
+        self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
+        Err(Error::Corruption {
+            file: self.path.clone(),
+            offset: self.offset(k) as u64,
+            reason: format!("chunk {k} checksum mismatch"),
+        })
+    }
+
+    /// Checks every chunk not yet checked nor repaired; returns the ones
+    /// that failed, with the first failure.
+    pub(crate) fn check_all(&self) -> (Vec<usize>, Option<Error>) {
+        let mut failed = Vec::new();
+        let mut first = None;
+        for k in 0..self.sums.len() {
+            if self.passed(k) || self.repaired(k).is_some() {
+                continue;
+            }
+            if let Err(e) = self.check_slow(k) {
+                failed.push(k);
+                first.get_or_insert(e);
+            }
+        }
+        (failed, first)
+    }
+
+    /// The repaired copy of chunk `k`, if one was made.
+    pub(crate) fn repaired(&self, k: usize) -> Option<Arc<Chunk>> {
+        self.repaired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&k)
+            .cloned()
+    }
+
+    /// Keeps `chunk` as chunk `k`, which failed its check and whose
+    /// checksum `chunk` has.
+    pub(crate) fn set_repaired(&self, k: usize, chunk: Arc<Chunk>) {
+        debug_assert_eq!(crc32c::crc32c(chunk.as_flattened()), self.sums[k]);
+        let mut r = self.repaired.lock().unwrap_or_else(|e| e.into_inner());
+        if r.insert(k, chunk).is_none() {
+            self.stats.repaired.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Every repaired chunk, by index.
+    pub(crate) fn all_repaired(&self) -> Vec<(usize, Arc<Chunk>)> {
+        self.repaired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, c)| (*k, c.clone()))
+            .collect()
+    }
+}
 
 /// Low bit of a directory entry: the chunk is in a mapping, not an `Arc`.
 const MAPPED: usize = 1;
@@ -52,18 +227,19 @@ const MAPPED: usize = 1;
 /// the entry was stored before they saw the count). Segments double in size
 /// and never move, so an entry's address is stable for the directory's life.
 /// An entry is either an owned chunk (it holds one strong count of its
-/// `Arc`) or, tagged with [`MAPPED`], a pointer into one of `maps`.
+/// `Arc`) or, tagged with [`MAPPED`], a pointer into `shard`'s mapping.
 pub(crate) struct ChunkDir {
     segments: [OnceLock<Box<[AtomicPtr<Chunk>]>>; SEGMENTS],
-    /// Mappings that mapped entries point into.
-    maps: Vec<Mapping>,
+    /// The shard that mapped entries point into: entry `i`, if mapped, is
+    /// its chunk `i`.
+    shard: Option<Arc<MappedShard>>,
 }
 
 impl ChunkDir {
     fn new() -> Self {
         Self {
             segments: std::array::from_fn(|_| OnceLock::new()),
-            maps: Vec::new(),
+            shard: None,
         }
     }
 
@@ -102,19 +278,37 @@ impl ChunkDir {
         self.store(i, Arc::into_raw(chunk).cast_mut());
     }
 
-    /// Sets entry `i` to the chunk at `off` of `map`, which is in `maps`.
-    fn set_mapped(&self, i: usize, map: &Mapping, off: usize) {
-        let bytes = map.bytes();
-        assert!(
-            off + CHUNK_LEN * 32 <= bytes.len(),
-            "mapped chunk {i} inside its mapping"
-        );
-        let p = bytes[off..].as_ptr();
-        assert!(
-            (p as usize) & MAPPED == 0,
-            "mapped chunks are at even addresses"
+    /// Sets entry `i` to chunk `i` of `self.shard`.
+    fn set_mapped(&self, i: usize) {
+        let shard = self
+            .shard
+            .as_ref()
+            .expect("a directory with mapped entries has a shard");
+        let p = shard.bytes(i).as_ptr();
+        debug_assert!(
+            p.addr() & MAPPED == 0,
+            "mapped chunks are at even addresses (checked by MappedShard::new)"
         );
         self.store(i, p.cast::<Chunk>().cast_mut().map_addr(|a| a | MAPPED));
+    }
+
+    /// Entry `i` checked: an owned chunk, or a mapped one whose checksum
+    /// passed (checked now if it was not yet), or its repaired copy.
+    #[inline]
+    fn get_checked(&self, i: usize) -> Result<Checked<'_>> {
+        let p = self.raw(i);
+        if p.addr() & MAPPED == 0 {
+            return Ok(Checked::Here(self.get(i)));
+        }
+        let shard = self.shard.as_ref().expect("mapped entries have a shard");
+        if shard.passed(i) {
+            return Ok(Checked::Here(self.get(i)));
+        }
+        if let Some(c) = shard.repaired(i) {
+            return Ok(Checked::Repaired(c));
+        }
+        shard.check(i)?;
+        Ok(Checked::Here(self.get(i)))
     }
 
     /// The tagged entry `i`, which the caller knows was set.
@@ -137,7 +331,7 @@ impl ChunkDir {
         // SAFETY: the entry is set (checked by `raw`). An owned entry came
         // from `Arc::into_raw` and the directory holds that strong count until
         // it drops; a mapped one points at 4 KiB inside a mapping in
-        // `self.maps`, alive as long as `self`; entries are never replaced
+        // `self.shard`, alive as long as `self`; entries are never replaced
         // and sealed chunks are never written, so the chunk lives, unchanged,
         // at least as long as `&self`.
         unsafe { &*p }
@@ -147,7 +341,7 @@ impl ChunkDir {
     fn fork(&self, count: usize) -> Self {
         let dir = ChunkDir {
             segments: std::array::from_fn(|_| OnceLock::new()),
-            maps: self.maps.clone(),
+            shard: self.shard.clone(),
         };
         for i in 0..count {
             let p = self.raw(i);
@@ -174,6 +368,22 @@ impl Drop for ChunkDir {
                     drop(unsafe { Arc::from_raw(p) });
                 }
             }
+        }
+    }
+}
+
+/// A checked chunk: in the directory, or the repaired copy of a mapped
+/// one that failed its check.
+enum Checked<'a> {
+    Here(&'a Chunk),
+    Repaired(Arc<Chunk>),
+}
+
+impl Checked<'_> {
+    fn node(&self, off: usize) -> Hash {
+        match self {
+            Checked::Here(c) => c[off],
+            Checked::Repaired(c) => c[off],
         }
     }
 }
@@ -238,17 +448,19 @@ impl Level {
             return level;
         };
         let mut dir = ChunkDir::new();
-        for c in &chunks {
-            if let ChunkRef::Mapped(m, _) = c
-                && !dir.maps.iter().any(|x| Arc::ptr_eq(x, m))
-            {
-                dir.maps.push(m.clone());
+        for (i, c) in chunks.iter().enumerate() {
+            if let ChunkRef::Mapped(m, k) = c {
+                assert_eq!(*k, i, "mapped entry {i} is its shard's chunk {i}");
+                match &dir.shard {
+                    Some(s) => assert!(Arc::ptr_eq(s, m), "one shard per level"),
+                    None => dir.shard = Some(m.clone()),
+                }
             }
         }
         for (i, c) in chunks.into_iter().enumerate() {
             match c {
                 ChunkRef::Owned(a) => dir.set(i, a),
-                ChunkRef::Mapped(m, off) => dir.set_mapped(i, &m, off),
+                ChunkRef::Mapped(..) => dir.set_mapped(i),
             }
             level.sealed += 1;
         }
@@ -256,31 +468,24 @@ impl Level {
         // The tail is written in place: it must be an owned copy.
         level.tail = match tail {
             ChunkRef::Owned(a) => a,
-            ChunkRef::Mapped(m, off) => {
-                let mut t = zeroed_chunk();
-                Arc::get_mut(&mut t)
-                    .expect("fresh")
-                    .as_flattened_mut()
-                    .copy_from_slice(&m.bytes()[off..off + CHUNK_LEN * 32]);
-                t
-            }
+            ChunkRef::Mapped(..) => unreachable!("a level's last chunk is loaded into memory"),
         };
         level.len = len;
         level
     }
 
-    /// Serves the first `count` sealed chunks from `map` (chunk `i` at
-    /// `base + i * 4096`) instead of memory: a new directory, so snapshots
-    /// keep the old one; the owned chunks it no longer holds are freed
-    /// when no snapshot holds them. Chunks sealed later stay as they are.
-    pub(crate) fn remap(&mut self, map: &Mapping, base: usize, count: usize) {
-        let count = count.min(self.sealed);
+    /// Serves the first `shard.chunks()` sealed chunks from `shard`
+    /// instead of memory: a new directory, so snapshots keep the old one;
+    /// the owned chunks it no longer holds are freed when no snapshot holds
+    /// them. Chunks sealed later stay as they are.
+    pub(crate) fn remap(&mut self, shard: &Arc<MappedShard>) {
+        let count = shard.chunks().min(self.sealed);
         let mut dir = ChunkDir::new();
-        // Only the new mapping: it covers every mapped entry (`count` only
+        // Only the new shard: it covers every mapped entry (`count` only
         // grows), so older mappings go once no snapshot holds them.
-        dir.maps = vec![map.clone()];
+        dir.shard = Some(shard.clone());
         for i in 0..count {
-            dir.set_mapped(i, map, base + i * CHUNK_LEN * 32);
+            dir.set_mapped(i);
         }
         for i in count..self.sealed {
             let p = self.dir.raw(i);
@@ -304,27 +509,78 @@ impl Level {
         (self.sealed * CHUNK_LEN) as u64
     }
 
-    /// Node `i` (`i < len`).
+    /// Node `i` (`i < len`), for the writer: only from chunks it knows
+    /// were checked (its frontier, see `LeanImt::check_frontier`).
     #[inline]
     pub(crate) fn get(&self, i: u64) -> Hash {
         debug_assert!(i < self.len);
         let c = (i / CHUNK_LEN as u64) as usize;
         let off = (i % CHUNK_LEN as u64) as usize;
         if c < self.sealed {
+            debug_assert!(self.is_checked(c), "chunk {c} read unchecked");
             self.dir.get(c)[off]
         } else {
             self.tail[off]
         }
     }
 
-    /// The nodes of chunk `c` that exist (`c * CHUNK_LEN < len`).
+    /// The nodes of chunk `c` that exist (`c * CHUNK_LEN < len`), for the
+    /// writer: only chunks it knows were checked.
     #[inline]
     pub(crate) fn chunk(&self, c: usize) -> &[Hash] {
         if c < self.sealed {
+            debug_assert!(self.is_checked(c), "chunk {c} read unchecked");
             self.dir.get(c)
         } else {
             &self.tail[..(self.len - self.tail_start()) as usize]
         }
+    }
+
+    /// Node `i` (`i < len`) for a reader: a mapped chunk is checked first
+    /// (invariant 9).
+    #[inline]
+    pub(crate) fn try_get(&self, i: u64) -> Result<Hash> {
+        debug_assert!(i < self.len);
+        let c = (i / CHUNK_LEN as u64) as usize;
+        let off = (i % CHUNK_LEN as u64) as usize;
+        if c < self.sealed {
+            Ok(self.dir.get_checked(c)?.node(off))
+        } else {
+            Ok(self.tail[off])
+        }
+    }
+
+    /// Chunk `c` (sealed) checked, as an owned copy when it had to be
+    /// repaired: for the checkpoint writer.
+    pub(crate) fn try_chunk(&self, c: usize) -> Result<std::borrow::Cow<'_, [Hash]>> {
+        if c >= self.sealed {
+            return Ok(std::borrow::Cow::Borrowed(self.chunk(c)));
+        }
+        Ok(match self.dir.get_checked(c)? {
+            Checked::Here(h) => std::borrow::Cow::Borrowed(h),
+            Checked::Repaired(r) => std::borrow::Cow::Owned(r.to_vec()),
+        })
+    }
+
+    /// Whether sealed chunk `c` is owned, or mapped and checked.
+    pub(crate) fn is_checked(&self, c: usize) -> bool {
+        let p = self.dir.raw(c);
+        p.addr() & MAPPED == 0
+            || self
+                .dir
+                .shard
+                .as_ref()
+                .is_some_and(|s| s.passed(c) || s.repaired(c).is_some())
+    }
+
+    /// The shard the level's mapped chunks come from, if any.
+    pub(crate) fn shard(&self) -> Option<&Arc<MappedShard>> {
+        self.dir.shard.as_ref()
+    }
+
+    /// Sealed chunks.
+    pub(crate) fn sealed(&self) -> usize {
+        self.sealed
     }
 
     /// The tail, made unique first if a clone may share it.

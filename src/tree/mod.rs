@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::hash::{Hash, Hasher, Resume};
-pub(crate) use level::{CHUNK_LEN, ChunkRef, Level, Mapping};
+pub(crate) use level::{CHUNK_LEN, ChunkRef, ChunkStats, Level, MappedShard};
 
 /// `N^MAX_DEPTH`, saturated at `u64::MAX`.
 pub(crate) const fn capacity_of(arity: usize, max_depth: usize) -> u64 {
@@ -64,6 +64,77 @@ pub struct LeanImt<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     scratch: Vec<Hash>,
     /// Per level, the hash progress over its last group's final children.
     resume: Vec<Resume>,
+    /// The hasher as a parent function, shared with snapshots, which
+    /// recompute a damaged chunk of an internal level with it.
+    hash_fn: HashFn,
+}
+
+/// Hashes a group of children into their parent (a group of one is lifted
+/// by the caller).
+pub(crate) type HashFn = Arc<dyn Fn(&[Hash]) -> Hash + Send + Sync>;
+
+/// Node `i` of level `d`, its chunk checked first; a damaged chunk of an
+/// internal level is recomputed from its children (see `repair_chunk`).
+fn node_checked(levels: &[Level], hash: &HashFn, arity: usize, d: usize, i: u64) -> Result<Hash> {
+    match levels[d].try_get(i) {
+        Ok(h) => Ok(h),
+        Err(e) if d > 0 => {
+            repair_chunk(levels, hash, arity, d, (i / CHUNK_LEN as u64) as usize, e)?;
+            levels[d].try_get(i)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Chunk `c` of internal level `d` failed its check (`cause`): an internal
+/// node is a function of its children, so it is recomputed from the level
+/// below (each child checked, or repaired, in turn). The copy is kept only
+/// if it has the checksum the damaged chunk should have had, which proves
+/// it right; the next checkpoint writes it back over the damage. Else
+/// `cause` stands: leaves, and internal chunks whose children are lost
+/// too, cannot be derived.
+fn repair_chunk(
+    levels: &[Level],
+    hash: &HashFn,
+    arity: usize,
+    d: usize,
+    c: usize,
+    cause: Error,
+) -> Result<()> {
+    let level = &levels[d];
+    let Some(shard) = level.shard().filter(|s| c < s.chunks()).cloned() else {
+        return Err(cause);
+    };
+    let below = &levels[d - 1];
+    let mut chunk = [[0u8; 32]; CHUNK_LEN];
+    let mut kids = Vec::with_capacity(arity);
+    for (j, slot) in chunk.iter_mut().enumerate() {
+        let p = (c * CHUNK_LEN + j) as u64;
+        let a = p * arity as u64;
+        let b = (a + arity as u64).min(below.len());
+        kids.clear();
+        for x in a..b {
+            match node_checked(levels, hash, arity, d - 1, x) {
+                Ok(h) => kids.push(h),
+                Err(_) => return Err(cause),
+            }
+        }
+        *slot = match kids.as_slice() {
+            [] => return Err(cause),
+            [one] => *one,
+            many => hash(many),
+        };
+    }
+    if crc32c::crc32c(chunk.as_flattened()) != shard.sum(c) {
+        return Err(cause);
+    }
+    tracing::warn!(
+        file = %shard.path().display(),
+        offset = shard.offset(c),
+        "recomputed a damaged chunk of an internal level from its children"
+    );
+    shard.set_repaired(c, Arc::new(chunk));
+    Ok(())
 }
 
 impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH> {
@@ -81,21 +152,25 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
     pub fn new(hasher: H) -> Self {
         #[allow(clippy::let_unit_value)]
         let () = Self::VALID;
+        let h = hasher.clone();
         Self {
             hasher,
             levels: vec![Level::new()],
             scratch: Vec::new(),
             resume: Vec::new(),
+            hash_fn: Arc::new(move |c| h.hash_children(c)),
         }
     }
 
     /// A tree from stored levels (`levels[0]` the leaves, each level's
     /// chunks and node count), as a checkpoint holds them. The caller has
-    /// checked the shape; this only asserts it.
-    pub(crate) fn from_levels(hasher: H, levels: Vec<(Vec<ChunkRef>, u64)>) -> Self {
+    /// checked the shape; this only asserts it. The chunks the writer will
+    /// read are checked here (`Corruption` if one fails and cannot be
+    /// repaired); readers check the others on first use.
+    pub(crate) fn from_levels(hasher: H, levels: Vec<(Vec<ChunkRef>, u64)>) -> Result<Self> {
         let mut t = Self::new(hasher);
         if levels.is_empty() {
-            return t;
+            return Ok(t);
         }
         t.levels = levels
             .into_iter()
@@ -108,15 +183,41 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
             t.levels[0].len() == 0 || t.levels.last().map(Level::len) == Some(1),
             "one root"
         );
-        t
+        for d in 0..t.levels.len() {
+            for c in t.frontier(d, t.levels[d].len()) {
+                node_checked(&t.levels, &t.hash_fn, N, d, (c * CHUNK_LEN) as u64)?;
+            }
+        }
+        Ok(t)
     }
 
-    /// Serves the first `count` sealed chunks of level `d` from `map`
-    /// (chunk `i` at `base + 4096 i`); see [`Level::remap`].
-    pub(crate) fn remap_level(&mut self, d: usize, map: &Mapping, base: usize, count: usize) {
-        if let Some(level) = self.levels.get_mut(d) {
-            level.remap(map, base, count);
+    /// The sealed chunks of level `d` (of `len` nodes) that appends can
+    /// still read: those holding a node of its last group.
+    fn frontier(&self, d: usize, len: u64) -> std::ops::Range<usize> {
+        let sealed = self.levels[d].sealed();
+        if len == 0 {
+            return 0..0;
         }
+        let group = (len - 1) / N as u64 * N as u64;
+        ((group / CHUNK_LEN as u64) as usize).min(sealed)..sealed
+    }
+
+    /// Serves the sealed chunks of level `d` that `shard` holds from it
+    /// (see [`Level::remap`]), once the chunks appends can still read
+    /// passed their check against it; else the level stays as it is and
+    /// the failure is returned.
+    pub(crate) fn remap_level(&mut self, d: usize, shard: &Arc<MappedShard>) -> Result<()> {
+        let Some(level) = self.levels.get(d) else {
+            return Ok(());
+        };
+        let count = shard.chunks().min(level.sealed());
+        for c in self.frontier(d, level.len()) {
+            if c < count {
+                shard.check(c)?;
+            }
+        }
+        self.levels[d].remap(shard);
+        Ok(())
     }
 
     /// The hasher.
@@ -146,7 +247,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
         if index >= size {
             return Err(Error::IndexOutOfRange { index, size });
         }
-        Ok(self.levels[0].get(index))
+        node_checked(&self.levels, &self.hash_fn, N, 0, index)
     }
 
     fn check_room(&self, additional: u64) -> Result<()> {
@@ -327,6 +428,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
         Snapshot(Arc::new(SnapshotInner {
             arity: N,
             levels: self.levels.clone(),
+            hash: self.hash_fn.clone(),
         }))
     }
 }
@@ -340,6 +442,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Clone for LeanImt<H, N, 
             levels: self.levels.iter().map(Level::fork).collect(),
             scratch: Vec::new(),
             resume: self.resume.clone(),
+            hash_fn: self.hash_fn.clone(),
         }
     }
 }
@@ -361,6 +464,7 @@ impl<H: Hasher + std::fmt::Debug, const N: usize, const MAX_DEPTH: usize> std::f
 struct SnapshotInner {
     arity: usize,
     levels: Vec<Level>,
+    hash: HashFn,
 }
 
 /// An immutable view of a tree at one size.
@@ -408,7 +512,27 @@ impl Snapshot {
         if index >= size {
             return Err(Error::IndexOutOfRange { index, size });
         }
-        Ok(self.0.levels[level].get(index))
+        self.checked(level, index)
+    }
+
+    /// Node `index` of `level` (in range), its chunk checked first, a
+    /// damaged internal chunk repaired from its children (invariant 9).
+    #[inline]
+    pub(crate) fn checked(&self, level: usize, index: u64) -> Result<Hash> {
+        node_checked(&self.0.levels, &self.0.hash, self.0.arity, level, index)
+    }
+
+    /// Sealed chunk `c` of `level`, checked (repaired where it can be).
+    pub(crate) fn checked_chunk(
+        &self,
+        level: usize,
+        c: usize,
+    ) -> Result<std::borrow::Cow<'_, [Hash]>> {
+        let l = &self.0.levels[level];
+        if c < l.sealed() {
+            self.checked(level, (c * CHUNK_LEN) as u64)?;
+        }
+        l.try_chunk(c)
     }
 
     #[inline]

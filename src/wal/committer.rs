@@ -472,9 +472,7 @@ impl Committer {
             source: e,
         })?;
         c.open_segment(seq).map_err(|cause| Error::Io {
-            path: cause
-                .file
-                .unwrap_or_else(|| c.dir.join(segment_name(seq))),
+            path: cause.file.unwrap_or_else(|| c.dir.join(segment_name(seq))),
             source: match (cause.errno, cause.kind) {
                 (Some(n), _) => std::io::Error::from_raw_os_error(n),
                 (None, Some(k)) => std::io::Error::new(k, cause.reason),
@@ -1104,7 +1102,8 @@ mod tests {
                 sim.set_direct(mode);
                 sim.create_dir_all(dir).unwrap();
                 sim.crash_at_op(n);
-                let done = prepare_segment(&sim, dir, 5, SIZE, [0; 16], &Spares::new(0), None).is_ok();
+                let done =
+                    prepare_segment(&sim, dir, 5, SIZE, [0; 16], &Spares::new(0), None).is_ok();
                 let sim = if done { sim } else { sim.restart() };
                 sim.clear_faults();
                 if sim.exists(&dir.join(super::segment_name(5))) {
