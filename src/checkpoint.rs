@@ -335,6 +335,52 @@ impl Checkpointer {
         self.sums.get(d).map_or(&[], Vec::as_slice)
     }
 
+    /// Where writing level `d`'s sealed chunks `first..sealed` can start:
+    /// past the longest run of them whose checksums an earlier attempt
+    /// left in the sums file and that match the chunks in `snap` (their
+    /// checksums are pushed to `sums`).
+    fn resume(
+        &self,
+        sumf: &dyn StorageFile,
+        snap: &Snapshot,
+        d: usize,
+        first: usize,
+        sealed: usize,
+        sums: &mut Vec<u32>,
+    ) -> Result<usize> {
+        if sealed <= first {
+            return Ok(first);
+        }
+        let path = sums_path(&self.dir, d);
+        let len = sumf.len().map_err(|e| io_err(&path, e))?;
+        let have = (len.saturating_sub(SUMS_HEADER) / 4).min(sealed as u64) as usize;
+        if have <= first {
+            return Ok(first);
+        }
+        let mut buf = vec![0u8; 4 * (have - first)];
+        let got = sumf
+            .read_at(SUMS_HEADER + 4 * first as u64, &mut buf)
+            .map_err(|e| io_err(&path, e))?;
+        let mut c = first;
+        for stored in buf[..got - got % 4].chunks_exact(4) {
+            let stored = u32::from_le_bytes(stored.try_into().expect("4 bytes"));
+            let sum = crc32c::crc32c(snap.checked_chunk(d, c)?.as_flattened());
+            if sum != stored {
+                break;
+            }
+            sums.push(sum);
+            c += 1;
+        }
+        if c > first {
+            tracing::info!(
+                level = d,
+                chunks = c - first,
+                "checkpoint resumes past chunks an earlier attempt wrote"
+            );
+        }
+        Ok(c)
+    }
+
     /// Makes `manifest` the durable one: temp file, fsync, rename,
     /// directory fsync (with the named failpoints when `failpoints`).
     fn write_manifest(&self, manifest: &Manifest, failpoints: bool) -> Result<()> {
@@ -466,7 +512,6 @@ impl Checkpointer {
                 }
             }
             const RUN: usize = 1024; // 4 MiB per write and sync
-            let mut c = first;
             if sealed > first {
                 // Space for the shard ahead of the writes, in 64 MiB steps.
                 const STEP: u64 = 64 << 20;
@@ -475,6 +520,12 @@ impl Checkpointer {
                     .preallocate(need)
                     .map_err(|e| io_err(&shard_path(&self.dir, d), e))?;
             }
+            // An earlier attempt that did not finish (a crash, a failure)
+            // may have written some of these already: each run's checksums
+            // go to the sums file only after the run's sync passed, so an
+            // entry there that matches the chunk in memory names a chunk
+            // already durable. Those are not written again.
+            let mut c = self.resume(&*sumf, snap, d, first, sealed, level_sums)?;
             while c < sealed {
                 let end = (c + RUN).min(sealed);
                 let mut buf = vec![0u8; (end - c) * CHUNK_BYTES as usize];
@@ -498,8 +549,17 @@ impl Checkpointer {
                 shard
                     .sync_data()
                     .map_err(|e| io_err(&shard_path(&self.dir, d), e))?;
+                let bytes: Vec<u8> = level_sums[c..end]
+                    .iter()
+                    .flat_map(|s| s.to_le_bytes())
+                    .collect();
+                sumf.write_at(SUMS_HEADER + 4 * c as u64, &[&bytes])
+                    .map_err(|e| io_err(&sums_path(&self.dir, d), e))?;
                 c = end;
             }
+            // All of them again (the resumed ones too), synced below with
+            // the rest: an earlier attempt's entries may sit in pages whose
+            // sync failed.
             if sealed > first {
                 let bytes: Vec<u8> = level_sums[first..]
                     .iter()

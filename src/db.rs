@@ -502,6 +502,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         let mut replay = Replayer {
             tree: &mut tree,
             pending: Vec::new(),
+            records: 0,
         };
         let storage_for_inner = storage.clone();
         let mut log_config = config.log_config();
@@ -514,6 +515,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             start,
             &mut |_, rec| replay.record(rec),
         )?;
+        let replayed_records = replay.records;
         let replayed = replay.finish().map_err(|reason| Error::Corruption {
             file: dir.join("wal"),
             offset: 0,
@@ -565,7 +567,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                 verifying,
                 lock_spinners: std::sync::atomic::AtomicU32::new(0),
                 thread_yield_every: config.thread_yield_every,
-                inserts: AtomicU64::new(0),
+                inserts: AtomicU64::new(replayed_records),
                 inserts_at_checkpoint: AtomicU64::new(0),
                 last_checkpoint: AtomicU64::new(start),
                 checkpoint_latency: crate::metrics::Histogram::new(),
@@ -628,6 +630,12 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                 check();
             }
         }
+        // A log replayed past the policy's threshold is checkpointed at once,
+        // in the background: a process that keeps dying before its
+        // checkpoints finish would otherwise replay a longer log at every
+        // open (each attempt resumes where the last one's synced chunks
+        // end).
+        this.maybe_checkpoint();
         Ok(this)
     }
 
@@ -1323,6 +1331,8 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Drop for Inner<H, N, MAX
 struct Replayer<'a, H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     tree: &'a mut LeanImt<H, N, MAX_DEPTH>,
     pending: Vec<Hash>,
+    /// Records replayed.
+    records: u64,
 }
 
 impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Replayer<'_, H, N, MAX_DEPTH> {
@@ -1345,6 +1355,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Replayer<'_, H, N, MAX_D
             ));
         }
         self.pending.extend_from_slice(rec[8..].as_chunks::<32>().0);
+        self.records += 1;
         if self.pending.len() >= Self::BATCH {
             self.flush()?;
         }

@@ -206,6 +206,10 @@ fn no_file_of_the_log_vanishes_silently() {
             for cut in [false, true] {
                 let sim = SimStorage::new(3);
                 several_segments(&sim, "/m", checkpoint_at);
+                // The segment prepared ahead may or may not be made yet.
+                if !sim.exists(seg) {
+                    continue;
+                }
                 let frames = holds_frames(&sim, seg);
                 if cut {
                     sim.truncate(seg, 0).unwrap();
@@ -238,13 +242,19 @@ fn no_file_of_the_log_vanishes_silently() {
     assert_eq!(segs.len(), 1);
     sim.remove(&segs[0]).unwrap();
     let e = T4::open_blocking(sim_config(&sim.restart(), "/o")).unwrap_err();
-    assert!(matches!(&e, Error::Corruption { file, .. } if *file == segs[0]), "{e}");
+    assert!(
+        matches!(&e, Error::Corruption { file, .. } if *file == segs[0]),
+        "{e}"
+    );
     // The identity record.
     let sim = SimStorage::new(5);
     several_segments(&sim, "/p", Some(100));
     sim.remove(Path::new("/p/IDENTITY")).unwrap();
     let e = T4::open_blocking(sim_config(&sim.restart(), "/p")).unwrap_err();
-    assert!(matches!(&e, Error::Corruption { file, .. } if file.ends_with("IDENTITY")), "{e}");
+    assert!(
+        matches!(&e, Error::Corruption { file, .. } if file.ends_with("IDENTITY")),
+        "{e}"
+    );
 }
 
 /// A segment or manifest copied from another tree is refused, naming it.
@@ -393,7 +403,11 @@ fn a_segment_is_written_only_once_its_name_is_durable() {
         drop(t);
         sim.crash_drop_all();
         let t = T4::open_blocking(sim_config(&sim.restart(), "/s")).unwrap();
-        assert!(t.size() >= acked, "fail at {fail_at}: {} < {acked}", t.size());
+        assert!(
+            t.size() >= acked,
+            "fail at {fail_at}: {} < {acked}",
+            t.size()
+        );
         assert_eq!(t.root(), naive_root(4, &all[..t.size() as usize]));
     }
 }
@@ -439,9 +453,13 @@ fn a_log_closes_and_drops_inside_an_executor() {
     use ringtree::{Log, LogConfig};
     for close in [false, true] {
         let sim: Arc<dyn Storage> = Arc::new(SimStorage::new(21));
-        let log = Log::open(sim, Path::new("/l"), &LogConfig::default(), 0, &mut |_, _| {
-            Ok(())
-        })
+        let log = Log::open(
+            sim,
+            Path::new("/l"),
+            &LogConfig::default(),
+            0,
+            &mut |_, _| Ok(()),
+        )
         .unwrap();
         block(async move {
             let d = log.append(&[b"record"]).await.unwrap();
@@ -460,4 +478,108 @@ fn a_log_closes_and_drops_inside_an_executor() {
         ins.durable.wait().unwrap();
         drop(t);
     });
+}
+
+/// Builds a tree of 300,000 leaves in `dir`, everything durable, no
+/// checkpoint yet (level 0 alone is 2,344 chunks: three runs of writes).
+fn big_tree(sim: &SimStorage, dir: &str) -> (T4, Vec<Hash>) {
+    let cfg = sim_config(sim, dir)
+        .buffer_capacity(1 << 20)
+        .segment_size(4 << 20)
+        .flush(FlushPolicy::Manual)
+        .checkpoint(CheckpointPolicy::Manual);
+    let t = T4::open_blocking(cfg).unwrap();
+    let all = leaves(0..300_000);
+    block(async {
+        for c in all.chunks(10_000) {
+            t.insert_many(c).await.unwrap();
+        }
+        t.flush().await.unwrap();
+    });
+    (t, all)
+}
+
+/// A checkpoint that failed, or whose process died, part way is resumed by
+/// the next one past the chunks whose sync had passed, not started over;
+/// and the result is whole after a power loss.
+#[test]
+fn an_interrupted_checkpoint_resumes_where_its_synced_chunks_end() {
+    // The bytes a whole first checkpoint writes.
+    let sim = SimStorage::new(30);
+    let (t, _) = big_tree(&sim, "/r");
+    let (b0, ops0) = (sim.bytes_written(), sim.ops());
+    block(t.checkpoint()).unwrap();
+    let whole = sim.bytes_written() - b0;
+    let ops = sim.ops() - ops0;
+    drop(t);
+
+    // Failed at its third sync (the empty manifest's, then level 0's first
+    // run, then its second): the next one in the same process resumes.
+    let sim = SimStorage::new(30);
+    let (t, all) = big_tree(&sim, "/r");
+    sim.fail_syncs_after(2);
+    assert!(block(t.checkpoint()).is_err());
+    sim.clear_faults();
+    let b = sim.bytes_written();
+    block(t.checkpoint()).unwrap();
+    let again = sim.bytes_written() - b;
+    assert!(
+        again + (3 << 20) < whole,
+        "resumed: {again} bytes, a whole checkpoint {whole}"
+    );
+    drop(t);
+    sim.crash_drop_all();
+    check_whole(&sim, "/r", &all);
+
+    // Killed half way: the next process resumes.
+    let sim = SimStorage::new(30);
+    let (t, all) = big_tree(&sim, "/r");
+    sim.kill_at_op(ops / 2);
+    assert!(block(t.checkpoint()).is_err());
+    drop(t);
+    let cfg = sim_config(&sim.restart(), "/r").checkpoint(CheckpointPolicy::Manual);
+    let t = T4::open_blocking(cfg).unwrap();
+    let b = sim.bytes_written();
+    block(t.checkpoint()).unwrap();
+    let again = sim.bytes_written() - b;
+    assert!(again + (3 << 20) < whole, "resumed: {again} of {whole}");
+    drop(t);
+    sim.crash_drop_all();
+    check_whole(&sim, "/r", &all);
+}
+
+/// An open that replays more log than the checkpoint policy allows
+/// starts a checkpoint at once.
+#[test]
+fn a_long_replay_is_checkpointed_at_once() {
+    let sim = SimStorage::new(31);
+    let cfg = || {
+        sim_config(&sim.restart(), "/q")
+            .buffer_capacity(1 << 20)
+            .segment_size(4 << 20)
+            .checkpoint(CheckpointPolicy::WalBytes(1 << 20))
+    };
+    let t = T4::open_blocking(cfg().checkpoint(CheckpointPolicy::Manual)).unwrap();
+    let all = leaves(0..60_000);
+    block(async {
+        for c in all.chunks(10_000) {
+            t.insert_many(c).await.unwrap().durable.await.unwrap();
+        }
+    });
+    drop(t);
+    sim.kill();
+    let t = T4::open_blocking(cfg()).unwrap();
+    let t0 = std::time::Instant::now();
+    while t.metrics().checkpoint_duration.count == 0 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "no checkpoint: {:?} {:?}",
+            t.metrics(),
+            block(t.flush())
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    block(t.close()).unwrap();
+    assert!(sim.restart().exists(Path::new("/q/MANIFEST")));
+    check_whole(&sim, "/q", &all);
 }
