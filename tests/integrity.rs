@@ -583,3 +583,68 @@ fn a_long_replay_is_checkpointed_at_once() {
     assert!(sim.restart().exists(Path::new("/q/MANIFEST")));
     check_whole(&sim, "/q", &all);
 }
+
+/// Issue: the cut of a torn tail at recovery zeroed what reads showed; when
+/// that sync failed, the next open read the zeros (clean pages that never
+/// reached the disk), went on writing from the cut, and a power loss could
+/// then bring old frames back behind the new ones.
+#[test]
+fn a_torn_tail_cut_whose_sync_failed_is_cut_again() {
+    let sim = SimStorage::new(40);
+    // Through the page cache: a direct write pads its last block with
+    // zeros, which would end the log right after the new records anyway
+    // (unless they end on a block boundary).
+    let cfg = || {
+        sim_config(&sim.restart(), "/t")
+            .direct_io(false)
+            .flush(FlushPolicy::Manual)
+            .checkpoint(CheckpointPolicy::Manual)
+    };
+    let t = T4::open_blocking(cfg()).unwrap();
+    let first = leaves(0..100);
+    let lost = leaves(1000..1050);
+    let x = block(async {
+        for l in &first {
+            t.insert(*l).await.unwrap();
+        }
+        t.flush().await.unwrap();
+        let x = t.wal_position();
+        // One group of 50 records, synced, whose first frame is then
+        // damaged as a torn write would leave it: the group is a torn tail
+        // (nothing after it was written).
+        for l in &lost {
+            t.insert(*l).await.unwrap();
+        }
+        t.flush().await.unwrap();
+        x
+    });
+    sim.kill();
+    drop(t);
+    let seg = wal_segments(&sim.restart(), "/t")[0].clone();
+    sim.corrupt(&seg, 4096 + x + 12, 0xff).unwrap();
+    // The recovery's cut: its record syncs, its zeros' sync fails.
+    sim.fail_syncs_after(1);
+    assert!(T4::open_blocking(cfg()).is_err());
+    sim.clear_faults();
+    sim.kill();
+    // The next open, then two durable batches of 2 and 3 leaves: two
+    // records and two commit frames, 240 bytes, end exactly where the lost
+    // group's sixth record starts, the one for the next leaf index; then a
+    // power loss.
+    let t = T4::open_blocking(cfg()).unwrap();
+    assert_eq!(t.size(), 100);
+    let new = leaves(2000..2005);
+    block(async {
+        t.insert_many(&new[..2]).await.unwrap();
+        t.flush().await.unwrap();
+        t.insert_many(&new[2..]).await.unwrap();
+        t.flush().await.unwrap();
+        assert_eq!(t.wal_position(), x + 5 * 48);
+    });
+    // No clean close (it would write a zero header at the end).
+    sim.kill();
+    drop(t);
+    sim.crash_drop_all();
+    let all: Vec<Hash> = first.iter().chain(&new).copied().collect();
+    check_whole(&sim, "/t", &all);
+}

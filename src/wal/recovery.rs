@@ -45,6 +45,9 @@ struct Segment {
     salt: u64,
     /// The clean-close record's end, if the last owner closed cleanly here.
     clean: Option<u64>,
+    /// A cut record: an earlier recovery began cutting a torn tail here
+    /// and may not have finished (see `cut_tail`).
+    cut: bool,
     path: std::path::PathBuf,
     file: Box<dyn StorageFile>,
 }
@@ -205,10 +208,21 @@ pub(crate) fn clean_record(end: u64) -> [u8; 20] {
 }
 
 fn parse_clean(h: &[u8]) -> Option<u64> {
+    parse_tagged(h, CLEAN_MAGIC)
+}
+
+/// The position a record of kind `magic` in the header block's record slot
+/// names, if it holds a valid one.
+fn parse_tagged(h: &[u8], magic: [u8; 8]) -> Option<u64> {
     let r = h.get(CLEAN_AT..CLEAN_AT + 20)?;
-    (r[..8] == CLEAN_MAGIC && crc32c::crc32c(&r[..16]).to_le_bytes() == r[16..20])
+    (r[..8] == magic && crc32c::crc32c(&r[..16]).to_le_bytes() == r[16..20])
         .then(|| u64::from_le_bytes(r[8..16].try_into().expect("8 bytes")))
 }
+
+/// Marks a segment whose torn tail is being cut: `RTCUTAT1`, the cut
+/// position (u64), CRC-32C of those 16 bytes, in the clean-close record's
+/// slot (which the committer erases before it writes there).
+const CUT_MAGIC: [u8; 8] = *b"RTCUTAT1";
 
 pub(crate) fn recover(
     storage: &dyn Storage,
@@ -301,6 +315,7 @@ pub(crate) fn recover(
             seq,
             salt: h.salt,
             clean: parse_clean(&hb),
+            cut: parse_tagged(&hb, CUT_MAGIC).is_some(),
             path,
             file,
         });
@@ -464,8 +479,8 @@ pub(crate) fn recover(
                 ));
             }
         }
-        if nonzero || !zero_here {
-            cut_tail(&mut w, off)?;
+        if nonzero || !zero_here || seg.cut {
+            cut_tail(&mut w, off, x)?;
             tracing::warn!(file = %seg.path.display(), offset = file_off, "cut a torn WAL tail");
         }
         // Later segments hold nothing durable (nothing in them proved `x`
@@ -495,21 +510,37 @@ pub(crate) fn recover(
     })
 }
 
-/// Zeroes the non-zero bytes from `off` to the end of the data area and
-/// syncs, so frames of a lost group can never be read again.
-fn cut_tail(w: &mut Window<'_>, off: u64) -> Result<()> {
+/// Zeroes the bytes from `off` (log position `x`) to the end of the data
+/// area and syncs, so frames of a lost group can never be read again.
+///
+/// A sync that fails leaves the zeros readable in clean pages that never
+/// reach the disk (invariant 13): a later open would read zeros, keep the
+/// log going from `x`, and a power loss could bring the old frames back
+/// behind the new ones, valid at their positions. So a cut record is made
+/// durable first; an open that finds one writes every byte of the rest
+/// again, whatever reads show. Without one, only the non-zero steps are
+/// written (a cut of a new segment's tail writes little).
+fn cut_tail(w: &mut Window<'_>, off: u64, x: u64) -> Result<()> {
     const STEP: u64 = 1 << 16;
+    let seg = w.seg;
+    let io = |e| io_err(&seg.path, e);
+    let mut rec = [0u8; 20];
+    rec[..8].copy_from_slice(&CUT_MAGIC);
+    rec[8..16].copy_from_slice(&x.to_le_bytes());
+    let crc = crc32c::crc32c(&rec[..16]);
+    rec[16..].copy_from_slice(&crc.to_le_bytes());
+    seg.file.write_at(CLEAN_AT as u64, &[&rec]).map_err(io)?;
+    seg.file.sync_data().map_err(io)?;
     let zeros = vec![0u8; STEP as usize];
     let mut at = off;
     while at < w.data {
         let n = STEP.min(w.data - at);
-        if w.get(at, n)?.iter().any(|&b| b != 0) {
-            w.seg
-                .file
+        if seg.cut || w.get(at, n)?.iter().any(|&b| b != 0) {
+            seg.file
                 .write_at(SEGMENT_HEADER + at, &[&zeros[..n as usize]])
-                .map_err(|e| io_err(&w.seg.path, e))?;
+                .map_err(io)?;
         }
         at += n;
     }
-    w.seg.file.sync_data().map_err(|e| io_err(&w.seg.path, e))
+    seg.file.sync_data().map_err(io)
 }
