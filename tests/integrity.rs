@@ -601,7 +601,9 @@ fn a_torn_tail_cut_whose_sync_failed_is_cut_again() {
             .checkpoint(CheckpointPolicy::Manual)
     };
     let t = T4::open_blocking(cfg()).unwrap();
-    let first = leaves(0..100);
+    // 102 leaves: the lost group starts 312 bytes into a sector, so the
+    // new records below end past that sector, on the lost group's sixth.
+    let first = leaves(0..102);
     let lost = leaves(1000..1050);
     let x = block(async {
         for l in &first {
@@ -620,8 +622,15 @@ fn a_torn_tail_cut_whose_sync_failed_is_cut_again() {
     });
     sim.kill();
     drop(t);
+    // The lost group's first sector never reached the disk: zeros there.
     let seg = wal_segments(&sim.restart(), "/t")[0].clone();
-    sim.corrupt(&seg, 4096 + x + 12, 0xff).unwrap();
+    let at = 4096 + x;
+    for k in at..(at / 512 + 1) * 512 {
+        let v = sim.live_bytes(&seg).unwrap()[k as usize];
+        if v != 0 {
+            sim.corrupt(&seg, k, v).unwrap();
+        }
+    }
     // The recovery's cut: its record syncs, its zeros' sync fails.
     sim.fail_syncs_after(1);
     assert!(T4::open_blocking(cfg()).is_err());
@@ -632,7 +641,7 @@ fn a_torn_tail_cut_whose_sync_failed_is_cut_again() {
     // group's sixth record starts, the one for the next leaf index; then a
     // power loss.
     let t = T4::open_blocking(cfg()).unwrap();
-    assert_eq!(t.size(), 100);
+    assert_eq!(t.size(), 102);
     let new = leaves(2000..2005);
     block(async {
         t.insert_many(&new[..2]).await.unwrap();
@@ -647,4 +656,30 @@ fn a_torn_tail_cut_whose_sync_failed_is_cut_again() {
     sim.crash_drop_all();
     let all: Vec<Hash> = first.iter().chain(&new).copied().collect();
     check_whole(&sim, "/t", &all);
+}
+
+/// After a crash, a bit flipped in the last acknowledged record, which no
+/// later frame vouches for, is damage (every sector of it was written, in
+/// a segment made of zeros), not a torn write to cut.
+#[test]
+fn a_flip_in_the_last_group_is_damage_not_a_torn_tail() {
+    let sim = SimStorage::new(41);
+    let t = T4::open_blocking(sim_config(&sim, "/f")).unwrap();
+    let x = block(async {
+        for l in leaves(0..99) {
+            t.insert_durable(l).await.unwrap();
+        }
+        let x = t.wal_position();
+        t.insert_durable(leaf(99)).await.unwrap();
+        x
+    });
+    sim.kill();
+    drop(t);
+    let seg = wal_segments(&sim.restart(), "/f")[0].clone();
+    sim.corrupt(&seg, 4096 + x + 30, 0x04).unwrap();
+    let e = T4::open_blocking(sim_config(&sim.restart(), "/f")).unwrap_err();
+    assert!(
+        matches!(&e, Error::Corruption { file, offset, .. } if *file == seg && *offset == 4096 + x),
+        "{e}"
+    );
 }

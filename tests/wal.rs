@@ -462,9 +462,21 @@ fn torn_tail_is_cut_and_damage_is_reported() {
         let (p, off) = locate(last_lsn);
         flip(&p, off + 20);
         expect_corruption_at(&b, &cfg, &p, off);
-        // Torn tail: as a crash leaves it (no clean-close record), the
-        // damaged last record is cut and the rest kept.
+        // Torn tail: as a crash leaves it (no clean-close record) and a
+        // sector of the last record never written (it reads as the zeros
+        // the segment was made of), the last record is cut and the rest
+        // kept. (A flipped bit there, with every sector written, stays
+        // damage: see `a_flip_in_the_last_group_is_damage_not_a_torn_tail`.)
+        flip(&p, off + 20);
         flip(&p, 2048);
+        let unwrite = |path: &Path, off: u64| {
+            let f = b.storage.open(path, false).unwrap();
+            let end = (off / 512 + 1) * 512;
+            f.write_at(off, &[&vec![0u8; (end - off) as usize]])
+                .unwrap();
+            f.sync_data().unwrap();
+        };
+        unwrite(&p, off);
         let (log, got) = open(&b.storage, &b.dir, &cfg).unwrap();
         assert_eq!(
             got.len(),
@@ -667,9 +679,10 @@ fn format_is_pinned_by_known_bytes() {
     seg[32..40].copy_from_slice(&size.to_le_bytes());
     let salt = 0x0123_4567_89ab_cdefu64;
     seg[40..48].copy_from_slice(&salt.to_le_bytes());
-    // tree id: all zeros, a standalone log's (LogConfig::default)
-    let crc = crc32c::crc32c(&seg[..64]);
-    seg[64..68].copy_from_slice(&crc.to_le_bytes());
+    // tree id (48..64): all zeros, a standalone log's (LogConfig::default)
+    seg[64..68].copy_from_slice(&1u32.to_le_bytes()); // flags: zero-filled
+    let crc = crc32c::crc32c(&seg[..68]);
+    seg[68..72].copy_from_slice(&crc.to_le_bytes());
     let mut lsn = 0u64;
     let mut frame = |seg: &mut Vec<u8>, tag: u8, payload: &[u8]| {
         let word = (u32::from(tag) << 24) | payload.len() as u32;
@@ -1310,7 +1323,14 @@ fn a_cut_removes_the_segments_after_it() {
         let seg1 = dir.join("00000000000000000001.wal");
         let last0 = ends.iter().rposition(|&e| e <= data).unwrap();
         let x = ends[last0] - 72;
-        sim.corrupt(&seg0, 4096 + x + 20, 0xFF).unwrap();
+        // The sector holding the record's start never written: zeros.
+        let at = 4096 + x;
+        for k in at..(at / 512 + 1) * 512 {
+            let v = sim.live_bytes(&seg0).unwrap()[k as usize];
+            if v != 0 {
+                sim.corrupt(&seg0, k, v).unwrap();
+            }
+        }
         sim.corrupt(&seg1, 4096 + 4, 0xFF).unwrap();
         if !proved {
             // Every commit frame of segment 1 (header word: tag 0xC1,

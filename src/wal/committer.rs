@@ -141,13 +141,14 @@ pub(crate) fn prepare_segment(
     if storage.exists(&tmp) {
         storage.remove(&tmp)?;
     }
-    let header = SegmentHeader {
+    let made = SegmentHeader {
         seq,
         size,
         salt: super::format::random_salt(),
         tree_id,
-    }
-    .encode();
+        zeroed: false,
+    };
+    let header = made.encode();
     while let Some(spare) = spares.take() {
         match recycle(storage, dir, &spare, &tmp, size, &header) {
             Ok(()) => {
@@ -168,6 +169,11 @@ pub(crate) fn prepare_segment(
         }
     }
     let f = storage.open(&tmp, true)?;
+    let header = SegmentHeader {
+        zeroed: true,
+        ..made
+    }
+    .encode();
     f.write_at(0, &[&header])?;
     if let Err(e) = write_zeros(storage, &tmp, &*f, size, pace.map(|p| (p, seq))) {
         drop(f);

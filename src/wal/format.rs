@@ -9,7 +9,7 @@ use std::path::Path;
 /// Bytes reserved for a segment header; frames start after it.
 pub(crate) const SEGMENT_HEADER: u64 = 4096;
 /// Bytes of the header that are used (the rest of the 4 KiB is zero).
-const HEADER_USED: usize = 68;
+const HEADER_USED: usize = 72;
 /// Largest segment size accepted (1 GiB).
 pub(crate) const MAX_SEGMENT: u64 = 1 << 30;
 const SEGMENT_MAGIC: [u8; 8] = *b"RTWALSEG";
@@ -124,7 +124,14 @@ pub(crate) struct SegmentHeader {
     /// The id of the tree (or log) the segment belongs to: a segment of
     /// another tree is refused (invariant 10).
     pub tree_id: [u8; 16],
+    /// The data area was written with zeros when the segment was made (a
+    /// new segment), not left with a spare's old frames: a sector the log
+    /// never wrote reads as zeros.
+    pub zeroed: bool,
 }
+
+/// Header flag: the data area was zero-filled.
+const FLAG_ZEROED: u32 = 1;
 
 /// A fresh random salt (from the OS-seeded keys of std's `RandomState`).
 pub(crate) fn random_salt() -> u64 {
@@ -147,8 +154,8 @@ impl SegmentHeader {
     }
 
     /// `magic [8] | version u32 | header len u32 | seq u64 | base LSN u64 |
-    /// size u64 | salt u64 | tree id [16] | crc32c of the previous 64 bytes
-    /// u32`, then zeros to 4 KiB.
+    /// size u64 | salt u64 | tree id [16] | flags u32 | crc32c of the
+    /// previous 68 bytes u32`, then zeros to 4 KiB.
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(SEGMENT_HEADER as usize);
         b.extend_from_slice(&SEGMENT_MAGIC);
@@ -159,6 +166,8 @@ impl SegmentHeader {
         b.extend_from_slice(&self.size.to_le_bytes());
         b.extend_from_slice(&self.salt.to_le_bytes());
         b.extend_from_slice(&self.tree_id);
+        let flags = if self.zeroed { FLAG_ZEROED } else { 0 };
+        b.extend_from_slice(&flags.to_le_bytes());
         let crc = crc32c::crc32c(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         debug_assert_eq!(b.len(), HEADER_USED);
@@ -196,15 +205,18 @@ impl SegmentHeader {
                 ),
             ));
         }
-        let crc = crc32c::crc32c(&b[..64]);
-        if crc != u32_at(64) {
+        let crc = crc32c::crc32c(&b[..68]);
+        if crc != u32_at(68) {
             return Err(bad(
-                64,
+                68,
                 format!(
                     "segment header checksum {:#010x}, computed {crc:#010x}",
-                    u32_at(64)
+                    u32_at(68)
                 ),
             ));
+        }
+        if u32_at(64) & !FLAG_ZEROED != 0 {
+            return Err(bad(64, format!("unknown segment flags {:#x}", u32_at(64))));
         }
         if u64::from(u32_at(12)) != SEGMENT_HEADER {
             return Err(bad(
@@ -220,6 +232,7 @@ impl SegmentHeader {
             size: u64_at(32),
             salt: u64_at(40),
             tree_id: b[48..64].try_into().expect("16 bytes"),
+            zeroed: u32_at(64) & FLAG_ZEROED != 0,
         };
         if h.size < 2 * SEGMENT_HEADER
             || !h.size.is_multiple_of(SEGMENT_HEADER)
@@ -278,6 +291,7 @@ mod tests {
             size: 1 << 20,
             salt: 0x1234_5678_9abc_def0,
             tree_id: [7; 16],
+            zeroed: true,
         };
         let b = h.encode();
         assert_eq!(b.len(), SEGMENT_HEADER as usize);

@@ -43,6 +43,8 @@ pub(crate) struct Recovered {
 struct Segment {
     seq: u64,
     salt: u64,
+    /// Its data area was zero-filled when it was made.
+    zeroed: bool,
     /// The clean-close record's end, if the last owner closed cleanly here.
     clean: Option<u64>,
     /// A cut record: an earlier recovery began cutting a torn tail here
@@ -314,6 +316,7 @@ pub(crate) fn recover(
         segs.push(Segment {
             seq,
             salt: h.salt,
+            zeroed: h.zeroed,
             clean: parse_clean(&hb),
             cut: parse_tagged(&hb, CUT_MAGIC).is_some(),
             path,
@@ -455,6 +458,18 @@ pub(crate) fn recover(
                 segment_size,
             });
         }
+        if seg.zeroed && wholly_written(&mut w, off)? {
+            // A sector is written whole or not at all, and one the log
+            // never wrote reads as zeros here: a frame with something in
+            // every sector was written whole, so it failed its check after:
+            // damage, even in the last group before a crash, which no later
+            // frame vouches for.
+            return Err(corruption(
+                &seg.path,
+                file_off,
+                "invalid frame whose every sector was written: damaged after it was written",
+            ));
+        }
         let (later, nonzero) = scan_rest(&mut w, base, seg.salt, off + 8, x)?;
         if later {
             return Err(corruption(
@@ -508,6 +523,34 @@ pub(crate) fn recover(
         proven: proven.min(pos),
         segment_size,
     })
+}
+
+/// The unit the media writes whole or not at all (invariant: sector
+/// atomicity, see docs/ARCHITECTURE.md).
+const SECTOR: u64 = 512;
+
+/// Whether the frame at data offset `off` (its extent from its header, or
+/// the header alone where that does not decode) holds a non-zero byte of
+/// its own in every sector it touches: in a zero-filled segment, then, the
+/// write of every one of those sectors reached the disk.
+fn wholly_written(w: &mut Window<'_>, off: u64) -> Result<bool> {
+    let head: [u8; 8] = w.get(off, 8)?.try_into().unwrap_or([0; 8]);
+    let len = FrameHeader::decode(head)
+        .map(|h| h.len())
+        .filter(|&l| off + l <= w.data)
+        .unwrap_or(FRAME_HEADER);
+    let bytes = w.get(off, len)?.to_vec();
+    let file_off = SEGMENT_HEADER + off;
+    let mut at = 0u64;
+    while at < bytes.len() as u64 {
+        let to = ((file_off + at) / SECTOR + 1) * SECTOR - file_off;
+        let to = to.min(bytes.len() as u64);
+        if bytes[at as usize..to as usize].iter().all(|&b| b == 0) {
+            return Ok(false);
+        }
+        at = to;
+    }
+    Ok(true)
 }
 
 /// Zeroes the bytes from `off` (log position `x`) to the end of the data
