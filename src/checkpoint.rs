@@ -896,6 +896,98 @@ pub(crate) fn load(
     }))
 }
 
+/// The leaves a checkpoint still holds intact, for a salvage: the
+/// manifest (if it decodes and is of tree `tree_id`, when given), then
+/// level 0's sealed chunks in order, each checked against its sum, up to
+/// the first that fails, then the tail. Returns the leaves read, the
+/// manifest, and the damage that stopped the read, if any.
+pub(crate) fn salvage_leaves(
+    storage: &dyn Storage,
+    dir: &Path,
+    tree_id: Option<[u8; 16]>,
+) -> (Vec<Hash>, Option<Manifest>, Option<Error>) {
+    let path = dir.join(MANIFEST);
+    if !storage.exists(&path) {
+        return (Vec::new(), None, None);
+    }
+    let read_all = |p: &Path| -> Result<Vec<u8>> {
+        let f = storage.open(p, false).map_err(|e| io_err(p, e))?;
+        let len = f.len().map_err(|e| io_err(p, e))?;
+        let mut b = Vec::new();
+        b.try_reserve_exact(len as usize)
+            .map_err(|_| corruption(p, 0, format!("{len} bytes cannot be held in memory")))?;
+        b.resize(len as usize, 0);
+        let n = f.read_at(0, &mut b).map_err(|e| io_err(p, e))?;
+        b.truncate(n);
+        Ok(b)
+    };
+    let m = match read_all(&path).and_then(|b| Manifest::decode(&path, &b)) {
+        Ok(m) => m,
+        Err(e) => return (Vec::new(), None, Some(e)),
+    };
+    if tree_id.is_some_and(|id| id != m.tree_id) {
+        let e = corruption(&path, 64, "manifest of another tree");
+        return (Vec::new(), None, Some(e));
+    }
+    let Some(meta) = m.levels.first().cloned() else {
+        return (Vec::new(), Some(m), None);
+    };
+    let mut leaves: Vec<Hash> = Vec::new();
+    let stop = (|| -> Result<()> {
+        let sealed = sealed_chunks(meta.nodes) as usize;
+        let (sp, up, tp) = (shard_path(dir, 0), sums_path(dir, 0), tail_path(dir, 0));
+        let sums_bytes = read_all(&up)?;
+        check_header(
+            &*storage.open(&up, false).map_err(|e| io_err(&up, e))?,
+            &up,
+            SUMS_MAGIC,
+            0,
+        )?;
+        let need = SUMS_HEADER as usize + 4 * sealed;
+        if sums_bytes.len() < need {
+            return Err(corruption(
+                &up,
+                sums_bytes.len() as u64,
+                "short checksum file",
+            ));
+        }
+        let sums: Vec<u32> = sums_bytes[SUMS_HEADER as usize..need]
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        if sums_crc(&sums) != meta.sums_crc {
+            return Err(corruption(
+                &up,
+                SUMS_HEADER,
+                "chunk checksums do not match the manifest",
+            ));
+        }
+        let shard = storage.open(&sp, false).map_err(|e| io_err(&sp, e))?;
+        check_header(&*shard, &sp, SHARD_MAGIC, 0)?;
+        let mut buf = vec![0u8; CHUNK_BYTES as usize];
+        for (k, sum) in sums.iter().enumerate() {
+            let off = SHARD_HEADER + k as u64 * CHUNK_BYTES;
+            let n = shard.read_at(off, &mut buf).map_err(|e| io_err(&sp, e))?;
+            if n < buf.len() || crc32c::crc32c(&buf) != *sum {
+                return Err(corruption(&sp, off, format!("chunk {k} checksum mismatch")));
+            }
+            leaves.extend_from_slice(buf.as_chunks::<32>().0);
+        }
+        let tail = storage.open(&tp, false).map_err(|e| io_err(&tp, e))?;
+        check_header(&*tail, &tp, TAIL_MAGIC, 0)?;
+        let toff = SHARD_HEADER + u64::from(meta.tail_slot.min(1)) * CHUNK_BYTES;
+        let n = tail.read_at(toff, &mut buf).map_err(|e| io_err(&tp, e))?;
+        if n < buf.len() || crc32c::crc32c(&buf) != meta.tail_crc {
+            return Err(corruption(&tp, toff, "tail chunk checksum mismatch"));
+        }
+        let rest = (meta.nodes - sealed as u64 * CHUNK_LEN as u64) as usize;
+        leaves.extend_from_slice(&buf.as_chunks::<32>().0[..rest]);
+        Ok(())
+    })()
+    .err();
+    (leaves, Some(m), stop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

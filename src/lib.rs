@@ -65,6 +65,7 @@ mod identity;
 pub mod io;
 mod metrics;
 mod proof;
+mod salvage;
 mod tree;
 pub mod wal;
 
@@ -74,5 +75,6 @@ pub use hash::{Blake3, Hash, Hasher};
 pub use io::IoBackend;
 pub use metrics::{LatencySummary, Metrics};
 pub use proof::{ConsistencyProof, Proof};
+pub use salvage::Salvaged;
 pub use tree::{LeanImt, Snapshot};
 pub use wal::{Durable, FlushPolicy, Log, LogConfig};

@@ -683,3 +683,72 @@ fn a_flip_in_the_last_group_is_damage_not_a_torn_tail() {
         "{e}"
     );
 }
+
+/// Salvage (never the default): the longest intact prefix of a damaged
+/// tree goes into a new one, and the report says which leaves are lost.
+#[test]
+fn salvage_keeps_the_longest_intact_prefix_and_names_the_loss() {
+    // A damaged leaf chunk of the checkpoint: leaves 5120.. are lost.
+    let sim = SimStorage::new(50);
+    let t = T4::open_blocking(sim_config(&sim, "/d").checkpoint(CheckpointPolicy::Manual)).unwrap();
+    let all = leaves(0..20_000);
+    block(async {
+        for c in all[..10_000].chunks(200) {
+            t.insert_many(c).await.unwrap();
+        }
+        t.checkpoint().await.unwrap();
+        for c in all[10_000..].chunks(200) {
+            t.insert_many(c).await.unwrap();
+        }
+        t.close().await.unwrap();
+    });
+    sim.corrupt(
+        Path::new("/d/shards/level-00.shard"),
+        4096 + 40 * 4096 + 77,
+        0x08,
+    )
+    .unwrap();
+    let from = sim_config(&sim.restart(), "/d");
+    let (s, report) = T4::salvage(&from, sim_config(&sim.restart(), "/s")).unwrap();
+    assert_eq!((report.kept, report.lost()), (5120, 5120..10_000));
+    let e = report.stopped_by.unwrap();
+    assert!(
+        matches!(&e, Error::Corruption { file, offset, .. }
+            if file.ends_with("level-00.shard") && *offset == 4096 + 40 * 4096),
+        "{e}"
+    );
+    assert_eq!(s.root(), naive_root(4, &all[..5120]));
+    // The new tree is a tree: it goes on, checkpoints, reopens.
+    block(async {
+        s.insert_durable(leaf(7)).await.unwrap();
+        s.checkpoint().await.unwrap();
+        s.close().await.unwrap();
+    });
+    let mut want = all[..5120].to_vec();
+    want.push(leaf(7));
+    let s = T4::open_blocking(sim_config(&sim.restart(), "/s")).unwrap();
+    assert_eq!(s.root(), naive_root(4, &want));
+    // A target that holds a tree is refused.
+    assert!(matches!(
+        T4::salvage(&from, sim_config(&sim.restart(), "/s")),
+        Err(Error::Config(_)) | Err(Error::Locked(_))
+    ));
+    drop(s);
+
+    // Damage in the middle of a log that never checkpointed: the records
+    // before it are kept; open refuses the tree.
+    let sim = SimStorage::new(51);
+    let all = several_segments(&sim, "/m", None);
+    let seg = wal_segments(&sim, "/m")[1].clone();
+    sim.corrupt(&seg, 4096 + 1000, 0x40).unwrap();
+    assert!(T4::open_blocking(sim_config(&sim.restart(), "/m")).is_err());
+    let from = sim_config(&sim.restart(), "/m");
+    let (s, report) = T4::salvage(&from, sim_config(&sim.restart(), "/n")).unwrap();
+    assert!(report.kept > 1000 && report.kept < 2000, "{report:?}");
+    assert_eq!(report.known, report.kept);
+    assert_eq!(
+        report.stopped_by.as_ref().and_then(|e| e.file()),
+        Some(seg.as_path())
+    );
+    assert_eq!(s.root(), naive_root(4, &all[..report.kept as usize]));
+}

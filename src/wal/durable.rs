@@ -403,24 +403,32 @@ impl Durable {
     /// Runs no executor: it can be called from inside one (a `block_on`,
     /// a `Drop` during one) without nesting executors.
     pub fn wait(&self) -> Result<(), Error> {
-        struct Unpark(std::thread::Thread);
-        impl std::task::Wake for Unpark {
-            fn wake(self: Arc<Self>) {
-                self.0.unpark();
-            }
-            fn wake_by_ref(self: &Arc<Self>) {
-                self.0.unpark();
-            }
+        park_on(self.clone())
+    }
+}
+
+/// Runs `f` to completion on this thread, parking it between polls: no
+/// executor, so it can run inside one (a `block_on`, a `Drop` during one)
+/// without nesting executors.
+pub(crate) fn park_on<F: Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
         }
-        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-        let mut cx = Context::from_waker(&waker);
-        loop {
-            if let Poll::Ready(r) = self.mark.poll_lsn(self.start, self.lsn, &mut cx) {
-                return r;
-            }
-            // A wake-up before this park leaves the token set: no loss.
-            std::thread::park();
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
         }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let Poll::Ready(r) = f.as_mut().poll(&mut cx) {
+            return r;
+        }
+        // A wake-up before this park leaves the token set: no loss.
+        std::thread::park();
     }
 }
 

@@ -28,8 +28,9 @@ use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 pub use durable::Durable;
-pub(crate) use durable::{Cause, Failure, Watermark};
+pub(crate) use durable::{Cause, Failure, Watermark, park_on};
 use format::{FRAME_HEADER, Kind, MAX_PAYLOAD, frame_crc, frame_len, header_word};
+pub(crate) use recovery::salvage_records;
 use ring::Ring;
 
 use crate::error::{Error, Result};

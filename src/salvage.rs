@@ -1,0 +1,123 @@
+//! Salvage: the longest prefix of a damaged tree's leaves that its files
+//! still hold intact, copied into a new tree, and a report of what was
+//! lost. Never the default: `Tree::open` refuses damage it cannot repair;
+//! this is what a user asks for when they have no other copy.
+//!
+//! Reads the damaged directory only (no lock, no write): the identity if it
+//! decodes, the checkpoint's leaves chunk by chunk up to the first that
+//! fails its checksum, then the log's records from the checkpoint's
+//! position up to the first invalid frame or missing segment.
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::hash::{Hash, Hasher};
+use crate::io::Storage;
+
+/// What [`Tree::salvage`](crate::Tree::salvage) recovered.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Salvaged {
+    /// Leaves copied into the new tree: the damaged tree's leaves
+    /// `0..kept`, each as the damaged tree held it.
+    pub kept: u64,
+    /// How many leaves the damaged tree is known to have held (its
+    /// checkpoint's size, or more where its log was read past that), so
+    /// leaves `kept..known` are lost. More may have existed past `known`
+    /// when `stopped_by` is set.
+    pub known: u64,
+    /// The first damage met (an error naming the file and offset), if any.
+    pub stopped_by: Option<Error>,
+}
+
+impl Salvaged {
+    /// The leaves known lost: `kept..known`.
+    pub fn lost(&self) -> std::ops::Range<u64> {
+        self.kept..self.known
+    }
+}
+
+/// The leaves of the tree in `dir` that its files still hold intact, in
+/// order from leaf 0, and the report.
+pub(crate) fn salvage_leaves<H: Hasher>(
+    storage: &dyn Storage,
+    dir: &std::path::Path,
+    arity: usize,
+    max_depth: usize,
+    hasher: &H,
+) -> (Vec<Hash>, Salvaged) {
+    let id_path = dir.join(crate::identity::IDENTITY);
+    let want = crate::identity::Identity::new(arity, max_depth, hasher.id());
+    let identity = want.and_then(|w| {
+        let f = storage.open(&id_path, false).map_err(|e| Error::Io {
+            path: id_path.clone(),
+            source: e,
+        })?;
+        let mut b = vec![0u8; 4096];
+        let n = f.read_at(0, &mut b).map_err(|e| Error::Io {
+            path: id_path.clone(),
+            source: e,
+        })?;
+        let id = crate::identity::Identity::decode(&id_path, &b[..n])?;
+        id.check(&w, &id_path)?;
+        Ok(id)
+    });
+    // A mismatch is the caller's mistake, not damage: nothing to salvage.
+    if let Err(e @ Error::ConfigMismatch { .. }) = identity {
+        return (
+            Vec::new(),
+            Salvaged {
+                kept: 0,
+                known: 0,
+                stopped_by: Some(e),
+            },
+        );
+    }
+    let tree_id = identity.as_ref().ok().map(|i| i.tree_id);
+    let (mut leaves, manifest, mut stopped) =
+        crate::checkpoint::salvage_leaves(storage, dir, tree_id);
+    let mut known = manifest.as_ref().map_or(0, |m| m.leaves);
+    if stopped.is_none() {
+        let start = manifest.as_ref().map_or(0, |m| m.wal_position);
+        let tree_id = tree_id.or(manifest.as_ref().map(|m| m.tree_id));
+        stopped = crate::wal::salvage_records(
+            storage,
+            &dir.join("wal"),
+            start,
+            tree_id,
+            &mut |rec: &[u8]| {
+                if rec.len() < 40 || !(rec.len() - 8).is_multiple_of(32) {
+                    return false;
+                }
+                let first = u64::from_le_bytes(rec[..8].try_into().expect("8 bytes"));
+                if first != leaves.len() as u64 {
+                    return false;
+                }
+                leaves.extend_from_slice(rec[8..].as_chunks::<32>().0);
+                true
+            },
+        );
+        known = known.max(leaves.len() as u64);
+    }
+    let kept = leaves.len() as u64;
+    (
+        leaves,
+        Salvaged {
+            kept,
+            known,
+            stopped_by: stopped,
+        },
+    )
+}
+
+/// Where a salvage writes: a directory that holds no tree yet.
+pub(crate) fn check_target(storage: &dyn Storage, dir: &std::path::Path) -> Result<()> {
+    let id: PathBuf = dir.join(crate::identity::IDENTITY);
+    if storage.exists(&id) {
+        return Err(Error::Config(format!(
+            "salvage target {} already holds a tree",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
