@@ -203,3 +203,133 @@ fn kill_child_and_recover() {
         "checkpoints ran under the policy"
     );
 }
+
+/// The crash-loop child: opens with the default `Config`, prints `open`,
+/// then inserts batches of 10,000 leaves at full speed, printing
+/// `first count` once each is durable, until killed.
+#[test]
+#[ignore = "run by a_crash_loop_keeps_recovery_bounded in a child process"]
+fn crash_loop_child() {
+    let dir = std::env::var("RINGTREE_KILL_DIR").expect("child needs RINGTREE_KILL_DIR");
+    let round: u32 = std::env::var("RINGTREE_KILL_ROUND")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tree = T4::open(Config::new(&dir).io(backend())).await.unwrap();
+        println!("open");
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<ringtree::Inserted>(64);
+        let acks = tokio::spawn(async move {
+            while let Some(ins) = rx.recv().await {
+                ins.durable.await.unwrap();
+                println!("{} 10000", ins.index);
+            }
+        });
+        for seq in (0u32..).step_by(10_000) {
+            let batch: Vec<Hash> = (seq..seq + 10_000).map(|s| leaf(round, 0, s)).collect();
+            let ins = tree.insert_many(&batch).await.unwrap();
+            if tx.send(ins).await.is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        acks.await.unwrap();
+    });
+}
+
+/// A process killed 5-400 ms after each open, inserting at full speed with
+/// the default `Config`: every acknowledged batch survives, the tree is
+/// always a prefix of the inserts, and the log replayed at open stays
+/// bounded (a checkpoint interrupted by a kill resumes where its synced
+/// chunks end; an open that replayed past the policy's threshold starts
+/// one at once). Prints each round's reopen time.
+///
+/// `RINGTREE_LOOP_ROUNDS` sets the rounds (default 4; 100 for the
+/// campaign), `RINGTREE_KILL_IO=uring|threaded` the backend.
+#[test]
+fn a_crash_loop_keeps_recovery_bounded() {
+    let rounds: u32 = std::env::var("RINGTREE_LOOP_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tree");
+    let dir_s = dir.to_str().unwrap().to_owned();
+    let exe = std::env::current_exe().unwrap();
+    let mut rng = Rng(0x100b);
+    let mut last_size = 0u64;
+    let mut reopen = Vec::new();
+    for round in 0..rounds {
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "crash_loop_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("RINGTREE_KILL_DIR", &dir_s)
+            .env("RINGTREE_KILL_ROUND", round.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        // The test harness prints its own lines first.
+        let opened = std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(120)).ok())
+            .any(|l| l.ends_with("open"));
+        assert!(opened, "round {round}: no open");
+        std::thread::sleep(Duration::from_millis(5 + rng.below(396)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reader.join().unwrap();
+        let acked: Vec<u64> = rx
+            .try_iter()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect();
+
+        let t0 = Instant::now();
+        let tree = T4::open_blocking(Config::new(&dir_s).io(backend())).unwrap();
+        let took = t0.elapsed();
+        let snap = tree.snapshot();
+        let size = snap.size();
+        reopen.push((took, size));
+        assert!(size >= last_size, "round {round}: the tree shrank");
+        for &i in &acked {
+            assert!(i + 10_000 <= size, "round {round}: batch at {i} lost");
+            assert_eq!(snap.leaf(i).unwrap(), leaf(round, 0, (i - last_size) as u32));
+        }
+        // This round's leaves follow the last round's, in order, no gap.
+        for i in (last_size..size).step_by(997) {
+            assert_eq!(
+                snap.leaf(i).unwrap(),
+                leaf(round, 0, (i - last_size) as u32),
+                "round {round}: leaf {i}"
+            );
+        }
+        let proof = snap.proof(size.saturating_sub(1)).unwrap();
+        proof.verify_at(&Blake3, &snap.root().unwrap(), size).unwrap();
+        last_size = size;
+        drop(snap);
+        futures::executor::block_on(tree.close()).unwrap();
+    }
+    for (round, (took, size)) in reopen.iter().enumerate() {
+        eprintln!(
+            "round {round}: reopen {:.1} ms, {size} leaves",
+            took.as_secs_f64() * 1e3
+        );
+    }
+    assert!(last_size > 0);
+}
