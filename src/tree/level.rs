@@ -165,7 +165,7 @@ impl MappedShard {
         self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
         Err(Error::Corruption {
             file: self.path.clone(),
-            offset: self.offset(k) as u64,
+            offset: self.offset(k),
             reason: format!("chunk {k} checksum mismatch"),
         })
     }
