@@ -309,7 +309,10 @@ fn a_crash_loop_keeps_recovery_bounded() {
         assert!(size >= last_size, "round {round}: the tree shrank");
         for &i in &acked {
             assert!(i + 10_000 <= size, "round {round}: batch at {i} lost");
-            assert_eq!(snap.leaf(i).unwrap(), leaf(round, 0, (i - last_size) as u32));
+            assert_eq!(
+                snap.leaf(i).unwrap(),
+                leaf(round, 0, (i - last_size) as u32)
+            );
         }
         // This round's leaves follow the last round's, in order, no gap.
         for i in (last_size..size).step_by(997) {
@@ -320,7 +323,9 @@ fn a_crash_loop_keeps_recovery_bounded() {
             );
         }
         let proof = snap.proof(size.saturating_sub(1)).unwrap();
-        proof.verify_at(&Blake3, &snap.root().unwrap(), size).unwrap();
+        proof
+            .verify_at(&Blake3, &snap.root().unwrap(), size)
+            .unwrap();
         last_size = size;
         drop(snap);
         futures::executor::block_on(tree.close()).unwrap();
