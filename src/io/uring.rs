@@ -141,7 +141,7 @@ fn run_on(ring: &mut IoUring, entries: &[squeue::Entry], results: &mut [i32]) ->
     }
     let mut done = 0;
     let mut failure: Option<io::Error> = None;
-    let started = std::time::Instant::now();
+    let mut started = std::time::Instant::now();
     while done < entries.len() {
         match ring.submit_and_wait(entries.len() - done) {
             Ok(_) => {}
@@ -161,14 +161,13 @@ fn run_on(ring: &mut IoUring, entries: &[squeue::Entry], results: &mut [i32]) ->
                 if taken <= done {
                     break;
                 }
+                // The kernel holds writes that read this process's memory:
+                // returning would let it read memory reused for something
+                // else, so this waits for them, however long (the library
+                // never aborts the process), saying so now and then.
                 if started.elapsed() > std::time::Duration::from_secs(10) {
-                    // The kernel holds writes from this process's memory
-                    // and reports nothing of them: returning would let it
-                    // read memory reused for something else.
-                    eprintln!(
-                        "ringtree: io_uring stopped reporting on writes in flight ({failure:?}); aborting"
-                    );
-                    std::process::abort();
+                    tracing::error!(error = ?failure, "io_uring stopped reporting on writes in flight; still waiting for them");
+                    started = std::time::Instant::now();
                 }
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
