@@ -310,6 +310,8 @@ struct Inner<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     background_failure: Mutex<Option<Error>>,
     /// Background checkpoints that failed since open.
     checkpoint_failures: AtomicU64,
+    /// Log bytes the open replayed.
+    replayed_at_open: u64,
     /// No background checkpoint is started before this instant (after a
     /// failure: one second, doubling with each failure in a row, up to a
     /// minute).
@@ -595,6 +597,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         }
         tracing::info!(leaves = tree.size(), "tree recovered");
         let wal = Arc::new(log);
+        let replayed_at_open = wal.end().saturating_sub(start);
         // The log below the checkpoint is its only other copy of the leaves
         // until the checkpoint's chunks are verified: retired only then.
         let verifying = Verifying::new(!unverified.is_empty());
@@ -617,6 +620,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                 close_failed: Mutex::new(None),
                 background_failure: Mutex::new(None),
                 checkpoint_failures: AtomicU64::new(0),
+                replayed_at_open,
                 retry_after: Mutex::new(None),
                 storage: storage_for_inner,
                 checkpointer: Mutex::new(checkpointer),
@@ -1090,6 +1094,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             wal_segments_reused: reused,
             wal_segments_zeroed: zeroed,
             checkpoint_failures: self.inner.checkpoint_failures.load(Ordering::Relaxed),
+            replayed_at_open: self.inner.replayed_at_open,
             chunks_verified: self.inner.chunk_stats.verified.load(Ordering::Relaxed),
             chunks_corrupt: self.inner.chunk_stats.corrupt.load(Ordering::Relaxed),
             chunks_repaired: self.inner.chunk_stats.repaired.load(Ordering::Relaxed),

@@ -200,6 +200,8 @@ pub struct Metrics {
     pub wal_segments_zeroed: u64,
     /// Background checkpoints that failed since open.
     pub checkpoint_failures: u64,
+    /// Bytes of log the open replayed on top of the checkpoint it loaded.
+    pub replayed_at_open: u64,
     /// Checkpointed chunks whose checksum was checked since open, on first
     /// use or by the background check.
     pub chunks_verified: u64,

@@ -305,7 +305,14 @@ fn a_crash_loop_keeps_recovery_bounded() {
         let took = t0.elapsed();
         let snap = tree.snapshot();
         let size = snap.size();
-        reopen.push((took, size));
+        let replayed = tree.metrics().replayed_at_open;
+        reopen.push((took, size, replayed));
+        // Bounded: the policy's 256 MiB, plus what one round (at most 400
+        // ms of inserts) adds while a checkpoint catches up.
+        assert!(
+            replayed < 768 << 20,
+            "round {round}: the open replayed {replayed} bytes of log"
+        );
         assert!(size >= last_size, "round {round}: the tree shrank");
         for &i in &acked {
             assert!(i + 10_000 <= size, "round {round}: batch at {i} lost");
@@ -330,10 +337,11 @@ fn a_crash_loop_keeps_recovery_bounded() {
         drop(snap);
         futures::executor::block_on(tree.close()).unwrap();
     }
-    for (round, (took, size)) in reopen.iter().enumerate() {
+    for (round, (took, size, replayed)) in reopen.iter().enumerate() {
         eprintln!(
-            "round {round}: reopen {:.1} ms, {size} leaves",
-            took.as_secs_f64() * 1e3
+            "round {round}: reopen {:.1} ms, {size} leaves, {:.0} MiB of log replayed",
+            took.as_secs_f64() * 1e3,
+            *replayed as f64 / (1 << 20) as f64
         );
     }
     assert!(last_size > 0);
