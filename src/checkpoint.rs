@@ -339,8 +339,10 @@ impl Checkpointer {
     /// past the longest run of them whose checksums an earlier attempt
     /// left in the sums file and that match the chunks in `snap` (their
     /// checksums are pushed to `sums`).
+    #[allow(clippy::too_many_arguments)]
     fn resume(
         &self,
+        shard: &dyn StorageFile,
         sumf: &dyn StorageFile,
         snap: &Snapshot,
         d: usize,
@@ -353,7 +355,16 @@ impl Checkpointer {
         }
         let path = sums_path(&self.dir, d);
         let len = sumf.len().map_err(|e| io_err(&path, e))?;
-        let have = (len.saturating_sub(SUMS_HEADER) / 4).min(sealed as u64) as usize;
+        // Only chunks the shard file reaches (its name, or its length, may
+        // have been lost where the sums file's were not).
+        let in_shard = shard
+            .len()
+            .map_err(|e| io_err(&shard_path(&self.dir, d), e))?
+            .saturating_sub(SHARD_HEADER)
+            / CHUNK_BYTES;
+        let have = (len.saturating_sub(SUMS_HEADER) / 4)
+            .min(sealed as u64)
+            .min(in_shard) as usize;
         if have <= first {
             return Ok(first);
         }
@@ -525,7 +536,7 @@ impl Checkpointer {
             // go to the sums file only after the run's sync passed, so an
             // entry there that matches the chunk in memory names a chunk
             // already durable. Those are not written again.
-            let mut c = self.resume(&*sumf, snap, d, first, sealed, level_sums)?;
+            let mut c = self.resume(&*shard, &*sumf, snap, d, first, sealed, level_sums)?;
             while c < sealed {
                 let end = (c + RUN).min(sealed);
                 let mut buf = vec![0u8; (end - c) * CHUNK_BYTES as usize];
@@ -904,11 +915,17 @@ pub(crate) fn load(
 pub(crate) fn salvage_leaves(
     storage: &dyn Storage,
     dir: &Path,
+    arity: usize,
     tree_id: Option<[u8; 16]>,
 ) -> (Vec<Hash>, Option<Manifest>, Option<Error>) {
     let path = dir.join(MANIFEST);
     if !storage.exists(&path) {
-        return (Vec::new(), None, None);
+        let shards = dir.join(SHARDS);
+        let stop = storage
+            .list(&shards)
+            .is_ok_and(|l| !l.is_empty())
+            .then(|| corruption(&path, 0, "manifest missing while shard files exist"));
+        return (Vec::new(), None, stop);
     }
     let read_all = |p: &Path| -> Result<Vec<u8>> {
         let f = storage.open(p, false).map_err(|e| io_err(p, e))?;
@@ -927,6 +944,15 @@ pub(crate) fn salvage_leaves(
     };
     if tree_id.is_some_and(|id| id != m.tree_id) {
         let e = corruption(&path, 64, "manifest of another tree");
+        return (Vec::new(), None, Some(e));
+    }
+    if m.arity as usize != arity {
+        let e = Error::ConfigMismatch {
+            field: "arity",
+            on_disk: m.arity.to_string(),
+            given: arity.to_string(),
+            file: path.clone(),
+        };
         return (Vec::new(), None, Some(e));
     }
     let Some(meta) = m.levels.first().cloned() else {

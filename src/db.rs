@@ -312,10 +312,13 @@ struct Inner<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     checkpoint_failures: AtomicU64,
     /// Log bytes the open replayed.
     replayed_at_open: u64,
-    /// No background checkpoint is started before this instant (after a
-    /// failure: one second, doubling with each failure in a row, up to a
-    /// minute).
-    retry_after: Mutex<Option<(std::time::Instant, u32)>>,
+    /// Background checkpoints that failed in a row.
+    failures_in_a_row: Mutex<u32>,
+    /// No background checkpoint is started before this time (nanoseconds
+    /// since `epoch`; 0: no wait): after a failure, one second, doubling
+    /// with each failure in a row, up to a minute.
+    retry_at: AtomicU64,
+    epoch: std::time::Instant,
     storage: Arc<dyn Storage>,
     checkpointer: Mutex<Checkpointer>,
     policy: CheckpointPolicy,
@@ -535,7 +538,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                 Some(l) => {
                     let tree = LeanImt::<H, N, MAX_DEPTH>::from_levels(hasher, l.levels)?;
                     if config.verify_on_open {
-                        check_shards(&tree.snapshot(), &l.mapped)?;
+                        check_shards(&tree.snapshot(), &l.mapped, &|| false)?;
                         verify_levels(&tree, &dir)?;
                     } else {
                         unverified = l.mapped;
@@ -621,7 +624,9 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                 background_failure: Mutex::new(None),
                 checkpoint_failures: AtomicU64::new(0),
                 replayed_at_open,
-                retry_after: Mutex::new(None),
+                failures_in_a_row: Mutex::new(0),
+                retry_at: AtomicU64::new(0),
+                epoch: std::time::Instant::now(),
                 storage: storage_for_inner,
                 checkpointer: Mutex::new(checkpointer),
                 policy: config.checkpoint,
@@ -661,7 +666,14 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                     else {
                         return;
                     };
-                    if let Err(e) = check_shards(&snap, &unverified) {
+                    // Stops early once the tree is closed or gone: no thread
+                    // reads its files after it let them go.
+                    let stop = || {
+                        inner
+                            .upgrade()
+                            .is_none_or(|i| i.closed.load(Ordering::Acquire))
+                    };
+                    if let Err(e) = check_shards(&snap, &unverified, &stop) {
                         tracing::error!(error = %e, "checkpoint damaged; refusing further inserts");
                         if let Some(inner) = inner.upgrade() {
                             inner.wal.poison(Cause::of(&e));
@@ -916,16 +928,15 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             }
             CheckpointPolicy::Manual | CheckpointPolicy::OnClose => false,
         };
-        if !due || inner.checkpointing.swap(true, Ordering::AcqRel) {
+        if !due {
             return;
         }
-        let backing_off = inner
-            .retry_after
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|(at, _)| std::time::Instant::now() < at);
-        if backing_off {
-            inner.checkpointing.store(false, Ordering::Release);
+        // After a failure: not before the backoff's end.
+        let retry_at = inner.retry_at.load(Ordering::Relaxed);
+        if retry_at != 0 && (inner.epoch.elapsed().as_nanos() as u64) < retry_at {
+            return;
+        }
+        if inner.checkpointing.swap(true, Ordering::AcqRel) {
             return;
         }
         let bg = inner.clone();
@@ -956,11 +967,11 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     /// # }).unwrap();
     /// ```
     ///
-    /// A background checkpoint that failed since the last report is
-    /// returned here (once) instead.
+    /// Its outcome supersedes a background checkpoint's failure not yet
+    /// reported (still counted in [`Metrics::checkpoint_failures`](crate::Metrics)).
     pub async fn checkpoint(&self) -> Result<()> {
         self.check_open()?;
-        self.inner.take_background_failure()?;
+        let _ = self.inner.take_background_failure();
         let inner = self.inner.clone();
         let dir = self.inner.dir.clone();
         off_thread("ringtree-checkpoint", &dir, move || inner.checkpoint()).await
@@ -986,7 +997,8 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     /// ```
     ///
     /// A background checkpoint that failed since the last report is
-    /// returned (once) after the flush.
+    /// returned once, after the flush succeeded, as
+    /// [`Error::CheckpointFailed`]: the inserts are durable all the same.
     pub async fn flush(&self) -> Result<()> {
         self.check_open()?;
         self.inner.wal.flush().await?;
@@ -1184,17 +1196,24 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
     /// each failure in a row, up to a minute), so a full disk is not
     /// rewritten on every insert.
     fn background_done(&self, r: Result<()>) {
-        let mut retry = self.retry_after.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failures = self
+            .failures_in_a_row
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         match r {
-            Ok(()) => *retry = None,
+            Ok(()) => {
+                *failures = 0;
+                self.retry_at.store(0, Ordering::Relaxed);
+            }
             // A closed tree has nothing to report.
             Err(Error::Closed) => {}
             Err(e) => {
                 tracing::error!(error = %e, "background checkpoint failed");
-                let failures = retry.map_or(0, |(_, n)| n) + 1;
-                let wait = std::time::Duration::from_secs(1 << (failures - 1).min(6))
+                *failures += 1;
+                let wait = std::time::Duration::from_secs(1 << (*failures - 1).min(6))
                     .min(std::time::Duration::from_secs(60));
-                *retry = Some((std::time::Instant::now() + wait, failures));
+                let at = (self.epoch.elapsed() + wait).as_nanos() as u64;
+                self.retry_at.store(at.max(1), Ordering::Relaxed);
                 self.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
                 *self
                     .background_failure
@@ -1267,9 +1286,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         if !maps.is_empty() {
             let mut t = self.tree.lock().unwrap_or_else(|e| e.into_inner());
             for (d, shard) in &maps {
-                if let Err(e) = t.remap_level(*d, shard) {
-                    tracing::warn!(level = d, error = %e, "a shard just written reads back damaged; the level stays in memory");
-                }
+                t.remap_level(*d, shard);
             }
         }
         drop(snap);
@@ -1325,11 +1342,18 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
                 let cp = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner());
                 let closed = l.close();
                 drop(cp);
-                let background = self.take_background_failure();
-                let r = checkpointed.and(closed).and(background);
+                // A background checkpoint records how it ended just after it
+                // lets the checkpointer go (one that had not started finds
+                // the tree closed): its failure is reported here.
+                while self.checkpointing.load(Ordering::Acquire) {
+                    std::thread::yield_now();
+                }
+                // Later closes report a failure of the log itself (the
+                // checkpoint's was reported by this one).
                 *self.close_failed.lock().unwrap_or_else(|e| e.into_inner()) =
-                    r.as_ref().err().map(Cause::of);
-                r
+                    closed.as_ref().err().map(Cause::of);
+                let background = self.take_background_failure();
+                checkpointed.and(closed).and(background)
             }
             None => match &*self.close_failed.lock().unwrap_or_else(|e| e.into_inner()) {
                 None => Ok(()),
@@ -1345,8 +1369,8 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         r
     }
 
-    /// The failure of the last background checkpoint, once: the next
-    /// `checkpoint`, `flush` or `close` returns it.
+    /// The failure of the last background checkpoint, once, as
+    /// `CheckpointFailed`: the next `flush` or `close` returns it.
     fn take_background_failure(&self) -> Result<()> {
         match self
             .background_failure
@@ -1354,7 +1378,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
             .unwrap_or_else(|e| e.into_inner())
             .take()
         {
-            Some(e) => Err(e),
+            Some(e) => Err(Error::CheckpointFailed(Box::new(e))),
             None => Ok(()),
         }
     }
@@ -1374,18 +1398,32 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Drop for Inner<H, N, MAX
         if log.is_none() && lock.is_none() {
             return;
         }
+        let (tx, rx) = std::sync::mpsc::channel::<(Option<Arc<Log>>, Option<LockGuard>)>();
         let spawned = std::thread::Builder::new()
             .name("ringtree-drop".into())
             .spawn(move || {
+                let Ok((log, lock)) = rx.recv() else {
+                    return;
+                };
                 if let Some(l) = log
                     && let Err(e) = l.close()
                 {
                     tracing::warn!(error = %e, "flush on drop failed");
                 }
+                // Only now: nothing of this tree's log can write again.
                 drop(lock);
             });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "could not spawn the close thread; the log is closed without a final flush");
+        match spawned {
+            Ok(_) => {
+                let _ = tx.send((log, lock));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not spawn the close thread; closing the log here");
+                if let Some(l) = log {
+                    let _ = l.close();
+                }
+                drop(lock);
+            }
         }
     }
 }
@@ -1455,9 +1493,13 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> std::fmt::Debug for Tree
 /// not yet checked; a chunk of an internal level that fails is recomputed
 /// from its children where they give its checksum. The first chunk that
 /// stays damaged is the error.
-fn check_shards(snap: &Snapshot, shards: &[Arc<MappedShard>]) -> Result<()> {
+fn check_shards(
+    snap: &Snapshot,
+    shards: &[Arc<MappedShard>],
+    stop: &dyn Fn() -> bool,
+) -> Result<()> {
     for (d, shard) in shards.iter().enumerate() {
-        let (failed, first) = shard.check_all();
+        let (failed, first) = shard.check_all(stop);
         for c in failed {
             snap.checked(d, (c * crate::tree::CHUNK_LEN) as u64)?;
         }

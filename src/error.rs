@@ -115,6 +115,14 @@ pub enum Error {
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A checkpoint the tree started by itself (its `CheckpointPolicy`)
+    /// failed; reported once, by the next `flush` or `close`. Nothing was
+    /// lost: the call's own work succeeded (a flush's inserts are durable),
+    /// and the log keeps every insert the checkpoint would have covered.
+    /// The next background attempt waits (one second, doubling with each
+    /// failure in a row, up to a minute).
+    #[error("a background checkpoint failed (nothing was lost; the log keeps every insert): {0}")]
+    CheckpointFailed(Box<Error>),
     /// The tree on disk was made with another arity, depth bound, hasher or
     /// format than the one opening it (or a file belongs to another tree).
     #[error("{file} records {field} = {on_disk}, but this tree is opened with {given}", file = file.display())]

@@ -286,6 +286,10 @@ pub(crate) fn establish(storage: &dyn Storage, dir: &Path, want: Identity) -> Re
 pub(crate) fn record(storage: &dyn Storage, dir: &Path, identity: &Identity) -> Result<()> {
     let path = dir.join(IDENTITY);
     let tmp = dir.join(format!("{IDENTITY}.tmp"));
+    // One an interrupted creation left may be longer than this record.
+    if storage.exists(&tmp) {
+        storage.remove(&tmp).map_err(|e| io_err(&tmp, e))?;
+    }
     let f = storage.open(&tmp, true).map_err(|e| io_err(&tmp, e))?;
     f.write_at(0, &[&identity.encode()])
         .map_err(|e| io_err(&tmp, e))?;

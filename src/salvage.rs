@@ -75,7 +75,7 @@ pub(crate) fn salvage_leaves<H: Hasher>(
     }
     let tree_id = identity.as_ref().ok().map(|i| i.tree_id);
     let (mut leaves, manifest, mut stopped) =
-        crate::checkpoint::salvage_leaves(storage, dir, tree_id);
+        crate::checkpoint::salvage_leaves(storage, dir, arity, tree_id);
     let mut known = manifest.as_ref().map_or(0, |m| m.leaves);
     if stopped.is_none() {
         let start = manifest.as_ref().map_or(0, |m| m.wal_position);

@@ -170,12 +170,15 @@ impl MappedShard {
         })
     }
 
-    /// Checks every chunk not yet checked nor repaired; returns the ones
-    /// that failed, with the first failure.
-    pub(crate) fn check_all(&self) -> (Vec<usize>, Option<Error>) {
+    /// Checks every chunk not yet checked nor repaired, unless `stop`
+    /// says to stop (asked every 256 chunks); returns the ones that failed.
+    pub(crate) fn check_all(&self, stop: &dyn Fn() -> bool) -> (Vec<usize>, Option<Error>) {
         let mut failed = Vec::new();
         let mut first = None;
         for k in 0..self.sums.len() {
+            if k % 256 == 0 && stop() {
+                break;
+            }
             if self.passed(k) || self.repaired(k).is_some() {
                 continue;
             }
@@ -307,8 +310,12 @@ impl ChunkDir {
         if let Some(c) = shard.repaired(i) {
             return Ok(Checked::Repaired(c));
         }
-        shard.check(i)?;
-        Ok(Checked::Here(self.get(i)))
+        match shard.check(i) {
+            Ok(()) => Ok(Checked::Here(self.get(i))),
+            // Repaired meanwhile by another reader (and perhaps being
+            // written back, which tore what this one read).
+            Err(e) => shard.repaired(i).map(Checked::Repaired).ok_or(e),
+        }
     }
 
     /// The tagged entry `i`, which the caller knows was set.
@@ -331,9 +338,12 @@ impl ChunkDir {
         // SAFETY: the entry is set (checked by `raw`). An owned entry came
         // from `Arc::into_raw` and the directory holds that strong count until
         // it drops; a mapped one points at 4 KiB inside a mapping in
-        // `self.shard`, alive as long as `self`; entries are never replaced
-        // and sealed chunks are never written, so the chunk lives, unchanged,
-        // at least as long as `&self`.
+        // `self.shard`, alive as long as `self`; entries are never replaced.
+        // The bytes are never written while a reference to them lives: the
+        // only in-place write to a shard is a checkpoint writing back a
+        // chunk that failed its check, and such a chunk is reached only
+        // through its repaired copy (`get_checked`), never through here
+        // (the writer reads no mapped chunk: `Level::get`).
         unsafe { &*p }
     }
 
@@ -474,12 +484,12 @@ impl Level {
         level
     }
 
-    /// Serves the first `shard.chunks()` sealed chunks from `shard`
-    /// instead of memory: a new directory, so snapshots keep the old one;
-    /// the owned chunks it no longer holds are freed when no snapshot holds
-    /// them. Chunks sealed later stay as they are.
-    pub(crate) fn remap(&mut self, shard: &Arc<MappedShard>) {
-        let count = shard.chunks().min(self.sealed);
+    /// Serves the first `count` sealed chunks (at most `shard.chunks()`)
+    /// from `shard` instead of memory: a new directory, so snapshots keep
+    /// the old one; the owned chunks it no longer holds are freed when no
+    /// snapshot holds them. Chunks from `count` on stay as they are.
+    pub(crate) fn remap(&mut self, shard: &Arc<MappedShard>, count: usize) {
+        let count = count.min(shard.chunks()).min(self.sealed);
         let mut dir = ChunkDir::new();
         // Only the new shard: it covers every mapped entry (`count` only
         // grows), so older mappings go once no snapshot holds them.
@@ -509,15 +519,15 @@ impl Level {
         (self.sealed * CHUNK_LEN) as u64
     }
 
-    /// Node `i` (`i < len`), for the writer: only from chunks it knows
-    /// were checked (its frontier, see `LeanImt::check_frontier`).
+    /// Node `i` (`i < len`), for the writer: only from its frontier,
+    /// which is held in memory (see `LeanImt::from_levels`, `remap_level`).
     #[inline]
     pub(crate) fn get(&self, i: u64) -> Hash {
         debug_assert!(i < self.len);
         let c = (i / CHUNK_LEN as u64) as usize;
         let off = (i % CHUNK_LEN as u64) as usize;
         if c < self.sealed {
-            debug_assert!(self.is_checked(c), "chunk {c} read unchecked");
+            debug_assert!(self.is_owned(c), "the writer read mapped chunk {c}");
             self.dir.get(c)[off]
         } else {
             self.tail[off]
@@ -525,15 +535,51 @@ impl Level {
     }
 
     /// The nodes of chunk `c` that exist (`c * CHUNK_LEN < len`), for the
-    /// writer: only chunks it knows were checked.
+    /// writer: only from its frontier, held in memory.
     #[inline]
     pub(crate) fn chunk(&self, c: usize) -> &[Hash] {
         if c < self.sealed {
-            debug_assert!(self.is_checked(c), "chunk {c} read unchecked");
+            debug_assert!(self.is_owned(c), "the writer read mapped chunk {c}");
             self.dir.get(c)
         } else {
             &self.tail[..(self.len - self.tail_start()) as usize]
         }
+    }
+
+    /// Holds sealed chunks `from..` in memory: copies of their checked
+    /// bytes, or their repaired copies (`Corruption` for one that fails
+    /// its check and has no repaired copy).
+    pub(crate) fn own_from(&mut self, from: usize) -> Result<()> {
+        if (from..self.sealed).all(|c| self.is_owned(c)) {
+            return Ok(());
+        }
+        let dir = ChunkDir {
+            segments: std::array::from_fn(|_| OnceLock::new()),
+            shard: self.dir.shard.clone(),
+        };
+        for i in 0..self.sealed {
+            let p = self.dir.raw(i);
+            if i >= from && p.addr() & MAPPED != 0 {
+                let copy = match self.dir.get_checked(i)? {
+                    Checked::Here(c) => Arc::new(*c),
+                    Checked::Repaired(r) => r,
+                };
+                dir.set(i, copy);
+                continue;
+            }
+            if p.addr() & MAPPED == 0 {
+                // SAFETY: as in `ChunkDir::fork`.
+                unsafe { Arc::increment_strong_count(p.cast_const()) };
+            }
+            dir.store(i, p);
+        }
+        self.dir = Arc::new(dir);
+        Ok(())
+    }
+
+    /// Whether sealed chunk `c` is held in memory.
+    fn is_owned(&self, c: usize) -> bool {
+        self.dir.raw(c).addr() & MAPPED == 0
     }
 
     /// Node `i` (`i < len`) for a reader: a mapped chunk is checked first
@@ -560,17 +606,6 @@ impl Level {
             Checked::Here(h) => std::borrow::Cow::Borrowed(h),
             Checked::Repaired(r) => std::borrow::Cow::Owned(r.to_vec()),
         })
-    }
-
-    /// Whether sealed chunk `c` is owned, or mapped and checked.
-    pub(crate) fn is_checked(&self, c: usize) -> bool {
-        let p = self.dir.raw(c);
-        p.addr() & MAPPED == 0
-            || self
-                .dir
-                .shard
-                .as_ref()
-                .is_some_and(|s| s.passed(c) || s.repaired(c).is_some())
     }
 
     /// The shard the level's mapped chunks come from, if any.

@@ -188,6 +188,13 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
                 node_checked(&t.levels, &t.hash_fn, N, d, (c * CHUNK_LEN) as u64)?;
             }
         }
+        // The writer reads its frontier only, and only from memory: copies
+        // of the checked bytes (or the repaired ones), never the mapping
+        // (whose damaged chunks a checkpoint writes back in place).
+        for d in 0..t.levels.len() {
+            let from = t.frontier(d, t.levels[d].len()).start;
+            t.levels[d].own_from(from)?;
+        }
         Ok(t)
     }
 
@@ -203,21 +210,17 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
     }
 
     /// Serves the sealed chunks of level `d` that `shard` holds from it
-    /// (see [`Level::remap`]), once the chunks appends can still read
-    /// passed their check against it; else the level stays as it is and
-    /// the failure is returned.
-    pub(crate) fn remap_level(&mut self, d: usize, shard: &Arc<MappedShard>) -> Result<()> {
+    /// (see [`Level::remap`]), but for the writer's frontier, which stays
+    /// in memory: appends never read mapped bytes.
+    pub(crate) fn remap_level(&mut self, d: usize, shard: &Arc<MappedShard>) {
         let Some(level) = self.levels.get(d) else {
-            return Ok(());
+            return;
         };
-        let count = shard.chunks().min(level.sealed());
-        for c in self.frontier(d, level.len()) {
-            if c < count {
-                shard.check(c)?;
-            }
-        }
-        self.levels[d].remap(shard);
-        Ok(())
+        let count = shard
+            .chunks()
+            .min(level.sealed())
+            .min(self.frontier(d, level.len()).start);
+        self.levels[d].remap(shard, count);
     }
 
     /// The hasher.

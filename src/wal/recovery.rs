@@ -632,8 +632,10 @@ pub(crate) fn salvage_records(
         let d = data.expect("known");
         let path = dir.join(segment_name(seq));
         if !seqs.contains(&seq) {
-            return (pos > start || seq > 0 || start > 0)
-                .then(|| corruption(&path, 0, format!("segment {seq} is missing")));
+            // The end, unless a later segment exists, or the log had to
+            // start here (after a checkpoint, or any segment at all).
+            let missing = seqs.iter().any(|&s| s > seq) || (pos == start && !seqs.is_empty());
+            return missing.then(|| corruption(&path, 0, format!("segment {seq} is missing")));
         }
         let seg = (|| -> Result<Segment> {
             let file = storage.open(&path, false).map_err(|e| io_err(&path, e))?;
