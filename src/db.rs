@@ -1513,21 +1513,25 @@ fn verify_levels<H: Hasher, const N: usize, const MAX_DEPTH: usize>(
     tree: &LeanImt<H, N, MAX_DEPTH>,
     dir: &Path,
 ) -> Result<()> {
+    use crate::tree::CHUNK_LEN;
     let snap = tree.snapshot();
     let mut fresh = LeanImt::<H, N, MAX_DEPTH>::new(tree.hasher().clone());
-    let size = snap.size();
+    // A chunk at a time: each chunk checked once, not each node.
+    let chunks = |d: usize| snap.level_len(d).div_ceil(CHUNK_LEN as u64) as usize;
     let mut batch = Vec::with_capacity(1 << 16);
-    for i in 0..size {
-        batch.push(snap.leaf(i)?);
-        if batch.len() == batch.capacity() || i + 1 == size {
+    for c in 0..chunks(0) {
+        batch.extend_from_slice(&snap.checked_chunk(0, c)?);
+        if batch.len() >= 1 << 16 || c + 1 == chunks(0) {
             fresh.insert_many(&batch)?;
             batch.clear();
         }
     }
     let check = fresh.snapshot();
     for d in 0..=snap.depth() {
-        for i in 0..snap.level_len(d) {
-            if snap.node(d, i)? != check.node(d, i)? {
+        for c in 0..chunks(d) {
+            let (have, want) = (snap.checked_chunk(d, c)?, check.checked_chunk(d, c)?);
+            if let Some(k) = (0..have.len()).find(|&k| have[k] != want[k]) {
+                let i = (c * CHUNK_LEN + k) as u64;
                 return Err(Error::Corruption {
                     file: dir.join("shards").join(format!("level-{d:02}.shard")),
                     offset: 4096 + 32 * i,
