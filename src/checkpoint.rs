@@ -424,26 +424,20 @@ impl Checkpointer {
         })
     }
 
-    /// Opens (creating with their headers) a level's shard, sums and tail
-    /// files.
-    fn open_level_files(
-        &self,
-        level: usize,
-        created: &mut bool,
-    ) -> Result<[Box<dyn StorageFile>; 3]> {
-        let mut open =
-            |path: PathBuf, magic: [u8; 8], header: u64| -> Result<Box<dyn StorageFile>> {
-                let f = self
-                    .storage
-                    .open(&path, true)
+    /// Opens (creating) a level's shard, sums and tail files, writing
+    /// their headers until they are known durable.
+    fn open_level_files(&self, level: usize) -> Result<[Box<dyn StorageFile>; 3]> {
+        let open = |path: PathBuf, magic: [u8; 8], header: u64| -> Result<Box<dyn StorageFile>> {
+            let f = self
+                .storage
+                .open(&path, true)
+                .map_err(|e| io_err(&path, e))?;
+            if !self.headers.get(level).copied().unwrap_or(false) {
+                f.write_at(0, &[&file_header(magic, level, header)])
                     .map_err(|e| io_err(&path, e))?;
-                if !self.headers.get(level).copied().unwrap_or(false) {
-                    f.write_at(0, &[&file_header(magic, level, header)])
-                        .map_err(|e| io_err(&path, e))?;
-                    *created = true;
-                }
-                Ok(f)
-            };
+            }
+            Ok(f)
+        };
         Ok([
             open(shard_path(&self.dir, level), SHARD_MAGIC, SHARD_HEADER)?,
             open(sums_path(&self.dir, level), SUMS_MAGIC, SUMS_HEADER)?,
@@ -493,7 +487,6 @@ impl Checkpointer {
         } else {
             snap.depth() + 1
         };
-        let mut created = false;
         let mut files = Vec::with_capacity(levels);
         let mut sums = self.sums.clone();
         sums.resize(levels.max(sums.len()), Vec::new());
@@ -501,7 +494,7 @@ impl Checkpointer {
         for (d, level_sums) in sums.iter_mut().enumerate().take(levels) {
             let level = snap.level(d);
             let nodes = level.len();
-            let [shard, sumf, tail] = self.open_level_files(d, &mut created)?;
+            let [shard, sumf, tail] = self.open_level_files(d)?;
             // Sealed chunks not yet written, appended after those the
             // current manifest names: nothing it refers to is touched.
             let first = sealed_chunks(self.nodes.get(d).copied().unwrap_or(0)) as usize;
@@ -606,7 +599,6 @@ impl Checkpointer {
         }
         // Always, not only when this checkpoint created files: an earlier,
         // failed one may have created them without syncing their names.
-        let _ = created;
         self.storage
             .sync_dir(&shards)
             .map_err(|e| io_err(&shards, e))?;
