@@ -312,6 +312,9 @@ struct Inner<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     checkpoint_failures: AtomicU64,
     /// Log bytes the open replayed.
     replayed_at_open: u64,
+    /// The background check of the loaded checkpoint: joined by close (it
+    /// stops early once the tree is closed), so it never outlives the tree.
+    verify_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Background checkpoints that failed in a row.
     failures_in_a_row: Mutex<u32>,
     /// No background checkpoint is started before this time (nanoseconds
@@ -624,6 +627,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                 background_failure: Mutex::new(None),
                 checkpoint_failures: AtomicU64::new(0),
                 replayed_at_open,
+                verify_thread: Mutex::new(None),
                 failures_in_a_row: Mutex::new(0),
                 retry_at: AtomicU64::new(0),
                 epoch: std::time::Instant::now(),
@@ -698,11 +702,17 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                         f();
                     }
                 });
-            if spawned.is_ok() {
-                let _ = tx.send(Box::new(check));
-            } else {
+            match spawned {
+                Ok(handle) => {
+                    *this
+                        .inner
+                        .verify_thread
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(handle);
+                    let _ = tx.send(Box::new(check));
+                }
                 // No thread to spare: check now.
-                check();
+                Err(_) => check(),
             }
         }
         // A log replayed past the policy's threshold is checkpointed at once,
@@ -1342,6 +1352,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
                 let cp = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner());
                 let closed = l.close();
                 drop(cp);
+                self.join_verify();
                 // A background checkpoint records how it ended just after it
                 // lets the checkpointer go (one that had not started finds
                 // the tree closed): its failure is reported here.
@@ -1367,6 +1378,21 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(slot);
         r
+    }
+
+    /// Waits for the background check to end (it stops at its next look
+    /// once the tree is closed); not from that thread itself.
+    fn join_verify(&self) {
+        let handle = self
+            .verify_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle
+            && h.thread().id() != std::thread::current().id()
+        {
+            let _ = h.join();
+        }
     }
 
     /// The failure of the last background checkpoint, once, as
@@ -1395,34 +1421,49 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Drop for Inner<H, N, MAX
             .get_mut()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if log.is_none() && lock.is_none() {
+        // The background check (if still running) stops at its next look:
+        // it finds no tree. Joined by the drop thread, unless this is it.
+        let verify = self
+            .verify_thread
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .filter(|h| h.thread().id() != std::thread::current().id());
+        if log.is_none() && lock.is_none() && verify.is_none() {
             return;
         }
-        let (tx, rx) = std::sync::mpsc::channel::<(Option<Arc<Log>>, Option<LockGuard>)>();
+        type Job = (
+            Option<Arc<Log>>,
+            Option<LockGuard>,
+            Option<std::thread::JoinHandle<()>>,
+        );
+        let finish = |(log, lock, verify): Job| {
+            if let Some(l) = log
+                && let Err(e) = l.close()
+            {
+                tracing::warn!(error = %e, "flush on drop failed");
+            }
+            if let Some(v) = verify {
+                let _ = v.join();
+            }
+            // Only now: nothing of this tree can write again.
+            drop(lock);
+        };
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let spawned = std::thread::Builder::new()
             .name("ringtree-drop".into())
             .spawn(move || {
-                let Ok((log, lock)) = rx.recv() else {
-                    return;
-                };
-                if let Some(l) = log
-                    && let Err(e) = l.close()
-                {
-                    tracing::warn!(error = %e, "flush on drop failed");
+                if let Ok(job) = rx.recv() {
+                    finish(job);
                 }
-                // Only now: nothing of this tree's log can write again.
-                drop(lock);
             });
         match spawned {
             Ok(_) => {
-                let _ = tx.send((log, lock));
+                let _ = tx.send((log, lock, verify));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not spawn the close thread; closing the log here");
-                if let Some(l) = log {
-                    let _ = l.close();
-                }
-                drop(lock);
+                finish((log, lock, verify));
             }
         }
     }
