@@ -343,6 +343,9 @@ struct Inner<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     inserts_at_checkpoint: AtomicU64,
     /// The last checkpoint's WAL position.
     last_checkpoint: AtomicU64,
+    /// The loaded checkpoint's WAL position: the log below it is kept
+    /// until the background check of its chunks passed.
+    loaded_at: u64,
     checkpoint_latency: crate::metrics::Histogram,
     /// Checkpointed chunks checked, found damaged, repaired.
     chunk_stats: Arc<ChunkStats>,
@@ -642,6 +645,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                 inserts: AtomicU64::new(replayed_records),
                 inserts_at_checkpoint: AtomicU64::new(0),
                 last_checkpoint: AtomicU64::new(start),
+                loaded_at: start,
                 checkpoint_latency: crate::metrics::Histogram::new(),
                 chunk_stats,
                 #[cfg(feature = "metrics")]
@@ -1152,31 +1156,21 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Drop for EndCheck<H, N, 
 
 /// Whether the loaded checkpoint's chunks are still being checked in the
 /// background.
-struct Verifying {
-    pending: Mutex<bool>,
-    done: std::sync::Condvar,
-}
+struct Verifying(AtomicBool);
 
 impl Verifying {
     fn new(pending: bool) -> Self {
-        Self {
-            pending: Mutex::new(pending),
-            done: std::sync::Condvar::new(),
-        }
+        Self(AtomicBool::new(pending))
     }
 
-    /// The check is over (passed, or failed and the tree poisoned).
+    /// The check is over (passed, stopped, or failed and the tree poisoned).
     fn finish(&self) {
-        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = false;
-        self.done.notify_all();
+        self.0.store(false, Ordering::Release);
     }
 
-    /// Blocks until the check is over.
-    fn wait(&self) {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        while *p {
-            p = self.done.wait(p).unwrap_or_else(|e| e.into_inner());
-        }
+    /// Whether the check is still running.
+    fn pending(&self) -> bool {
+        self.0.load(Ordering::Acquire)
     }
 }
 
@@ -1237,10 +1231,12 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
     fn checkpoint_at(&self, closing: bool) -> Result<()> {
         let _span = tracing::info_span!("ringtree.checkpoint", dir = %self.dir.display(), closing)
             .entered();
-        // A checkpoint shares the loaded one's sealed chunks: written before
-        // they are verified, it could carry damage on, and replace the only
-        // manifest from which the kept log below it can be replayed.
-        self.verifying.wait();
+        // It need not wait for the background check of the loaded
+        // checkpoint: it copies none of its chunks (they stay where they
+        // are, under the same checksums, checked before any use), and the
+        // log below the loaded checkpoint stays until that check passed
+        // (below). A process killed before its check ends (a crash loop)
+        // still checkpoints, so its next open replays a short log.
         let mut cp = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner());
         // Checked under the checkpointer lock, which close takes before it
         // closes the log: no checkpoint runs past a close.
@@ -1303,9 +1299,14 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         self.inserts_at_checkpoint.store(inserts, Ordering::Relaxed);
         // The log below the checkpoint may go, but never past what the
         // committer has made durable: it may still be writing there.
+        let keep = if self.verifying.pending() {
+            self.loaded_at
+        } else {
+            position
+        };
         let removed = self
             .wal
-            .remove_segments_below(position.min(self.wal.durable()), cp.failpoint)?;
+            .remove_segments_below(keep.min(position).min(self.wal.durable()), cp.failpoint)?;
         self.checkpoint_latency.record(started.elapsed());
         #[cfg(feature = "metrics")]
         self.export.checkpoint(started.elapsed());
