@@ -925,7 +925,7 @@ fn a_checkpoint_during_the_check_of_the_loaded_one_keeps_damage_detectable() {
             "seed {seed}: {r:?}"
         );
         // The damaged leaves are refused, never served.
-        let i = (last_sealed / 32) as u64 + 3;
+        let i = last_sealed / 32 + 3;
         let e = t.snapshot().proof(i).unwrap_err();
         assert!(e.to_string().contains("level-00.shard"), "seed {seed}: {e}");
         // The check fails: the log below the loaded checkpoint was kept.
