@@ -141,31 +141,23 @@ pub fn child_ours(dir: &Path, n: u64) {
     // Proofs from the reopened (mapped) levels.
     let snap = t.snapshot();
     let (size, proof_root) = (snap.size(), snap.root().unwrap());
-    let s = Instant::now();
-    for k in 0..10_000u64 {
-        let i = k.wrapping_mul(0x9E37_79B9_7F4A_7C15) % size;
-        snap.proof(i)
-            .unwrap()
-            .verify_at(&Blake3, &proof_root, size)
-            .unwrap();
-    }
-    println!(
-        "10k proofs after reopen {:.1} ms",
-        s.elapsed().as_secs_f64() * 1e3
-    );
+    let prove = |what: &str| {
+        let s = Instant::now();
+        for k in 0..10_000u64 {
+            let i = k.wrapping_mul(0x9E37_79B9_7F4A_7C15) % size;
+            snap.proof(i)
+                .unwrap()
+                .verify_at(&Blake3, &proof_root, size)
+                .unwrap();
+        }
+        println!(
+            "10k proofs {what} {:.1} ms",
+            s.elapsed().as_secs_f64() * 1e3
+        );
+    };
+    prove("after reopen");
     // The same proofs again: every chunk they read was read before.
-    let s = Instant::now();
-    for k in 0..10_000u64 {
-        let i = k.wrapping_mul(0x9E37_79B9_7F4A_7C15) % size;
-        snap.proof(i)
-            .unwrap()
-            .verify_at(&Blake3, &proof_root, size)
-            .unwrap();
-    }
-    println!(
-        "10k proofs again (steady) {:.1} ms",
-        s.elapsed().as_secs_f64() * 1e3
-    );
+    prove("again (steady)");
     drop(snap);
     rt.block_on(t.close()).unwrap();
     drop(t);

@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, corruption, io_err};
 use crate::hash::Hash;
 use crate::io::{Storage, StorageFile};
 use crate::tree::{CHUNK_LEN, ChunkRef, ChunkStats, MappedShard, Snapshot};
@@ -72,21 +72,6 @@ pub(crate) struct Manifest {
     /// refused.
     pub tree_id: [u8; 16],
     pub levels: Vec<LevelMeta>,
-}
-
-fn corruption(file: &Path, offset: u64, reason: impl Into<String>) -> Error {
-    Error::Corruption {
-        file: file.to_path_buf(),
-        offset,
-        reason: reason.into(),
-    }
-}
-
-fn io_err(path: &Path, e: std::io::Error) -> Error {
-    Error::Io {
-        path: path.to_path_buf(),
-        source: e,
-    }
 }
 
 impl Manifest {

@@ -1,6 +1,6 @@
 //! The one error type of the crate.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Everything that can go wrong in ringtree.
 ///
@@ -158,6 +158,23 @@ impl Error {
             Error::Locked(dir) => Some(dir),
             _ => None,
         }
+    }
+}
+
+/// `Error::Corruption` at `offset` of `file`.
+pub(crate) fn corruption(file: &Path, offset: u64, reason: impl Into<String>) -> Error {
+    Error::Corruption {
+        file: file.to_path_buf(),
+        offset,
+        reason: reason.into(),
+    }
+}
+
+/// `Error::Io` on `path`.
+pub(crate) fn io_err(path: &Path, e: std::io::Error) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source: e,
     }
 }
 

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, corruption, io_err};
 use crate::io::Storage;
 use crate::tree::CHUNK_LEN;
 use crate::wal::format::{SEGMENT_HEADER, parse_segment_name};
@@ -31,21 +31,6 @@ pub(crate) struct Identity {
     pub chunk_bytes: u32,
     pub hasher: String,
     pub tree_id: [u8; 16],
-}
-
-fn corruption(file: &Path, offset: u64, reason: impl Into<String>) -> Error {
-    Error::Corruption {
-        file: file.to_path_buf(),
-        offset,
-        reason: reason.into(),
-    }
-}
-
-fn io_err(path: &Path, e: std::io::Error) -> Error {
-    Error::Io {
-        path: path.to_path_buf(),
-        source: e,
-    }
 }
 
 /// 16 random bytes: std's OS-seeded hash keys, mixed with the time and the

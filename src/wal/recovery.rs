@@ -23,7 +23,7 @@ use super::format::{
     FRAME_HEADER, FrameHeader, Kind, SEGMENT_HEADER, SegmentHeader, frame_crc, hex,
     parse_segment_name, segment_name,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, corruption, io_err};
 use crate::io::{Storage, StorageFile};
 
 pub(crate) struct Recovered {
@@ -52,21 +52,6 @@ struct Segment {
     cut: bool,
     path: std::path::PathBuf,
     file: Box<dyn StorageFile>,
-}
-
-fn io_err(path: &Path, e: std::io::Error) -> Error {
-    Error::Io {
-        path: path.to_path_buf(),
-        source: e,
-    }
-}
-
-fn corruption(path: &Path, offset: u64, reason: impl Into<String>) -> Error {
-    Error::Corruption {
-        file: path.to_path_buf(),
-        offset,
-        reason: reason.into(),
-    }
 }
 
 /// A segment's data area read through a window, so recovery holds at most
