@@ -258,21 +258,22 @@ fn no_file_of_the_log_vanishes_silently() {
     );
 }
 
+/// Writes `/b/<rel>` over `/a/<rel>`, durably; returns the path written.
+fn copy_from_b(sim: &SimStorage, rel: &str) -> PathBuf {
+    let to = Path::new("/a").join(rel);
+    let bytes = sim.live_bytes(&Path::new("/b").join(rel)).unwrap();
+    let f = sim.open(&to, true).unwrap();
+    f.write_at(0, &[&bytes]).unwrap();
+    f.sync_data().unwrap();
+    to
+}
+
 /// A segment or manifest copied from another tree is refused, naming it.
 #[test]
 fn a_file_of_another_tree_is_refused() {
     let sim = SimStorage::new(6);
     several_segments(&sim, "/a", Some(3000));
     several_segments(&sim, "/b", Some(3000));
-    let copy = |rel: &str| {
-        let from = Path::new("/b").join(rel);
-        let to = Path::new("/a").join(rel);
-        let bytes = sim.live_bytes(&from).unwrap();
-        let f = sim.open(&to, true).unwrap();
-        f.write_at(0, &[&bytes]).unwrap();
-        f.sync_data().unwrap();
-        to
-    };
     // The newest segment both trees have (whether one was prepared ahead
     // depends on timing).
     let seg = wal_segments(&sim, "/a")
@@ -281,7 +282,7 @@ fn a_file_of_another_tree_is_refused() {
         .find(|p| sim.exists(&Path::new("/b").join(p.strip_prefix("/a").unwrap())))
         .unwrap();
     let rel = seg.strip_prefix("/a").unwrap().to_str().unwrap().to_owned();
-    let to = copy(&rel);
+    let to = copy_from_b(&sim, &rel);
     let e = T4::open_blocking(sim_config(&sim.restart(), "/a")).unwrap_err();
     assert_eq!(e.file(), Some(to.as_path()), "{e}");
     assert!(e.to_string().contains("another"), "{e}");
@@ -289,13 +290,7 @@ fn a_file_of_another_tree_is_refused() {
     let sim = SimStorage::new(7);
     several_segments(&sim, "/a", Some(3000));
     several_segments(&sim, "/b", Some(3000));
-    let copy = |rel: &str| {
-        let bytes = sim.live_bytes(&Path::new("/b").join(rel)).unwrap();
-        let f = sim.open(&Path::new("/a").join(rel), true).unwrap();
-        f.write_at(0, &[&bytes]).unwrap();
-        f.sync_data().unwrap();
-    };
-    copy("MANIFEST");
+    copy_from_b(&sim, "MANIFEST");
     let e = T4::open_blocking(sim_config(&sim.restart(), "/a")).unwrap_err();
     assert!(
         matches!(&e, Error::Corruption { file, .. } if file.ends_with("MANIFEST")),

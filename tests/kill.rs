@@ -92,6 +92,25 @@ fn kill_child() {
     });
 }
 
+/// Runs the ignored test `name` of this binary as a child process on
+/// `dir` for `round`, its standard output piped.
+fn spawn_child(name: &str, dir: &str, round: u32) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            name,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("RINGTREE_KILL_DIR", dir)
+        .env("RINGTREE_KILL_ROUND", round.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn kill_child_and_recover() {
     let rounds: u32 = std::env::var("RINGTREE_KILL_ROUNDS")
@@ -101,24 +120,10 @@ fn kill_child_and_recover() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("tree");
     let dir_s = dir.to_str().unwrap().to_owned();
-    let exe = std::env::current_exe().unwrap();
     let mut rng = Rng(0x5eed);
     let mut last_size = 0u64;
     for round in 0..rounds {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "kill_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("RINGTREE_KILL_DIR", &dir_s)
-            .env("RINGTREE_KILL_ROUND", round.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_child("kill_child", &dir_s, round);
         let out = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel::<(u64, u32, u32)>();
         let reader = std::thread::spawn(move || {
@@ -260,25 +265,11 @@ fn a_crash_loop_keeps_recovery_bounded() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("tree");
     let dir_s = dir.to_str().unwrap().to_owned();
-    let exe = std::env::current_exe().unwrap();
     let mut rng = Rng(0x100b);
     let mut last_size = 0u64;
     let mut reopen = Vec::new();
     for round in 0..rounds {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "crash_loop_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("RINGTREE_KILL_DIR", &dir_s)
-            .env("RINGTREE_KILL_ROUND", round.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_child("crash_loop_child", &dir_s, round);
         let out = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel::<String>();
         let reader = std::thread::spawn(move || {
