@@ -58,23 +58,20 @@
 #![deny(missing_docs)]
 
 mod checkpoint;
-mod db;
 mod error;
 mod hash;
-mod identity;
+mod imt;
 pub mod io;
 mod metrics;
-mod proof;
-mod salvage;
 mod tree;
 pub mod wal;
 
-pub use db::{CheckpointPolicy, Config, Inserted, Tiering, Tree};
+pub use tree::{CheckpointPolicy, Config, Inserted, Tiering, Tree};
 pub use error::{Error, Result};
 pub use hash::{Blake3, Hash, Hasher};
 pub use io::IoBackend;
 pub use metrics::{LatencySummary, Metrics};
-pub use proof::{ConsistencyProof, Proof};
-pub use salvage::Salvaged;
-pub use tree::{LeanImt, Snapshot};
+pub use imt::proof::{ConsistencyProof, Proof};
+pub use tree::salvage::Salvaged;
+pub use imt::{LeanImt, Snapshot};
 pub use wal::{Durable, FlushPolicy, Log, LogConfig};

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result, corruption, io_err};
 use crate::io::Storage;
-use crate::tree::CHUNK_LEN;
+use crate::imt::CHUNK_LEN;
 use crate::wal::format::{SEGMENT_HEADER, parse_segment_name};
 
 pub(crate) const IDENTITY: &str = "IDENTITY";

@@ -19,7 +19,7 @@
 
 use crate::error::{Error, Result};
 use crate::hash::{Hash, Hasher};
-use crate::tree::Snapshot;
+use crate::imt::Snapshot;
 
 const PROOF_MAGIC: [u8; 4] = *b"RTIP";
 const CONSISTENCY_MAGIC: [u8; 4] = *b"RTCP";

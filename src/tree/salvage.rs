@@ -46,8 +46,8 @@ pub(crate) fn salvage_leaves<H: Hasher>(
     max_depth: usize,
     hasher: &H,
 ) -> (Vec<Hash>, Salvaged) {
-    let id_path = dir.join(crate::identity::IDENTITY);
-    let want = crate::identity::Identity::new(arity, max_depth, hasher.id());
+    let id_path = dir.join(crate::tree::identity::IDENTITY);
+    let want = crate::tree::identity::Identity::new(arity, max_depth, hasher.id());
     let identity = want.and_then(|w| {
         let f = storage.open(&id_path, false).map_err(|e| Error::Io {
             path: id_path.clone(),
@@ -58,7 +58,7 @@ pub(crate) fn salvage_leaves<H: Hasher>(
             path: id_path.clone(),
             source: e,
         })?;
-        let id = crate::identity::Identity::decode(&id_path, &b[..n])?;
+        let id = crate::tree::identity::Identity::decode(&id_path, &b[..n])?;
         id.check(&w, &id_path)?;
         Ok(id)
     });
@@ -112,7 +112,7 @@ pub(crate) fn salvage_leaves<H: Hasher>(
 
 /// Where a salvage writes: a directory that holds no tree yet.
 pub(crate) fn check_target(storage: &dyn Storage, dir: &std::path::Path) -> Result<()> {
-    let id: PathBuf = dir.join(crate::identity::IDENTITY);
+    let id: PathBuf = dir.join(crate::tree::identity::IDENTITY);
     if storage.exists(&id) {
         return Err(Error::Config(format!(
             "salvage target {} already holds a tree",

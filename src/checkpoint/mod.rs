@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result, corruption, io_err};
 use crate::hash::Hash;
 use crate::io::{Storage, StorageFile};
-use crate::tree::{CHUNK_LEN, ChunkRef, ChunkStats, MappedShard, Snapshot};
+use crate::imt::{CHUNK_LEN, ChunkRef, ChunkStats, MappedShard, Snapshot};
 
 pub(crate) const MANIFEST: &str = "MANIFEST";
 const SHARDS: &str = "shards";
