@@ -17,7 +17,6 @@
 //! `RINGTREE_BENCH_ONLY` (sections to run, e.g. `14`; default `1234`),
 //! `RINGTREE_BENCH_SPIN_US` (the committer's spin), `RINGTREE_BENCH_INTERVAL_US`
 //! (our side with `FlushPolicy::Interval` instead of group commit),
-//! `RINGTREE_BENCH_YIELD` (`Config::thread_yield_every`; 0 turns it off),
 //! `RINGTREE_BENCH_LONE_SPIN` (0: `Config::lone_waiter_spin(false)`).
 
 use std::fs::OpenOptions;
@@ -55,9 +54,6 @@ fn ours(dir: &Path, io: IoBackend) -> Ours {
     }
     if let Ok(v) = std::env::var("RINGTREE_BENCH_LONE_SPIN") {
         cfg = cfg.lone_waiter_spin(v != "0");
-    }
-    if let Ok(n) = std::env::var("RINGTREE_BENCH_YIELD") {
-        cfg = cfg.thread_yield_every(n.parse().unwrap());
     }
     Ours::open_blocking(cfg).unwrap()
 }

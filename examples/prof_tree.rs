@@ -7,8 +7,7 @@
 //! executor was to each task, how the slowest 1% cluster in time, and the
 //! tree's own fsync latencies. Env: `PROF_URING` (io_uring backend),
 //! `PROF_SPIN_US` (the committer's spin), `PROF_SEGMENT_MB` (WAL segment
-//! size), `PROF_WORKERS` (tokio worker threads, default 2), `PROF_YIELD`
-//! (`Config::thread_yield_every`).
+//! size) and `PROF_WORKERS` (tokio worker threads, default 2).
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -43,8 +42,7 @@ fn main() {
     let cfg = Config::new(&dir)
         .io(io)
         .spin(Duration::from_micros(env("PROF_SPIN_US", 50)))
-        .segment_size(env("PROF_SEGMENT_MB", 64) << 20)
-        .thread_yield_every(env("PROF_YIELD", 256) as u32);
+        .segment_size(env("PROF_SEGMENT_MB", 64) << 20);
     let tree = Tree::<Blake3, 4, 16>::open_blocking(cfg).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(env("PROF_WORKERS", 2) as usize)

@@ -66,12 +66,12 @@ mod metrics;
 mod tree;
 pub mod wal;
 
-pub use tree::{CheckpointPolicy, Config, Inserted, Tiering, Tree};
 pub use error::{Error, Result};
 pub use hash::{Blake3, Hash, Hasher};
+pub use imt::proof::{ConsistencyProof, Proof};
+pub use imt::{LeanImt, Snapshot};
 pub use io::IoBackend;
 pub use metrics::{LatencySummary, Metrics};
-pub use imt::proof::{ConsistencyProof, Proof};
 pub use tree::salvage::Salvaged;
-pub use imt::{LeanImt, Snapshot};
+pub use tree::{CheckpointPolicy, Config, Inserted, Tiering, Tree};
 pub use wal::{Durable, FlushPolicy, Log, LogConfig};

@@ -347,6 +347,16 @@ fn damage_is_reported_by_file() {
         t.close().await_blocking();
     }
     let t = T4::open_blocking(sim_config(&sim.restart(), "/d")).unwrap();
+    // The background check repairs the chunk; the next checkpoint after
+    // that writes it back.
+    let t0 = std::time::Instant::now();
+    while t.metrics().chunks_repaired == 0 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "not repaired"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     futures::executor::block_on(t.checkpoint()).unwrap();
     t.close().await_blocking();
     let t = T4::open_blocking(sim_config(&sim.restart(), "/d").verify_on_open(true)).unwrap();

@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result, corruption, io_err};
 use crate::hash::Hash;
-use crate::io::{Storage, StorageFile};
 use crate::imt::{CHUNK_LEN, ChunkRef, ChunkStats, MappedShard, Snapshot};
+use crate::io::{Storage, StorageFile};
 
 pub(crate) const MANIFEST: &str = "MANIFEST";
 const SHARDS: &str = "shards";

@@ -11,8 +11,8 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result, corruption, io_err};
-use crate::io::Storage;
 use crate::imt::CHUNK_LEN;
+use crate::io::Storage;
 use crate::wal::format::{SEGMENT_HEADER, parse_segment_name};
 
 pub(crate) const IDENTITY: &str = "IDENTITY";

@@ -14,6 +14,8 @@ use crate::error::{Error, Result};
 use crate::hash::{Hash, Hasher};
 use crate::io::Storage;
 
+use super::{Config, Tree};
+
 /// What [`Tree::salvage`](crate::Tree::salvage) recovered.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -120,4 +122,62 @@ pub(crate) fn check_target(storage: &dyn Storage, dir: &std::path::Path) -> Resu
         )));
     }
     Ok(())
+}
+
+impl<H: Hasher + Default, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
+    /// Recovers what a damaged tree still holds into a new one: the
+    /// longest prefix of its leaves that its files hold intact (the
+    /// checkpoint's leaves, chunk by chunk up to the first that fails its
+    /// checksum; then the log's records up to the first invalid frame or
+    /// missing segment), inserted into a new tree at `to` (which must hold
+    /// no tree), made durable. Returns the new tree, open, and a report of
+    /// what was kept and what is known lost.
+    ///
+    /// Never the default: [`open`](Self::open) refuses damage it cannot
+    /// repair; this is for a user with no other copy. `from` is only read
+    /// (no lock is taken: make sure nothing else has it open). Blocking.
+    ///
+    /// ```
+    /// # use ringtree::{Blake3, Config, Tree};
+    /// # let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    /// # let t = Tree::<Blake3, 4, 32>::open_blocking(Config::new(a.path()))?;
+    /// # futures::executor::block_on(async { t.insert_many(&[[1; 32]; 10]).await?.durable.await?; t.close().await })?;
+    /// let (tree, report) = Tree::<Blake3, 4, 32>::salvage(
+    ///     &Config::new(a.path()),
+    ///     Config::new(b.path()),
+    /// )?;
+    /// assert_eq!((report.kept, report.lost()), (10, 10..10));
+    /// assert_eq!(tree.size(), 10);
+    /// # Ok::<(), ringtree::Error>(())
+    /// ```
+    pub fn salvage(from: &Config, to: Config) -> Result<(Self, crate::Salvaged)> {
+        let src = match &from.storage {
+            Some(s) => s.clone(),
+            None => crate::io::open_storage(from.io)?,
+        };
+        let (leaves, report) = salvage_leaves(&*src, &from.dir, N, MAX_DEPTH, &H::default());
+        if let Some(e @ Error::ConfigMismatch { .. }) = report.stopped_by {
+            return Err(e);
+        }
+        if let Some(e) = &report.stopped_by {
+            tracing::warn!(error = %e, kept = report.kept, known = report.known, "salvage stopped at damage");
+        }
+        let dst = match &to.storage {
+            Some(s) => s.clone(),
+            None => crate::io::open_storage(to.io)?,
+        };
+        check_target(&*dst, &to.dir)?;
+        let tree = Self::open_blocking(to)?;
+        if tree.size() != 0 {
+            return Err(Error::Config("the salvage target holds leaves".into()));
+        }
+        let batch = tree.max_batch() as usize;
+        crate::wal::park_on(async {
+            for c in leaves.chunks(batch.max(1)) {
+                tree.insert_many(c).await?;
+            }
+            tree.flush().await
+        })?;
+        Ok((tree, report))
+    }
 }

@@ -130,8 +130,8 @@ pub(crate) struct Watermark {
     /// How long a waiter may spin before it registers and sleeps, in
     /// nanoseconds (0: do not spin). The committer sets it after each group.
     spin_ns: AtomicU64,
-    /// Which task last came to spin (see `may_spin`; 0: none yet).
-    spinner: AtomicU64,
+    /// A waiter is spinning (at most one does at a time).
+    spinning: std::sync::atomic::AtomicBool,
     /// Orders `advance` against `fail`: no position becomes durable after
     /// the failure is set.
     gate: Mutex<()>,
@@ -148,7 +148,7 @@ impl Watermark {
             #[cfg(test)]
             after_take: Mutex::new(None),
             spin_ns: AtomicU64::new(0),
-            spinner: AtomicU64::new(0),
+            spinning: std::sync::atomic::AtomicBool::new(false),
             gate: Mutex::new(()),
         }
     }
@@ -282,84 +282,85 @@ impl Watermark {
         failure.map(|f| Err(f.to_error()))
     }
 
-    /// Whether the task behind `waker` may spin: the task that came here
-    /// to spin last time (or the first one). Another task means several
-    /// take turns on the log, and then a spinner would hold back the
-    /// tasks on its executor thread that would have joined its group (on a
-    /// current-thread runtime all of them: every group held one record, so
-    /// the log looked lone for good, one fsync per insert). Those sleep
-    /// instead, and their groups grow.
-    fn may_spin(&self, waker: &Waker) -> bool {
-        let me = (waker.data() as usize as u64)
-            ^ (waker.vtable() as *const std::task::RawWakerVTable as usize as u64).rotate_left(32);
-        let before = self.spinner.swap(me, Ordering::Relaxed);
-        before == me || before == 0
-    }
-
-    /// Polls for `lsn`; the caller's record starts at `start`: it spins
-    /// (when the log serves one writer at a time) only when nothing before
-    /// it is waiting, so at most one waiter spins and writers behind it
-    /// never do.
+    /// Polls for `lsn`; the caller's record starts at `start`. A future
+    /// whose record is durable (or failed) is ready at once, always.
+    /// Otherwise, when the log serves one writer at a time (`spin_ns`),
+    /// nothing before this record is waiting, and no other waiter spins,
+    /// it spins for the budget before it registers and sleeps: the lone
+    /// writer's future then resolves without its thread going to sleep and
+    /// being woken, and writers behind it never spin.
+    ///
+    /// A task whose futures keep resolving this way would never return
+    /// `Pending` and would starve the tasks sharing its executor thread
+    /// (on a current-thread runtime, all of them: their inserts would never
+    /// join its groups). So after [`SPIN_STREAK`] spins in a row on a
+    /// thread, the next waiter there yields to its executor once (wakes
+    /// itself and returns `Pending`) before it may spin.
     fn poll_lsn(&self, start: u64, lsn: u64, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         if let Some(r) = self.check(lsn) {
-            return resolved(r, cx);
+            return Poll::Ready(r);
         }
         let budget = self.spin_ns.load(Ordering::Relaxed);
-        if budget > 0 && self.durable() >= start && self.may_spin(cx.waker()) {
-            let t0 = std::time::Instant::now();
-            let budget = std::time::Duration::from_nanos(budget);
-            loop {
-                // Reading the clock costs more than a look: look often.
-                for _ in 0..32 {
-                    if let Some(r) = self.check(lsn) {
-                        return resolved(r, cx);
-                    }
-                    std::hint::spin_loop();
-                }
-                if t0.elapsed() >= budget {
-                    break;
-                }
-                // Lets a thread the fsync needs (io_uring completes on the
-                // committer's task) run if the scheduler put it here.
-                std::thread::yield_now();
+        if budget > 0 && self.durable() >= start {
+            if STREAK.get() >= SPIN_STREAK {
+                STREAK.set(0);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if let Some(r) = self.spin(lsn, budget) {
+                STREAK.set(STREAK.get() + 1);
+                return Poll::Ready(r);
             }
         }
         let mut w = self.incoming();
         // Checked again under the lock: `advance` and `fail` update the state
         // before they take it, so no wake-up is lost in between.
         if let Some(r) = self.check(lsn) {
-            drop(w);
-            return resolved(r, cx);
+            return Poll::Ready(r);
         }
         w.push(Waiter {
             lsn,
             waker: cx.waker().clone(),
         });
-        SPUN.set(0);
+        STREAK.set(0);
         Poll::Pending
     }
+
+    /// Spins up to `budget_ns` for `lsn` to be decided, unless another
+    /// waiter is spinning already.
+    fn spin(&self, lsn: u64, budget_ns: u64) -> Option<Result<(), Error>> {
+        if self.spinning.swap(true, Ordering::Acquire) {
+            return None;
+        }
+        let t0 = std::time::Instant::now();
+        let budget = std::time::Duration::from_nanos(budget_ns);
+        let r = 'spin: loop {
+            // Reading the clock costs more than a look: look often.
+            for _ in 0..32 {
+                if let Some(r) = self.check(lsn) {
+                    break 'spin Some(r);
+                }
+                std::hint::spin_loop();
+            }
+            if t0.elapsed() >= budget {
+                break None;
+            }
+            // Lets a thread the fsync needs (io_uring completes on the
+            // committer's thread) run if the scheduler put it here.
+            std::thread::yield_now();
+        };
+        self.spinning.store(false, Ordering::Release);
+        r
+    }
 }
+
+/// Spins resolved in a row on one thread before its next waiter yields to
+/// its executor once (see `poll_lsn`).
+const SPIN_STREAK: u32 = 8;
 
 thread_local! {
-    /// Futures resolved in a row on this thread without sleeping.
-    static SPUN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// The future resolved with `r` without sleeping (already decided, or by
-/// spinning). Every eighth time in a row on a thread it yields instead
-/// (wakes itself and returns `Pending`; the next poll finds it resolved): a
-/// task that inserts and awaits in a loop would otherwise never return
-/// `Pending` (its futures resolve by spinning, or are decided before it
-/// polls them), and starve the tasks that share its executor thread.
-fn resolved(r: Result<(), Error>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-    let n = SPUN.get() + 1;
-    if n >= 8 {
-        SPUN.set(0);
-        cx.waker().wake_by_ref();
-        return Poll::Pending;
-    }
-    SPUN.set(n);
-    Poll::Ready(r)
+    /// Futures resolved by spinning in a row on this thread.
+    static STREAK: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// Resolves once an insert is on stable storage.
