@@ -157,11 +157,11 @@ impl Watermark {
     /// the next waiters spin when the log serves one writer at a time.
     ///
     /// A lone writer's future then resolves on the thread that awaits it,
-    /// without that thread going to sleep and being woken (a wake-up of an
-    /// idle CPU costs tens of microseconds on a virtual machine, as much as
-    /// the fdatasync itself). With more writers, groups hold more records,
-    /// the budget is zero and waiters sleep at once: a spinning waiter
-    /// would hold its executor thread from the tasks behind it.
+    /// without that thread going to sleep and being woken (waking an idle
+    /// CPU can cost as much as the fdatasync itself). With more writers,
+    /// groups hold more records, the budget is zero and waiters sleep at
+    /// once: a spinning waiter would hold its executor thread from the
+    /// tasks behind it.
     pub(crate) fn tune_spin(&self, records: u64, took: std::time::Duration) {
         const MAX: u64 = 250_000;
         let took = took.as_nanos().min(u128::from(MAX)) as u64;
