@@ -1700,24 +1700,6 @@ mod tests {
     }
 
     #[test]
-    fn allocate_zeroed_writes_and_syncs_zeros() {
-        let sim = SimStorage::new(17);
-        let f = sim.open(p("pre"), true).unwrap();
-        f.write_at(0, &[b"head"]).unwrap();
-        f.allocate_zeroed(3 * S as u64 + 5).unwrap();
-        sim.sync_dir(p("")).unwrap();
-        let mut want = b"head".to_vec();
-        want.resize(3 * S + 5, 0);
-        assert_eq!(sim.durable_bytes(p("pre")).unwrap(), want);
-        // Never shrinks.
-        f.allocate_zeroed(10).unwrap();
-        assert_eq!(f.len().unwrap(), 3 * S as u64 + 5);
-        sim.crash();
-        let sim = sim.restart();
-        assert_eq!(sim.live_bytes(p("pre")).unwrap(), want);
-    }
-
-    #[test]
     fn corrupt_and_truncate_damage_both_images() {
         let sim = disk_with(18, &pattern(2 * S, 0));
         sim.corrupt(p("d/f"), 5, 0xFF).unwrap();
