@@ -62,46 +62,28 @@ pub trait StorageFile: Send + Sync {
     /// returns Ok. After an error nothing about unsynced data is known, and
     /// the call must not be retried.
     fn sync_data(&self) -> io::Result<()>;
-    /// Many writes at once (offset, bytes); io_uring keeps them all in
-    /// flight together. The default writes them one after another.
+    /// Many writes at once (offset, bytes), which must not overlap: their
+    /// order is unspecified. io_uring keeps them all in flight together;
+    /// the default writes them one after another.
     fn write_many(&self, writes: &[(u64, &[u8])]) -> io::Result<()> {
         for (off, b) in writes {
             self.write_at(*off, &[b])?;
         }
         Ok(())
     }
-    /// Reserves disk space for the file up to `len` bytes (without
-    /// changing what reads return below its current length), so writes
-    /// there need not allocate. The default does nothing.
+    /// Reserves disk space for the file up to `len` bytes, so writes there
+    /// need not allocate; its length and what reads return do not change.
+    /// The default does nothing.
     fn preallocate(&self, len: u64) -> io::Result<()> {
         let _ = len;
         Ok(())
     }
-    /// [`write_at`](Self::write_at) then [`sync_data`](Self::sync_data);
-    /// io_uring links the two into one submission.
+    /// The commit write: [`write_at`](Self::write_at) then
+    /// [`sync_data`](Self::sync_data), as one call so a backend can make it
+    /// one request (io_uring submits a single `RWF_DSYNC` write).
     fn write_sync(&self, off: u64, bufs: &[&[u8]]) -> io::Result<()> {
         self.write_at(off, bufs)?;
         self.sync_data()
-    }
-    /// Extends the file to `len` bytes of written zeros (not a sparse hole
-    /// nor unwritten extents: later writes and fdatasyncs then have no
-    /// metadata to change) and syncs it. Never shrinks.
-    fn allocate_zeroed(&self, len: u64) -> io::Result<()> {
-        // Written and synced a MiB at a time: a larger flush fills the
-        // device queue and stalls other files' fdatasyncs behind it.
-        const STEP: u64 = 1 << 20;
-        let mut at = self.len()?;
-        if at >= len {
-            return self.sync_data();
-        }
-        let zeros = vec![0u8; STEP.min(len - at) as usize];
-        while at < len {
-            let n = (len - at).min(STEP) as usize;
-            self.write_at(at, &[&zeros[..n]])?;
-            at += n as u64;
-            self.sync_data()?;
-        }
-        Ok(())
     }
 }
 
@@ -150,9 +132,10 @@ pub trait Storage: Send + Sync + 'static {
     /// until the guard drops or the process ends. `ErrorKind::WouldBlock`
     /// if another handle or process holds it.
     fn lock(&self, path: &Path) -> io::Result<LockGuard>;
-    /// Shortens the file at `path` to `len` bytes (a file that is about to
-    /// be removed is shortened in steps so freeing its blocks never stalls
-    /// the log's syncs). The default does nothing.
+    /// Shortens the file at `path` to `len` bytes, or leaves it as it is:
+    /// it only frees space early (a file that is about to be removed is
+    /// shortened in steps so freeing its blocks never stalls the log's
+    /// syncs), and a backend may ignore it. The default does nothing.
     fn shrink(&self, path: &Path, len: u64) -> io::Result<()> {
         let _ = (path, len);
         Ok(())
@@ -164,9 +147,8 @@ pub trait Storage: Send + Sync + 'static {
     /// file system has no such mode; the caller then writes through the
     /// page cache. The default has none.
     ///
-    /// The log writes its groups this way: on a disk with a volatile write
-    /// cache a direct write + `fdatasync` skips the page-cache writeback
-    /// and measured 20% faster than a buffered one.
+    /// The log writes its groups this way: a direct write + `fdatasync`
+    /// skips the page-cache writeback.
     fn open_direct(&self, path: &Path) -> io::Result<Option<Box<dyn StorageFile>>> {
         let _ = path;
         Ok(None)

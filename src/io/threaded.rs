@@ -125,7 +125,7 @@ macro_rules! os_namespace {
             path.exists()
         }
         fn lock(&self, path: &Path) -> io::Result<$crate::io::LockGuard> {
-            $crate::io::threaded::flock(path)
+            $crate::io::threaded::lock(path)
         }
         fn map(&self, path: &Path) -> io::Result<std::sync::Arc<dyn $crate::io::Mapped>> {
             $crate::io::threaded::map(path)
@@ -165,26 +165,23 @@ pub(crate) fn map(path: &Path) -> io::Result<std::sync::Arc<dyn super::Mapped>> 
     Ok(std::sync::Arc::new(m))
 }
 
-/// `flock(LOCK_EX | LOCK_NB)` on `path`: per open file description, so a
-/// second open in the same process conflicts too.
-pub(crate) fn flock(path: &Path) -> io::Result<LockGuard> {
-    use std::os::fd::AsRawFd;
+/// An exclusive, non-blocking lock on `path` ([`File::try_lock`], an
+/// `flock` on Linux): held per open file description, so a second open in
+/// the same process is refused too, with `ErrorKind::WouldBlock`.
+pub(crate) fn lock(path: &Path) -> io::Result<LockGuard> {
     let f = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)?;
-    // SAFETY: `f` is an open file descriptor for the duration of the call.
-    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(io::Error::new(io::ErrorKind::WouldBlock, "locked"));
+    match f.try_lock() {
+        Ok(()) => Ok(LockGuard::new(f)),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(io::Error::new(io::ErrorKind::WouldBlock, "locked"))
         }
-        return Err(e);
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
-    Ok(LockGuard::new(f))
 }
 
 pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {

@@ -6,22 +6,18 @@
 //!
 //! Built on the `io-uring` crate rather than tokio-uring: tokio-uring has no
 //! ring flags nor linked submissions and submits only when its runtime
-//! parks, which measured 96 µs p50 for write + `sync_data` against 56 µs for
-//! plain `pwrite` + `fdatasync` on the same file. The rings are the
-//! library's and used from its own threads; no future of them is exposed.
+//! parks, which made a write + `sync_data` slower than plain `pwrite` +
+//! `fdatasync` on the same file. The rings are the library's and used from
+//! its own threads; no future of them is exposed.
 //!
 //! Why `RWF_DSYNC` and not a linked write + `fsync`: an fsync request cannot
 //! run without blocking, so io_uring hands it to one of its worker threads,
 //! and its completion then needs the committer woken once more. A direct
 //! (`O_DIRECT`) write with `RWF_DSYNC` is issued inline and its flush runs
-//! from the write's completion. `cargo bench --bench commit_paths` measures
-//! the candidates on one file; on ext4 on virtio, two runs gave p50s of
-//! 0.81–0.84× a buffered `pwrite` + `fdatasync` for `RWF_DSYNC` (0.73–0.86×
-//! on a `DEFER_TASKRUN` ring) against 0.83–0.99× for the linked pair, and
-//! in the one-task tree benchmark io_uring went from 1.55× to 1.09× the raw
-//! loop. The commit ring is set up with `SINGLE_ISSUER | DEFER_TASKRUN`
-//! where the kernel has them (6.1+), so completions are processed only
-//! when the committer waits for them.
+//! from the write's completion. `cargo bench --bench commit_paths` compares
+//! the candidates on one file. The commit ring is set up with
+//! `SINGLE_ISSUER | DEFER_TASKRUN` where the kernel has them (6.1+), so
+//! completions are processed only when the committer waits for them.
 
 use std::cell::RefCell;
 use std::io;
