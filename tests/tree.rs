@@ -661,3 +661,24 @@ fn drop_then_reopen_at_once() {
         }
     }
 }
+
+/// `IoBackend::Simulated` is a working choice: an in-memory disk, new at
+/// each open.
+#[test]
+fn the_simulated_backend_can_be_chosen_by_value() {
+    let cfg = Config::new("/in-memory").io(IoBackend::Simulated);
+    let tree = T4::open_blocking(cfg.clone()).unwrap();
+    assert_eq!(tree.backend(), IoBackend::Simulated);
+    let all = leaves(0..100);
+    let root = futures::executor::block_on(async {
+        let ins = tree.insert_many(&all).await.unwrap();
+        ins.durable.await.unwrap();
+        tree.checkpoint().await.unwrap();
+        ins.root
+    });
+    let p = tree.snapshot().proof(42).unwrap();
+    p.verify_at(&Blake3, &root, 100).unwrap();
+    futures::executor::block_on(tree.close()).unwrap();
+    let again = T4::open_blocking(cfg).unwrap();
+    assert_eq!(again.size(), 0, "a new disk at each open");
+}

@@ -31,7 +31,10 @@ pub enum IoBackend {
     Uring,
     /// `pwrite` + `fdatasync` from a plain thread.
     Threaded,
-    /// The in-memory simulated disk (tests).
+    /// An in-memory simulated disk ([`SimStorage`]), new and empty at each
+    /// open: what the tree holds goes with it. To reopen the same
+    /// simulated disk (or crash it), pass one with
+    /// [`Config::storage`](crate::Config::storage).
     Simulated,
 }
 
@@ -219,25 +222,15 @@ pub(crate) fn create_dir_durable(storage: &dyn Storage, dir: &Path) -> crate::Re
 
 /// The storage for `choice`, resolving [`IoBackend::Auto`].
 ///
-/// The environment variable `RINGTREE_IO=uring|threaded` overrides `choice`.
-/// `Auto` takes io_uring when a ring can be set up and falls back to the
+/// `Auto` takes the environment variable `RINGTREE_IO=uring|threaded` if it
+/// is set; else io_uring when a ring can be set up, falling back to the
 /// threaded backend when it cannot (`EPERM` under Docker's default seccomp
 /// profile, `ENOSYS` on old or restricted kernels, `EINVAL`), logging why.
+/// An explicit choice is never overridden: the variable is then ignored
+/// (with a warning if it asks for something else).
 pub fn open_storage(choice: IoBackend) -> crate::Result<std::sync::Arc<dyn Storage>> {
     use std::sync::Arc;
-    let choice = match std::env::var("RINGTREE_IO") {
-        Ok(v) => match v.as_str() {
-            "uring" | "io_uring" => IoBackend::Uring,
-            "threaded" => IoBackend::Threaded,
-            "auto" | "" => choice,
-            other => {
-                return Err(crate::Error::Config(format!(
-                    "RINGTREE_IO={other}: expected uring, threaded or auto"
-                )));
-            }
-        },
-        Err(_) => choice,
-    };
+    let choice = resolve(choice, std::env::var("RINGTREE_IO").ok().as_deref())?;
     match choice {
         IoBackend::Threaded => Ok(Arc::new(ThreadedStorage)),
         #[cfg(target_os = "linux")]
@@ -261,15 +254,52 @@ pub fn open_storage(choice: IoBackend) -> crate::Result<std::sync::Arc<dyn Stora
         IoBackend::Auto => Ok(Arc::new(ThreadedStorage)),
         #[cfg(not(target_os = "linux"))]
         IoBackend::Uring => Err(crate::Error::Config("io_uring needs Linux".into())),
-        IoBackend::Simulated => Err(crate::Error::Config(
-            "the simulated disk is chosen by passing a SimStorage, not by IoBackend".into(),
-        )),
+        IoBackend::Simulated => Ok(Arc::new(SimStorage::new(0))),
+    }
+}
+
+/// The backend `choice` means with `RINGTREE_IO` set to `env`: the variable
+/// decides only for `Auto`; an explicit choice stays (a variable asking for
+/// another is logged and ignored).
+fn resolve(choice: IoBackend, env: Option<&str>) -> crate::Result<IoBackend> {
+    let asked = match env {
+        None | Some("auto" | "") => return Ok(choice),
+        Some("uring" | "io_uring") => Some(IoBackend::Uring),
+        Some("threaded") => Some(IoBackend::Threaded),
+        Some(_) => None,
+    };
+    match (choice, asked) {
+        (IoBackend::Auto, Some(b)) => Ok(b),
+        (IoBackend::Auto, None) => Err(crate::Error::Config(format!(
+            "RINGTREE_IO={}: expected uring, threaded or auto",
+            env.unwrap_or_default()
+        ))),
+        (explicit, asked) => {
+            if asked != Some(explicit) {
+                tracing::warn!(backend = %explicit, RINGTREE_IO = env.unwrap_or_default(), "RINGTREE_IO ignored: the configuration chose a backend");
+            }
+            Ok(explicit)
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+
+    #[test]
+    fn the_environment_decides_only_for_auto() {
+        use IoBackend::*;
+        assert_eq!(resolve(Auto, None).unwrap(), Auto);
+        assert_eq!(resolve(Auto, Some("threaded")).unwrap(), Threaded);
+        assert_eq!(resolve(Auto, Some("uring")).unwrap(), Uring);
+        assert!(resolve(Auto, Some("bogus")).is_err());
+        for explicit in [Uring, Threaded, Simulated] {
+            for env in [None, Some("threaded"), Some("uring"), Some("bogus")] {
+                assert_eq!(resolve(explicit, env).unwrap(), explicit, "{env:?}");
+            }
+        }
+    }
     use std::sync::{Arc, Mutex};
 
     use super::*;

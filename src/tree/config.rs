@@ -57,8 +57,10 @@ pub struct Config {
     pub dir: PathBuf,
     /// When the log syncs (default: group commit).
     pub flush: FlushPolicy,
-    /// Which I/O backend (default: `Auto`; the `RINGTREE_IO` environment
-    /// variable overrides it).
+    /// Which I/O backend (default: `Auto`: io_uring where it can be set up,
+    /// else the threaded backend; with `Auto` only, the `RINGTREE_IO`
+    /// environment variable, `uring` or `threaded`, decides). See
+    /// [`open_storage`](crate::io::open_storage).
     pub io: IoBackend,
     /// Bytes of the log buffer (power of two, 4 KiB to 1 GiB; default
     /// 16 MiB). Bounds the
