@@ -27,7 +27,8 @@ fn main() -> Result<(), ringtree::Error> {
         n as f64 / took.as_secs_f64() / 1e6,
         tree.depth()
     );
-    println!("root {}", hex(&root));
+    let hex: String = root.iter().map(|b| format!("{b:02x}")).collect();
+    println!("root {hex}");
 
     let mut single = LeanImt::<Blake3, 4, 32>::new(Blake3);
     let t = Instant::now();
@@ -80,8 +81,4 @@ fn main() -> Result<(), ringtree::Error> {
     println!("a proof with one flipped bit is rejected: {rejected}");
     assert!(rejected);
     Ok(())
-}
-
-fn hex(h: &Hash) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use common::{Rng, leaves};
+use common::{Rng, hex, leaves};
 use ringtree::io::{SimStorage, Storage};
 use ringtree::{Blake3, CheckpointPolicy, Config, Error, Hash, LeanImt, Tree};
 
@@ -606,10 +606,8 @@ fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 }
 
 /// A root, by its first 6 bytes in hex.
-fn hex(h: Option<Hash>) -> String {
-    h.map_or("none".into(), |h| {
-        h[..6].iter().map(|b| format!("{b:02x}")).collect()
-    })
+fn short_root(h: Option<Hash>) -> String {
+    h.map_or("none".into(), |h| hex(&h[..6]))
 }
 
 /// How one case ended, if it did not fail.
@@ -670,9 +668,9 @@ impl Trail {
         if size != tpl.size() || root != Some(tpl.root()) {
             self.fail(format!(
                 "Ok with {size} leaves, root {} (trusted: {} leaves, root {})",
-                hex(root),
+                short_root(root),
                 tpl.size(),
-                hex(Some(tpl.root()))
+                short_root(Some(tpl.root()))
             ));
             return;
         }

@@ -5,30 +5,18 @@
 #[allow(dead_code)]
 mod service;
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::{hex, leaf};
 use ringtree::{Blake3, Config, FlushPolicy, Hash, LeanImt, Proof};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-fn leaf(i: u64) -> Hash {
-    *blake3::hash(&i.to_le_bytes()).as_bytes()
-}
-
-/// Hex written independently of the example's, so a bug there shows.
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::new();
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
 
 fn unhex(s: &str) -> Vec<u8> {
     assert!(s.len().is_multiple_of(2), "odd hex length: {s}");

@@ -29,6 +29,18 @@ pub fn leaves(range: std::ops::Range<u64>) -> Vec<Hash> {
     range.map(leaf).collect()
 }
 
+/// Lowercase hex, written independently of the `service` example's, so a
+/// bug there shows in its test.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::new();
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
 /// The root by the definition, recomputed from all leaves: parents of groups
 /// of 2+ children are BLAKE3 of the concatenation, single children lift.
 pub fn naive_root(arity: usize, leaves: &[Hash]) -> Option<Hash> {

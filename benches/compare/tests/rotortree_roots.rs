@@ -2,6 +2,7 @@
 //! size 0..=2,000 and random sizes up to 200,000, built by single inserts, by
 //! `insert_many` with random split points, and mixed.
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use common::{Rng, leaf, leaves};

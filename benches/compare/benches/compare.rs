@@ -246,9 +246,11 @@ fn main() {
         ios,
         rt,
     } = tree_latency::setup();
-    let out = PathBuf::from(
-        std::env::var("RINGTREE_BENCH_OUT").unwrap_or_else(|_| "target/compare".into()),
-    );
+    // Under the workspace root's `target/`: a bench runs in its package's folder.
+    let out =
+        PathBuf::from(std::env::var("RINGTREE_BENCH_OUT").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/compare").into()
+        }));
     std::fs::create_dir_all(&out).unwrap();
     let machine = machine();
     println!("Machine: {machine}");

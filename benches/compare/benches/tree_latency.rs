@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+#[path = "../../common/mod.rs"]
 pub mod common;
 use common::{env, fresh, hist, row, touched_hists, us};
 use ringtree::{Blake3, Config, Hash, IoBackend, Tree};
@@ -393,9 +394,11 @@ pub struct Setup {
 }
 
 pub fn setup() -> Setup {
-    let dir = PathBuf::from(
-        std::env::var("RINGTREE_BENCH_DIR").unwrap_or_else(|_| "target/bench-tmp".into()),
-    );
+    // Under the workspace root's `target/`: a bench runs in its package's folder.
+    let dir =
+        PathBuf::from(std::env::var("RINGTREE_BENCH_DIR").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/bench-tmp").into()
+        }));
     std::fs::create_dir_all(&dir).unwrap();
     let ios = match std::env::var("RINGTREE_BENCH_IO").as_deref() {
         Ok("uring") => vec![IoBackend::Uring],

@@ -264,9 +264,11 @@ pub fn run_child() -> bool {
     let Some(pos) = args.iter().position(|a| a == "--child") else {
         return false;
     };
-    let base = PathBuf::from(
-        std::env::var("RINGTREE_BENCH_DIR").unwrap_or_else(|_| "target/bench-tmp".into()),
-    );
+    // Under the workspace root's `target/`: a bench runs in its package's folder.
+    let base =
+        PathBuf::from(std::env::var("RINGTREE_BENCH_DIR").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/bench-tmp").into()
+        }));
     let who = &args[pos + 1];
     let dir = base.join(format!("ckpt-{who}"));
     if who == "ours" {
