@@ -17,10 +17,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::format::{
-    FRAME_HEADER, FrameHeader, Kind, SEGMENT_HEADER, SegmentHeader, frame_crc, header_word,
-    segment_name,
+    FRAME_HEADER, FrameHeader, Kind, SEGMENT_HEADER, SegmentHeader, frame_crc, header_bytes,
+    header_word, segment_name,
 };
-use super::{Cause, Failure, FlushPolicy, LogConfig, Shared, header_bytes};
+use super::{Cause, Failure, FlushPolicy, LogConfig, Shared};
 use crate::error::{Error, Result};
 use crate::io::{Storage, StorageFile};
 
@@ -1025,11 +1025,11 @@ impl Committer {
                 FlushPolicy::Interval(d) if scan > synced => {
                     let mut t = d.saturating_sub(last.elapsed());
                     if tick {
-                        t = t.min(super::CLAIM_TICK);
+                        t = t.min(super::reserve::CLAIM_TICK);
                     }
                     std::thread::park_timeout(t);
                 }
-                _ if tick => std::thread::park_timeout(super::CLAIM_TICK),
+                _ if tick => std::thread::park_timeout(super::reserve::CLAIM_TICK),
                 _ => std::thread::park(),
             }
         }

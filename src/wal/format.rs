@@ -84,6 +84,15 @@ pub(crate) fn frame_crc(lsn: u64, word: u32, payload: &[&[u8]]) -> u32 {
     crc
 }
 
+/// The 8 bytes of a frame header: the header word, then the checksum
+/// (u32 LE each).
+pub(crate) fn header_bytes(word: u32, crc: u32) -> [u8; 8] {
+    let mut h = [0u8; 8];
+    h[..4].copy_from_slice(&word.to_le_bytes());
+    h[4..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
 /// A decoded frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct FrameHeader {
