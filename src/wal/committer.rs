@@ -276,7 +276,7 @@ impl Committer {
 
     /// Erases the current segment's clean-close record, if it has one.
     fn erase_clean(&mut self) -> std::result::Result<(), String> {
-        use super::recovery::CLEAN_AT;
+        use super::format::CLEAN_AT;
         let (_, f) = self.current.as_ref().expect("segment open");
         let mut r = [0u8; 20];
         f.read_at(CLEAN_AT as u64, &mut r)
@@ -330,9 +330,9 @@ impl Committer {
         } else {
             Ok(())
         };
-        let r = super::recovery::clean_record(end);
+        let r = super::format::clean_record(end);
         if zeroed
-            .and_then(|()| f.write_at(super::recovery::CLEAN_AT as u64, &[&r]))
+            .and_then(|()| f.write_at(super::format::CLEAN_AT as u64, &[&r]))
             .and_then(|()| f.sync_data())
             .is_err()
         {

@@ -20,8 +20,8 @@ use std::path::Path;
 
 use super::LogConfig;
 use super::format::{
-    FRAME_HEADER, FrameHeader, Kind, SEGMENT_HEADER, SegmentHeader, frame_crc, hex,
-    parse_segment_name, segment_name,
+    CLEAN_AT, FRAME_HEADER, FrameHeader, Kind, SEGMENT_HEADER, SegmentHeader, cut_record,
+    frame_crc, hex, parse_clean, parse_cut, parse_segment_name, segment_name,
 };
 use crate::error::{Error, Result, corruption, io_err};
 use crate::io::{Storage, StorageFile};
@@ -180,37 +180,6 @@ fn scan_rest(w: &mut Window<'_>, base: u64, salt: u64, from: u64, x: u64) -> Res
     Ok((false, nonzero))
 }
 
-/// The clean-close record in a segment's header block: where the log ended
-/// when its last owner closed it (`"RTCLEAN1" | end LSN u64 | crc32c u32`).
-pub(crate) const CLEAN_AT: usize = 2048;
-const CLEAN_MAGIC: [u8; 8] = *b"RTCLEAN1";
-
-pub(crate) fn clean_record(end: u64) -> [u8; 20] {
-    let mut r = [0u8; 20];
-    r[..8].copy_from_slice(&CLEAN_MAGIC);
-    r[8..16].copy_from_slice(&end.to_le_bytes());
-    let crc = crc32c::crc32c(&r[..16]);
-    r[16..].copy_from_slice(&crc.to_le_bytes());
-    r
-}
-
-fn parse_clean(h: &[u8]) -> Option<u64> {
-    parse_tagged(h, CLEAN_MAGIC)
-}
-
-/// The position a record of kind `magic` in the header block's record slot
-/// names, if it holds a valid one.
-fn parse_tagged(h: &[u8], magic: [u8; 8]) -> Option<u64> {
-    let r = h.get(CLEAN_AT..CLEAN_AT + 20)?;
-    (r[..8] == magic && crc32c::crc32c(&r[..16]).to_le_bytes() == r[16..20])
-        .then(|| u64::from_le_bytes(r[8..16].try_into().expect("8 bytes")))
-}
-
-/// Marks a segment whose torn tail is being cut: `RTCUTAT1`, the cut
-/// position (u64), CRC-32C of those 16 bytes, in the clean-close record's
-/// slot (which the committer erases before it writes there).
-const CUT_MAGIC: [u8; 8] = *b"RTCUTAT1";
-
 pub(crate) fn recover(
     storage: &dyn Storage,
     dir: &Path,
@@ -303,7 +272,7 @@ pub(crate) fn recover(
             salt: h.salt,
             zeroed: h.zeroed,
             clean: parse_clean(&hb),
-            cut: parse_tagged(&hb, CUT_MAGIC).is_some(),
+            cut: parse_cut(&hb).is_some(),
             path,
             file,
         });
@@ -552,11 +521,7 @@ fn cut_tail(w: &mut Window<'_>, off: u64, x: u64) -> Result<()> {
     const STEP: u64 = 1 << 16;
     let seg = w.seg;
     let io = |e| io_err(&seg.path, e);
-    let mut rec = [0u8; 20];
-    rec[..8].copy_from_slice(&CUT_MAGIC);
-    rec[8..16].copy_from_slice(&x.to_le_bytes());
-    let crc = crc32c::crc32c(&rec[..16]);
-    rec[16..].copy_from_slice(&crc.to_le_bytes());
+    let rec = cut_record(x);
     seg.file.write_at(CLEAN_AT as u64, &[&rec]).map_err(io)?;
     seg.file.sync_data().map_err(io)?;
     let zeros = vec![0u8; STEP as usize];
