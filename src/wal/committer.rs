@@ -19,6 +19,7 @@ use super::format::{
     FRAME_HEADER, FrameHeader, Kind, SEGMENT_HEADER, SegmentHeader, frame_crc, header_bytes,
     header_word, segment_name,
 };
+use super::recovery::repair;
 use super::segments::{Preparer, prepare_segment};
 use super::{Cause, Failure, FlushPolicy, LogConfig, Shared};
 use crate::error::{Error, Result};
@@ -106,13 +107,7 @@ impl Committer {
             path: c.dir.join(segment_name(seq)),
             source: e,
         })?;
-        // Segments found on disk may have been renamed into place by a
-        // process that died before syncing the directory: make their names
-        // durable before anything acknowledged goes into them.
-        c.storage.sync_dir(&c.dir).map_err(|e| Error::Io {
-            path: c.dir.clone(),
-            source: e,
-        })?;
+        repair::sync_segment_names(&*c.storage, &c.dir)?;
         c.open_segment(seq).map_err(|cause| Error::Io {
             path: cause.file.unwrap_or_else(|| c.dir.join(segment_name(seq))),
             source: match (cause.errno, cause.kind) {
@@ -121,75 +116,19 @@ impl Committer {
                 (None, None) => std::io::Error::other(cause.reason),
             },
         })?;
-        // A process killed before its last fdatasync returned leaves that
-        // group readable, so recovery took it, but maybe not on disk: make
-        // it durable before anything after it is written and acknowledged
-        // (else a power loss could take it and keep what follows). It lies
-        // in the segment the log goes on in, or at the end of the one
-        // before.
-        let sync = |path: PathBuf| -> Result<()> {
-            let io = |e| Error::Io {
-                path: path.clone(),
-                source: e,
-            };
-            if c.storage.exists(&path) {
-                c.storage
-                    .open(&path, false)
-                    .map_err(io)?
-                    .sync_data()
-                    .map_err(io)?;
-            }
-            Ok(())
-        };
-        sync(c.dir.join(segment_name(seq)))?;
-        if c.shared.mark.durable().is_multiple_of(c.shared.seg_data) && seq > 0 {
-            sync(c.dir.join(segment_name(seq - 1)))?;
-        }
-        // A sync only writes pages that are dirty. A group whose sync failed
-        // left clean pages that never reached the disk, and recovery read
-        // them back: rewrite what no frame proves synced, then sync it.
-        c.rewrite(unproven)?;
-        // A clean-close record lets the next open skip reading the rest of
-        // the segment; it must not outlive the first new write: erase it.
-        c.erase_clean().map_err(|reason| Error::Io {
+        repair::sync_last_group(
+            &*c.storage,
+            &c.dir,
+            c.shared.mark.durable(),
+            c.shared.seg_data,
+        )?;
+        repair::rewrite_unproven(&*c.storage, &c.dir, c.shared.seg_data, unproven)?;
+        let (_, f) = c.current.as_ref().expect("segment open");
+        repair::erase_clean(&**f).map_err(|reason| Error::Io {
             path: c.dir.join(segment_name(seq)),
             source: std::io::Error::other(reason),
         })?;
         Ok(c)
-    }
-
-    /// Writes the log's bytes in `range` again, as they are, and syncs
-    /// them: makes durable what recovery read back but cannot prove was.
-    fn rewrite(&self, range: std::ops::Range<u64>) -> Result<()> {
-        const STEP: u64 = 1 << 20;
-        let data = self.shared.seg_data;
-        let mut at = range.start;
-        while at < range.end {
-            let seq = at / data;
-            let path = self.dir.join(segment_name(seq));
-            let io = |e| Error::Io {
-                path: path.clone(),
-                source: e,
-            };
-            let f = self.storage.open(&path, false).map_err(io)?;
-            let end = range.end.min((seq + 1) * data);
-            let mut buf = vec![0u8; STEP.min(end - at) as usize];
-            while at < end {
-                let n = STEP.min(end - at) as usize;
-                let off = SEGMENT_HEADER + at % data;
-                let got = f.read_at(off, &mut buf[..n]).map_err(io)?;
-                if got < n {
-                    return Err(io(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!("short read of {got} of {n} bytes at offset {off}"),
-                    )));
-                }
-                f.write_at(off, &[&buf[..n]]).map_err(io)?;
-                at += n as u64;
-            }
-            f.sync_data().map_err(io)?;
-        }
-        Ok(())
     }
 
     /// Makes segment `seq` exist under its final name, durably: waits for
@@ -272,21 +211,6 @@ impl Committer {
         self.use_direct = false;
         self.direct = None;
         self.blocks.forget();
-    }
-
-    /// Erases the current segment's clean-close record, if it has one.
-    fn erase_clean(&mut self) -> std::result::Result<(), String> {
-        use super::format::CLEAN_AT;
-        let (_, f) = self.current.as_ref().expect("segment open");
-        let mut r = [0u8; 20];
-        f.read_at(CLEAN_AT as u64, &mut r)
-            .map_err(|e| e.to_string())?;
-        if r != [0u8; 20] {
-            f.write_at(CLEAN_AT as u64, &[&[0u8; 20]])
-                .map_err(|e| e.to_string())?;
-            f.sync_data().map_err(|e| e.to_string())?;
-        }
-        Ok(())
     }
 
     /// On a clean stop: records where the log ends in the segment holding
