@@ -1,10 +1,11 @@
 //! The committer: one thread that turns published frames into durable ones.
 //!
-//! Owns the segment files while the log is open (and a helper thread that
-//! prepares the next segment ahead of time, from a spare segment a
-//! checkpoint freed when there is one, else by writing zeros). Loop: find the contiguous run of
-//! published frames, write it and fdatasync it (one `RWF_DSYNC` write on
-//! io_uring), advance the durable watermark, wake the futures it covers.
+//! Owns the segment file being written while the log is open, and decides
+//! when the next one is prepared (the making of segments lives in
+//! `segments`; the repair done before the first new write, in
+//! `recovery::repair`). Loop: find the contiguous run of published frames,
+//! write it and fdatasync it (one `RWF_DSYNC` write on io_uring), advance
+//! the durable watermark, wake the futures it covers.
 //! While a sync runs, new frames pile up and form the next group. A failed
 //! write or sync poisons the log from the first byte not known durable; the
 //! committer never retries a sync.
@@ -25,6 +26,7 @@ use super::{Cause, Failure, FlushPolicy, LogConfig, Shared};
 use crate::error::{Error, Result};
 use crate::io::{Storage, StorageFile};
 
+/// The commit loop's state, owned by the committer thread.
 pub(crate) struct Committer {
     shared: Arc<Shared>,
     storage: Arc<dyn Storage>,
@@ -272,9 +274,7 @@ impl Committer {
     /// finish in before it is hurried. Not earlier: a log that never
     /// reaches the next segment should not write one, and a segment made
     /// early is made of zeros where a checkpoint about to retire segments
-    /// would have given one to reuse (starting at a quarter made
-    /// `power_loss_at_every_step_of_segment_reuse` see one reuse fewer in
-    /// four of six runs).
+    /// would have given one to reuse.
     fn prepare_ahead(&mut self, synced: u64) {
         let data = self.shared.seg_data;
         if synced % data < data / 2 {
@@ -611,8 +611,7 @@ mod tests {
     use crate::io::{SimStorage, Storage};
 
     /// Every commit frame carries the salt of the segment it lies in, also
-    /// the first group's frame of each segment (it once took the salt of
-    /// the segment before).
+    /// the first group's frame of each segment.
     #[test]
     fn commit_frames_carry_their_segments_salt() {
         let storage: Arc<dyn Storage> = Arc::new(SimStorage::new(11));

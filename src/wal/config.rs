@@ -54,8 +54,7 @@ pub struct LogConfig {
     /// Whether the future of a writer that is alone (the last group commit
     /// held at most two records) spins up to about two fsync times on the
     /// thread that awaits it before it sleeps (default true). Saves the
-    /// wake-up of a sleeping thread, tens of microseconds on virtual
-    /// machines; never spins under concurrent load. Only the task that
+    /// wake-up of a sleeping thread; never spins under concurrent load. Only the task that
     /// came to spin last time may spin again: when several tasks take turns
     /// (as on a current-thread runtime, where a spinner would hold back
     /// the tasks that would join its group), they sleep instead.

@@ -12,6 +12,24 @@
 //! and publishes the frame header last. The committer writes the contiguous
 //! run of published frames to the segment file, syncs it, advances the
 //! durable watermark and wakes every future it covers.
+//!
+//! The stages, one file (or folder) each:
+//! - `config`: [`LogConfig`] and [`FlushPolicy`].
+//! - `reserve`: reservation of a byte range, publishing a frame, and
+//!   back-pressure (claims) when the ring is full.
+//! - `ring`: the log buffer, indexed by LSN.
+//! - `committer`: the commit loop (group, write, sync, wake).
+//! - `direct`: the aligned staging buffer for writes around the page cache.
+//! - `segments`: making segment files (zero-filled, or reused spares) and
+//!   removing the ones a checkpoint retired.
+//! - `durable`: the durable watermark and the [`Durable`] futures.
+//! - `recovery`: the scan at open (`scan`), the repair before the log
+//!   goes on (`repair`), and the read-only scan a salvage uses.
+//! - `format`: every on-disk format of the log: segment headers and names,
+//!   frames, the clean-close and cut records.
+//!
+//! This file holds [`Log`], the public type, and the state its stages
+//! share.
 
 mod committer;
 mod config;
@@ -94,6 +112,35 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The state of a log that goes on at `end`, with a ring of `cap` bytes
+    /// and `seg_data` LSNs per segment.
+    fn new(cap: u64, seg_data: u64, end: u64, spare_segments: usize) -> Self {
+        Self {
+            ring: Ring::new(cap),
+            seg_data,
+            reserved: AtomicU64::new(end),
+            freed: AtomicU64::new(end),
+            mark: Arc::new(Watermark::new(end)),
+            flush_to: AtomicU64::new(end),
+            stop: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
+            committer: OnceLock::new(),
+            spares: Arc::new(segments::Spares::new(spare_segments)),
+            handed_below: AtomicU64::new(0),
+            space: Mutex::new(Vec::new()),
+            want: AtomicU64::new(0),
+            claims: Mutex::new(Claims::default()),
+            front: AtomicU64::new(0),
+            tick: AtomicBool::new(false),
+            max_frame: ((cap.min(seg_data) - COMMITTER_ROOM) / 2) & !7,
+            syncs: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            sync_latency: crate::metrics::Histogram::new(),
+            #[cfg(feature = "metrics")]
+            export: OnceLock::new(),
+        }
+    }
+
     fn wake_committer(&self) {
         // Pairs with the committer's fence between setting `sleeping` and
         // looking for work: one of the two sees the other.
@@ -163,30 +210,7 @@ impl Log {
         let rec = recovery::recover(&*storage, dir, config, start, replay)?;
         let seg_data = rec.segment_size - format::SEGMENT_HEADER;
         let cap = config.buffer_capacity;
-        let shared = Arc::new(Shared {
-            ring: Ring::new(cap),
-            seg_data,
-            reserved: AtomicU64::new(rec.end),
-            freed: AtomicU64::new(rec.end),
-            mark: Arc::new(Watermark::new(rec.end)),
-            flush_to: AtomicU64::new(rec.end),
-            stop: AtomicBool::new(false),
-            sleeping: AtomicBool::new(false),
-            committer: OnceLock::new(),
-            spares: Arc::new(segments::Spares::new(config.spare_segments)),
-            handed_below: AtomicU64::new(0),
-            space: Mutex::new(Vec::new()),
-            want: AtomicU64::new(0),
-            claims: Mutex::new(Claims::default()),
-            front: AtomicU64::new(0),
-            tick: AtomicBool::new(false),
-            max_frame: ((cap.min(seg_data) - COMMITTER_ROOM) / 2) & !7,
-            syncs: AtomicU64::new(0),
-            records: AtomicU64::new(0),
-            sync_latency: crate::metrics::Histogram::new(),
-            #[cfg(feature = "metrics")]
-            export: OnceLock::new(),
-        });
+        let shared = Arc::new(Shared::new(cap, seg_data, rec.end, config.spare_segments));
         let committer = committer::Committer::new(
             shared.clone(),
             storage.clone(),
@@ -195,29 +219,7 @@ impl Log {
             rec.segment_size,
             rec.proven..rec.end,
         )?;
-        let sh = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("ringtree-committer".into())
-            .spawn(move || {
-                // A panic must not leave futures waiting on a dead thread.
-                if let Err(p) =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| committer.run()))
-                {
-                    let what = p
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    tracing::error!(panic = %what, "committer panicked; log poisoned");
-                    sh.mark
-                        .poison_now(Cause::msg(format!("committer panicked: {what}")));
-                    sh.wake_space();
-                }
-            })
-            .map_err(|e| Error::Io {
-                path: dir.to_path_buf(),
-                source: e,
-            })?;
+        let thread = spawn_committer(committer, shared.clone(), dir)?;
         let _ = shared.committer.set(thread.thread().clone());
         Ok(Self {
             shared,
@@ -324,6 +326,37 @@ impl Log {
     pub(crate) fn export_to(&self, export: Arc<crate::metrics::Export>) {
         let _ = self.shared.export.set(export);
     }
+}
+
+/// Starts the committer thread. A panic in it poisons the log, so no
+/// future waits on a dead thread.
+fn spawn_committer(
+    committer: committer::Committer,
+    sh: Arc<Shared>,
+    dir: &Path,
+) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("ringtree-committer".into())
+        .spawn(move || {
+            // A panic must not leave futures waiting on a dead thread.
+            if let Err(p) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| committer.run()))
+            {
+                let what = p
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %what, "committer panicked; log poisoned");
+                sh.mark
+                    .poison_now(Cause::msg(format!("committer panicked: {what}")));
+                sh.wake_space();
+            }
+        })
+        .map_err(|e| Error::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })
 }
 
 impl Drop for Log {

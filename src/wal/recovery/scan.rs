@@ -35,9 +35,9 @@ pub(super) struct Window<'a> {
 
 const WINDOW: u64 = 1 << 20;
 
-/// The least a look at one frame of another segment reads (a window would
-/// read 4 MiB for 8 bytes: milliseconds at every open whose pages are not
-/// cached).
+/// The least a look at one frame of another segment reads: small, so an
+/// open whose pages are not cached does not read a whole window for the
+/// sake of 8 bytes.
 const PEEK: u64 = 4 << 10;
 
 impl<'a> Window<'a> {

@@ -112,8 +112,8 @@ pub(crate) fn prepare_segment(
     f.write_at(0, &[&header])?;
     if let Err(e) = write_zeros(storage, &tmp, &*f, size, pace.map(|p| (p, seq))) {
         drop(f);
-        // Removed now rather than by the next open (a large file's removal
-        // takes milliseconds).
+        // Removed now rather than by the next open, which would wait for
+        // the removal of a large file.
         if e.kind() == std::io::ErrorKind::Interrupted {
             let _ = storage.remove(&tmp);
         }
@@ -152,8 +152,6 @@ fn stopped() -> std::io::Error {
 /// fdatasyncs mostly find the disk idle; pauses end (and steps grow to
 /// [`ZERO_STEP_HURRIED`]) once the urgent mark reaches the segment, and
 /// the fill stops (`Interrupted`) when it is [`STOP`].
-/// (Written all at once, 64 MiB of zeros took a concurrent 4 KiB write +
-/// fdatasync from 0.1 ms to 0.15-3 ms; see docs/BENCHMARKS.md.)
 fn write_zeros(
     storage: &dyn Storage,
     path: &Path,

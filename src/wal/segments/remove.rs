@@ -36,7 +36,7 @@ impl Log {
     /// later segments are made (no zeros to write); the rest are removed on
     /// the log's reclaimer thread (joined by `close`), each file shortened
     /// in steps first: unlinking a whole segment at once frees its blocks in
-    /// one go, which stalled the log's fdatasyncs for ~15 ms. `failpoint`
+    /// one go, which stalls the log's fdatasyncs meanwhile. `failpoint`
     /// `wal-recycle` removes the first one here and fails (crash tests).
     pub(crate) fn remove_segments_below(
         &self,
