@@ -109,6 +109,8 @@ impl Committer {
             path: c.dir.join(segment_name(seq)),
             source: e,
         })?;
+        // Before the first new write, what recovery read is made safe to
+        // build on (see `recovery::repair`).
         repair::sync_segment_names(&*c.storage, &c.dir)?;
         c.open_segment(seq).map_err(|cause| Error::Io {
             path: cause.file.unwrap_or_else(|| c.dir.join(segment_name(seq))),
