@@ -456,6 +456,83 @@ impl Committer {
         })
     }
 
+    /// Writes and syncs the group from `synced` to `scan` (its part in
+    /// `synced`'s segment), closing it with a commit frame where one fits
+    /// (which moves `scan`). Returns its end and when its write began.
+    fn write_group(
+        &mut self,
+        synced: u64,
+        scan: &mut u64,
+    ) -> std::result::Result<(u64, Instant), Cause> {
+        let data = self.shared.seg_data;
+        // One segment per write and sync; the rest on the next turn.
+        let seg_end = (synced / data + 1) * data;
+        // The group's segment, open before a commit frame takes its
+        // salt (at a segment start `current` is still the last one).
+        let opened = self.open_segment(synced / data);
+        if opened.is_ok() && *scan < seg_end {
+            *scan = self.commit_marker(synced, *scan);
+        }
+        let end = (*scan).min(seg_end);
+        // A log that fills a segment goes on in the next: that one
+        // exists, durably, before the part reaching this one's end
+        // is written, so recovery can tell a full segment with no
+        // successor from a missing file (invariant 11).
+        let next_ready = if end == seg_end {
+            let next = seg_end / data;
+            let r = self.ensure_segment(next);
+            if r.is_ok() {
+                self.ready.insert(next);
+            }
+            r
+        } else {
+            Ok(())
+        };
+        let t0 = Instant::now();
+        opened
+            .and(next_ready)
+            .and_then(|()| self.commit(synced, end))?;
+        Ok((end, t0))
+    }
+
+    /// After the group `[synced, end)` is durable: hands its ring bytes
+    /// back, counts it, advances the watermark (waking its futures) and
+    /// wakes appenders waiting for room. `scan`: how far frames were
+    /// scanned; `records`: those scanned and not yet counted.
+    fn complete_group(&self, synced: u64, end: u64, scan: u64, records: &mut u64, t0: Instant) {
+        let s = &*self.shared;
+        // SAFETY: the slices of this range were dropped in `commit`.
+        unsafe { s.ring.zero(synced, end) };
+        s.freed.store(end, Ordering::Release);
+        // Before appenders waiting for ring space are woken and
+        // take the space just freed.
+        self.defer_marker(end);
+        // Counted before the futures wake, so a woken writer's
+        // metrics include its own group.
+        let took = t0.elapsed();
+        s.sync_latency.record(took);
+        s.syncs.fetch_add(1, Ordering::Relaxed);
+        // (Split at a segment end, the count goes with the last part.)
+        let counted = if end == scan {
+            std::mem::take(records)
+        } else {
+            0
+        };
+        s.records.fetch_add(counted, Ordering::Relaxed);
+        if self.lone_spin && end == scan && self.policy == FlushPolicy::GroupCommit {
+            s.mark.tune_spin(counted, took);
+        }
+        s.mark.advance(end);
+        s.age_claims();
+        s.wake_space();
+        #[cfg(feature = "metrics")]
+        if let Some(e) = s.export.get() {
+            e.group(took, counted, end, s.reserved.load(Ordering::Relaxed));
+        }
+    }
+
+    /// The commit loop: runs until the log stops (after a last sync and
+    /// the clean-close record) or fails.
     pub(crate) fn run(mut self) {
         let s = self.shared.clone();
         let mut synced = s.mark.durable();
@@ -472,70 +549,19 @@ impl Committer {
             scan = self.advance_scan(synced, scan, &mut records);
             let stopping = s.stop.load(Ordering::Acquire);
             if self.wants_sync(synced, scan, last, stopping) {
-                // One segment per write and sync; the rest on the next turn.
-                let seg_end = (synced / s.seg_data + 1) * s.seg_data;
-                // The group's segment, open before a commit frame takes its
-                // salt (at a segment start `current` is still the last one).
-                let opened = self.open_segment(synced / s.seg_data);
-                if opened.is_ok() && scan < seg_end {
-                    scan = self.commit_marker(synced, scan);
-                }
-                let end = scan.min(seg_end);
-                // A log that fills a segment goes on in the next: that one
-                // exists, durably, before the part reaching this one's end
-                // is written, so recovery can tell a full segment with no
-                // successor from a missing file (invariant 11).
-                let next_ready = if end == seg_end {
-                    let next = seg_end / s.seg_data;
-                    let r = self.ensure_segment(next);
-                    if r.is_ok() {
-                        self.ready.insert(next);
+                let (end, t0) = match self.write_group(synced, &mut scan) {
+                    Ok(r) => r,
+                    Err(cause) => {
+                        tracing::error!(offset = synced, reason = %cause.reason, "WAL write or sync failed; log poisoned");
+                        s.mark.fail(Failure::Poisoned {
+                            offset: synced,
+                            cause,
+                        });
+                        s.wake_space();
+                        return;
                     }
-                    r
-                } else {
-                    Ok(())
                 };
-                let t0 = Instant::now();
-                if let Err(cause) = opened
-                    .and(next_ready)
-                    .and_then(|()| self.commit(synced, end))
-                {
-                    tracing::error!(offset = synced, reason = %cause.reason, "WAL write or sync failed; log poisoned");
-                    s.mark.fail(Failure::Poisoned {
-                        offset: synced,
-                        cause,
-                    });
-                    s.wake_space();
-                    return;
-                }
-                // SAFETY: the slices of this range were dropped in `commit`.
-                unsafe { s.ring.zero(synced, end) };
-                s.freed.store(end, Ordering::Release);
-                // Before appenders waiting for ring space are woken and
-                // take the space just freed.
-                self.defer_marker(end);
-                // Counted before the futures wake, so a woken writer's
-                // metrics include its own group.
-                let took = t0.elapsed();
-                s.sync_latency.record(took);
-                s.syncs.fetch_add(1, Ordering::Relaxed);
-                // (Split at a segment end, the count goes with the last part.)
-                let counted = if end == scan {
-                    std::mem::take(&mut records)
-                } else {
-                    0
-                };
-                s.records.fetch_add(counted, Ordering::Relaxed);
-                if self.lone_spin && end == scan && self.policy == FlushPolicy::GroupCommit {
-                    s.mark.tune_spin(counted, took);
-                }
-                s.mark.advance(end);
-                s.age_claims();
-                s.wake_space();
-                #[cfg(feature = "metrics")]
-                if let Some(e) = s.export.get() {
-                    e.group(took, counted, end, s.reserved.load(Ordering::Relaxed));
-                }
+                self.complete_group(synced, end, scan, &mut records, t0);
                 synced = end;
                 last = Instant::now();
                 self.prepare_ahead(synced);
