@@ -1,393 +1,32 @@
 //! The committer: one thread that turns published frames into durable ones.
 //!
-//! Owns the segment files while the log is open (and a helper thread that
-//! prepares the next segment ahead of time, from a spare segment a
-//! checkpoint freed when there is one, else by writing zeros). Loop: find the contiguous run of
-//! published frames, write it and fdatasync it (one `RWF_DSYNC` write on
-//! io_uring), advance the durable watermark, wake the futures it covers.
+//! Owns the segment file being written while the log is open, and decides
+//! when the next one is prepared (the making of segments lives in
+//! `segments`; the repair done before the first new write, in
+//! `recovery::repair`). Loop: find the contiguous run of published frames,
+//! write it and fdatasync it (one `RWF_DSYNC` write on io_uring), advance
+//! the durable watermark, wake the futures it covers.
 //! While a sync runs, new frames pile up and form the next group. A failed
 //! write or sync poisons the log from the first byte not known durable; the
 //! committer never retries a sync.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering, fence};
-use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
 
 use super::format::{
-    FRAME_HEADER, FrameHeader, Kind, SEGMENT_HEADER, SegmentHeader, frame_crc, header_word,
-    segment_name,
+    FRAME_HEADER, FrameHeader, Kind, SEGMENT_HEADER, SegmentHeader, frame_crc, header_bytes,
+    header_word, segment_name,
 };
-use super::{Cause, Failure, FlushPolicy, LogConfig, Shared, header_bytes};
+use super::recovery::repair;
+use super::segments::{Preparer, prepare_segment};
+use super::{Cause, Failure, FlushPolicy, LogConfig, Shared};
 use crate::error::{Error, Result};
 use crate::io::{Storage, StorageFile};
 
-/// Segments below a durable checkpoint, kept to become later segments: a
-/// spare gets a new header and name instead of a new file being written
-/// full of zeros, so a log that checkpoints writes its bytes once.
-///
-/// Safe because a frame's checksum covers its log position (and a commit
-/// frame names its segment's salt): nothing a spare held is ever valid at
-/// its new position, so recovery sees its old contents as it sees zeros.
-pub(crate) struct Spares {
-    paths: Mutex<Vec<PathBuf>>,
-    /// At most this many are kept ([`LogConfig::spare_segments`]); the
-    /// rest are removed. A checkpoint at the default policy (every 256 MiB
-    /// of log) frees four 64 MiB segments.
-    max: usize,
-    /// Segments made from a spare / from written zeros, since open.
-    recycled: std::sync::atomic::AtomicU64,
-    zeroed: std::sync::atomic::AtomicU64,
-}
-
-impl Spares {
-    pub(crate) fn new(max: usize) -> Self {
-        Self {
-            paths: Mutex::default(),
-            max,
-            recycled: Default::default(),
-            zeroed: Default::default(),
-        }
-    }
-
-    /// Keeps `path` for reuse; gives it back when the pool is full.
-    pub(crate) fn offer(&self, path: PathBuf) -> Option<PathBuf> {
-        let mut p = self.paths.lock().unwrap_or_else(|e| e.into_inner());
-        if p.contains(&path) {
-            return None;
-        }
-        if p.len() >= self.max {
-            return Some(path);
-        }
-        p.push(path);
-        None
-    }
-
-    fn take(&self) -> Option<PathBuf> {
-        self.paths.lock().unwrap_or_else(|e| e.into_inner()).pop()
-    }
-
-    /// Segments made from a spare since open.
-    pub(crate) fn recycled(&self) -> u64 {
-        self.recycled.load(Ordering::Relaxed)
-    }
-
-    /// Segments made by writing zeros since open.
-    pub(crate) fn zeroed(&self) -> u64 {
-        self.zeroed.load(Ordering::Relaxed)
-    }
-}
-
-/// Creates segment files ahead of need on its own thread (see
-/// [`prepare_segment`]). So the committer's fdatasyncs never allocate or
-/// change metadata.
-struct Preparer {
-    requests: Option<mpsc::Sender<u64>>,
-    state: Arc<(Mutex<PrepState>, Condvar)>,
-    /// The highest segment the log is about to need (or waits for): those
-    /// up to it are written without pauses.
-    urgent: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Preparer {
-    fn drop(&mut self) {
-        // A segment being filled is abandoned (its fill removes its
-        // temporary file), a pause cut short, and requests still queued
-        // are skipped; closing the channel ends the thread.
-        self.urgent.store(STOP, Ordering::Relaxed);
-        self.requests = None;
-        if let Some(t) = self.thread.take() {
-            t.thread().unpark();
-            let _ = t.join();
-        }
-    }
-}
-
-#[derive(Default)]
-struct PrepState {
-    ready: HashSet<u64>,
-    failed: std::collections::HashMap<u64, String>,
-}
-
-/// Makes segment `seq` exist, complete, under its final name: built under
-/// a temporary name (which recovery removes), from a spare when there is
-/// one (renamed, the rename made durable, new header written and synced),
-/// else as a new file (header, then written zeros to the full size,
-/// synced); then renamed into place and the directory synced. With `pace`
-/// (the preparer thread's), zeros are written with pauses unless `pace`
-/// has reached `seq`.
-pub(crate) fn prepare_segment(
-    storage: &dyn Storage,
-    dir: &Path,
-    seq: u64,
-    size: u64,
-    tree_id: [u8; 16],
-    spares: &Spares,
-    pace: Option<&AtomicU64>,
-) -> std::io::Result<()> {
-    let path = dir.join(segment_name(seq));
-    if storage.exists(&path) {
-        // Renamed into place by someone whose directory sync may have
-        // failed, or not have run: the name is durable only after this.
-        return storage.sync_dir(dir);
-    }
-    if pace.is_some_and(|p| p.load(Ordering::Relaxed) == STOP) {
-        return Err(stopped());
-    }
-    let tmp = dir.join(format!("{}.tmp", segment_name(seq)));
-    if storage.exists(&tmp) {
-        storage.remove(&tmp)?;
-    }
-    let made = SegmentHeader {
-        seq,
-        size,
-        salt: super::format::random_salt(),
-        tree_id,
-        zeroed: false,
-    };
-    let header = made.encode();
-    while let Some(spare) = spares.take() {
-        match recycle(storage, dir, &spare, &tmp, size, &header) {
-            Ok(()) => {
-                storage.rename(&tmp, &path)?;
-                storage.sync_dir(dir)?;
-                spares.recycled.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
-            }
-            // Gone already (removed, or taken twice): try another.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !storage.exists(&tmp) => {}
-            Err(e) => {
-                tracing::warn!(spare = %spare.display(), error = %e, "could not reuse a WAL segment; writing a new one");
-                if storage.exists(&tmp) {
-                    storage.remove(&tmp)?;
-                }
-                break;
-            }
-        }
-    }
-    let f = storage.open(&tmp, true)?;
-    let header = SegmentHeader {
-        zeroed: true,
-        ..made
-    }
-    .encode();
-    f.write_at(0, &[&header])?;
-    if let Err(e) = write_zeros(storage, &tmp, &*f, size, pace.map(|p| (p, seq))) {
-        drop(f);
-        // Removed now rather than by the next open (a large file's removal
-        // takes milliseconds).
-        if e.kind() == std::io::ErrorKind::Interrupted {
-            let _ = storage.remove(&tmp);
-        }
-        return Err(e);
-    }
-    drop(f);
-    storage.rename(&tmp, &path)?;
-    storage.sync_dir(dir)?;
-    spares.zeroed.fetch_add(1, Ordering::Relaxed);
-    Ok(())
-}
-
-/// Zeros written per step when filling a new segment with pauses (small,
-/// so the log's own writes queue behind little) and without (the open, or
-/// a log about to need the segment).
-const ZERO_STEP: usize = 64 << 10;
-const ZERO_STEP_HURRIED: usize = 1 << 20;
-
-/// The preparer's urgent mark when the log closes: a fill in progress
-/// stops.
-const STOP: u64 = u64::MAX;
-
-/// The longest pause between two paced steps (a step that stalled long
-/// does not make the fill stall three times as long).
-const MAX_PAUSE: Duration = Duration::from_millis(5);
-
-fn stopped() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::Interrupted, "the log closed")
-}
-
-/// Fills `f` (at `path`) with written zeros from its end to `size`, then
-/// syncs it. Direct writes where the storage has them (no page-cache
-/// copy, no writeback burst), else buffered ones synced a step at a time.
-/// With `pace` (the preparer's), each step of [`ZERO_STEP`] is followed by
-/// a pause three times as long as the step, so the log's own writes and
-/// fdatasyncs mostly find the disk idle; pauses end (and steps grow to
-/// [`ZERO_STEP_HURRIED`]) once the urgent mark reaches the segment, and
-/// the fill stops (`Interrupted`) when it is [`STOP`].
-/// (Written all at once, 64 MiB of zeros took a concurrent 4 KiB write +
-/// fdatasync from 0.1 ms to 0.15-3 ms; see docs/BENCHMARKS.md.)
-fn write_zeros(
-    storage: &dyn Storage,
-    path: &Path,
-    f: &dyn StorageFile,
-    size: u64,
-    pace: Option<(&AtomicU64, u64)>,
-) -> std::io::Result<()> {
-    let align = crate::io::DIRECT_ALIGN;
-    let mut at = f.len()?;
-    let mut direct = if at.is_multiple_of(align as u64) && size.is_multiple_of(align as u64) {
-        storage.open_direct(path)?
-    } else {
-        None
-    };
-    let mem = vec![0u8; ZERO_STEP_HURRIED + align];
-    let start = mem.as_ptr().align_offset(align).min(align);
-    let zeros = &mem[start..start + ZERO_STEP_HURRIED];
-    let mark = || pace.map(|(urgent, seq)| (urgent.load(Ordering::Relaxed), seq));
-    while at < size {
-        let t = Instant::now();
-        if mark().is_some_and(|(u, _)| u == STOP) {
-            return Err(stopped());
-        }
-        let pausing = mark().is_some_and(|(u, seq)| u < seq);
-        match &direct {
-            Some(d) => {
-                let step = if pausing {
-                    ZERO_STEP
-                } else {
-                    ZERO_STEP_HURRIED
-                };
-                let n = (size - at).min(step as u64) as usize;
-                match d.write_at(at, &[&zeros[..n]]) {
-                    Ok(()) => at += n as u64,
-                    // Refused at write time (some file systems do):
-                    // buffered from here on.
-                    Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
-                        tracing::warn!(file = %path.display(), error = %e, "direct writes refused; filling the WAL segment through the page cache");
-                        direct = None;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            None => {
-                // Buffered: written and synced a MiB at a time (each sync
-                // also commits the file's growth).
-                let n = (size - at).min(ZERO_STEP_HURRIED as u64) as usize;
-                f.write_at(at, &[&zeros[..n]])?;
-                f.sync_data()?;
-                at += n as u64;
-            }
-        }
-        if pausing && at < size {
-            // Cut short by a hurry or a stop (the preparer is unparked).
-            let until = Instant::now() + (t.elapsed() * 3).min(MAX_PAUSE);
-            while let Some(left) = until.checked_duration_since(Instant::now())
-                && !left.is_zero()
-                && mark().is_some_and(|(u, seq)| u < seq)
-            {
-                std::thread::park_timeout(left);
-            }
-        }
-    }
-    f.sync_data()
-}
-
-/// Turns the spare segment file `spare` into `tmp` with `header`.
-fn recycle(
-    storage: &dyn Storage,
-    dir: &Path,
-    spare: &Path,
-    tmp: &Path,
-    size: u64,
-    header: &[u8],
-) -> std::io::Result<()> {
-    storage.rename(spare, tmp)?;
-    // The old name must be gone for good before the header names another
-    // segment: a file whose name and header disagree is corruption.
-    storage.sync_dir(dir)?;
-    let f = storage.open(tmp, false)?;
-    let len = f.len()?;
-    if len != size {
-        return Err(std::io::Error::other(format!(
-            "spare segment is {len} bytes, segments are {size}"
-        )));
-    }
-    f.write_at(0, &[header])?;
-    f.sync_data()
-}
-
-impl Preparer {
-    fn start(
-        storage: Arc<dyn Storage>,
-        dir: PathBuf,
-        size: u64,
-        tree_id: [u8; 16],
-        spares: Arc<Spares>,
-    ) -> std::io::Result<Self> {
-        let (tx, rx) = mpsc::channel::<u64>();
-        let state: Arc<(Mutex<PrepState>, Condvar)> = Arc::default();
-        let st = state.clone();
-        let urgent = Arc::new(AtomicU64::new(0));
-        let urg = urgent.clone();
-        let thread = std::thread::Builder::new()
-            .name("ringtree-segments".into())
-            .spawn(move || {
-                for seq in rx {
-                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        prepare_segment(&*storage, &dir, seq, size, tree_id, &spares, Some(&urg))
-                    }));
-                    let (m, cv) = &*st;
-                    let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
-                    match r {
-                        Ok(Ok(())) => {
-                            s.ready.insert(seq);
-                        }
-                        Ok(Err(e)) => {
-                            s.failed
-                                .insert(seq, format!("preparing WAL segment {seq}: {e}"));
-                        }
-                        Err(_) => {
-                            s.failed
-                                .insert(seq, format!("preparing WAL segment {seq}: panicked"));
-                        }
-                    }
-                    cv.notify_all();
-                }
-            })?;
-        Ok(Self {
-            requests: Some(tx),
-            state,
-            urgent,
-            thread: Some(thread),
-        })
-    }
-
-    /// Has segment `seq` (and any before it) prepared without pauses,
-    /// cutting a pause short.
-    fn hurry(&self, seq: u64) {
-        if self.urgent.fetch_max(seq, Ordering::Relaxed) < seq
-            && let Some(t) = &self.thread
-        {
-            t.thread().unpark();
-        }
-    }
-
-    fn request(&self, seq: u64) {
-        if let Some(r) = &self.requests {
-            let _ = r.send(seq);
-        }
-    }
-
-    fn wait(&self, seq: u64) -> std::result::Result<(), String> {
-        self.hurry(seq);
-        let (m, cv) = &*self.state;
-        let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if s.ready.remove(&seq) {
-                return Ok(());
-            }
-            if let Some(f) = s.failed.remove(&seq) {
-                return Err(f);
-            }
-            s = cv.wait(s).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-}
-
+/// The commit loop's state, owned by the committer thread.
 pub(crate) struct Committer {
     shared: Arc<Shared>,
     storage: Arc<dyn Storage>,
@@ -470,13 +109,9 @@ impl Committer {
             path: c.dir.join(segment_name(seq)),
             source: e,
         })?;
-        // Segments found on disk may have been renamed into place by a
-        // process that died before syncing the directory: make their names
-        // durable before anything acknowledged goes into them.
-        c.storage.sync_dir(&c.dir).map_err(|e| Error::Io {
-            path: c.dir.clone(),
-            source: e,
-        })?;
+        // Before the first new write, what recovery read is made safe to
+        // build on (see `recovery::repair`).
+        repair::sync_segment_names(&*c.storage, &c.dir)?;
         c.open_segment(seq).map_err(|cause| Error::Io {
             path: cause.file.unwrap_or_else(|| c.dir.join(segment_name(seq))),
             source: match (cause.errno, cause.kind) {
@@ -485,75 +120,19 @@ impl Committer {
                 (None, None) => std::io::Error::other(cause.reason),
             },
         })?;
-        // A process killed before its last fdatasync returned leaves that
-        // group readable, so recovery took it, but maybe not on disk: make
-        // it durable before anything after it is written and acknowledged
-        // (else a power loss could take it and keep what follows). It lies
-        // in the segment the log goes on in, or at the end of the one
-        // before.
-        let sync = |path: PathBuf| -> Result<()> {
-            let io = |e| Error::Io {
-                path: path.clone(),
-                source: e,
-            };
-            if c.storage.exists(&path) {
-                c.storage
-                    .open(&path, false)
-                    .map_err(io)?
-                    .sync_data()
-                    .map_err(io)?;
-            }
-            Ok(())
-        };
-        sync(c.dir.join(segment_name(seq)))?;
-        if c.shared.mark.durable().is_multiple_of(c.shared.seg_data) && seq > 0 {
-            sync(c.dir.join(segment_name(seq - 1)))?;
-        }
-        // A sync only writes pages that are dirty. A group whose sync failed
-        // left clean pages that never reached the disk, and recovery read
-        // them back: rewrite what no frame proves synced, then sync it.
-        c.rewrite(unproven)?;
-        // A clean-close record lets the next open skip reading the rest of
-        // the segment; it must not outlive the first new write: erase it.
-        c.erase_clean().map_err(|reason| Error::Io {
+        repair::sync_last_group(
+            &*c.storage,
+            &c.dir,
+            c.shared.mark.durable(),
+            c.shared.seg_data,
+        )?;
+        repair::rewrite_unproven(&*c.storage, &c.dir, c.shared.seg_data, unproven)?;
+        let (_, f) = c.current.as_ref().expect("segment open");
+        repair::erase_clean(&**f).map_err(|reason| Error::Io {
             path: c.dir.join(segment_name(seq)),
             source: std::io::Error::other(reason),
         })?;
         Ok(c)
-    }
-
-    /// Writes the log's bytes in `range` again, as they are, and syncs
-    /// them: makes durable what recovery read back but cannot prove was.
-    fn rewrite(&self, range: std::ops::Range<u64>) -> Result<()> {
-        const STEP: u64 = 1 << 20;
-        let data = self.shared.seg_data;
-        let mut at = range.start;
-        while at < range.end {
-            let seq = at / data;
-            let path = self.dir.join(segment_name(seq));
-            let io = |e| Error::Io {
-                path: path.clone(),
-                source: e,
-            };
-            let f = self.storage.open(&path, false).map_err(io)?;
-            let end = range.end.min((seq + 1) * data);
-            let mut buf = vec![0u8; STEP.min(end - at) as usize];
-            while at < end {
-                let n = STEP.min(end - at) as usize;
-                let off = SEGMENT_HEADER + at % data;
-                let got = f.read_at(off, &mut buf[..n]).map_err(io)?;
-                if got < n {
-                    return Err(io(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        format!("short read of {got} of {n} bytes at offset {off}"),
-                    )));
-                }
-                f.write_at(off, &[&buf[..n]]).map_err(io)?;
-                at += n as u64;
-            }
-            f.sync_data().map_err(io)?;
-        }
-        Ok(())
     }
 
     /// Makes segment `seq` exist under its final name, durably: waits for
@@ -638,21 +217,6 @@ impl Committer {
         self.blocks.forget();
     }
 
-    /// Erases the current segment's clean-close record, if it has one.
-    fn erase_clean(&mut self) -> std::result::Result<(), String> {
-        use super::recovery::CLEAN_AT;
-        let (_, f) = self.current.as_ref().expect("segment open");
-        let mut r = [0u8; 20];
-        f.read_at(CLEAN_AT as u64, &mut r)
-            .map_err(|e| e.to_string())?;
-        if r != [0u8; 20] {
-            f.write_at(CLEAN_AT as u64, &[&[0u8; 20]])
-                .map_err(|e| e.to_string())?;
-            f.sync_data().map_err(|e| e.to_string())?;
-        }
-        Ok(())
-    }
-
     /// On a clean stop: records where the log ends in the segment holding
     /// that position, so the next open need not read the rest of it. Where
     /// the log ends exactly at the end of the current segment, the record
@@ -694,9 +258,9 @@ impl Committer {
         } else {
             Ok(())
         };
-        let r = super::recovery::clean_record(end);
+        let r = super::format::clean_record(end);
         if zeroed
-            .and_then(|()| f.write_at(super::recovery::CLEAN_AT as u64, &[&r]))
+            .and_then(|()| f.write_at(super::format::CLEAN_AT as u64, &[&r]))
             .and_then(|()| f.sync_data())
             .is_err()
         {
@@ -712,9 +276,7 @@ impl Committer {
     /// finish in before it is hurried. Not earlier: a log that never
     /// reaches the next segment should not write one, and a segment made
     /// early is made of zeros where a checkpoint about to retire segments
-    /// would have given one to reuse (starting at a quarter made
-    /// `power_loss_at_every_step_of_segment_reuse` see one reuse fewer in
-    /// four of six runs).
+    /// would have given one to reuse.
     fn prepare_ahead(&mut self, synced: u64) {
         let data = self.shared.seg_data;
         if synced % data < data / 2 {
@@ -894,6 +456,83 @@ impl Committer {
         })
     }
 
+    /// Writes and syncs the group from `synced` to `scan` (its part in
+    /// `synced`'s segment), closing it with a commit frame where one fits
+    /// (which moves `scan`). Returns its end and when its write began.
+    fn write_group(
+        &mut self,
+        synced: u64,
+        scan: &mut u64,
+    ) -> std::result::Result<(u64, Instant), Cause> {
+        let data = self.shared.seg_data;
+        // One segment per write and sync; the rest on the next turn.
+        let seg_end = (synced / data + 1) * data;
+        // The group's segment, open before a commit frame takes its
+        // salt (at a segment start `current` is still the last one).
+        let opened = self.open_segment(synced / data);
+        if opened.is_ok() && *scan < seg_end {
+            *scan = self.commit_marker(synced, *scan);
+        }
+        let end = (*scan).min(seg_end);
+        // A log that fills a segment goes on in the next: that one
+        // exists, durably, before the part reaching this one's end
+        // is written, so recovery can tell a full segment with no
+        // successor from a missing file (invariant 11).
+        let next_ready = if end == seg_end {
+            let next = seg_end / data;
+            let r = self.ensure_segment(next);
+            if r.is_ok() {
+                self.ready.insert(next);
+            }
+            r
+        } else {
+            Ok(())
+        };
+        let t0 = Instant::now();
+        opened
+            .and(next_ready)
+            .and_then(|()| self.commit(synced, end))?;
+        Ok((end, t0))
+    }
+
+    /// After the group `[synced, end)` is durable: hands its ring bytes
+    /// back, counts it, advances the watermark (waking its futures) and
+    /// wakes appenders waiting for room. `scan`: how far frames were
+    /// scanned; `records`: those scanned and not yet counted.
+    fn complete_group(&self, synced: u64, end: u64, scan: u64, records: &mut u64, t0: Instant) {
+        let s = &*self.shared;
+        // SAFETY: the slices of this range were dropped in `commit`.
+        unsafe { s.ring.zero(synced, end) };
+        s.freed.store(end, Ordering::Release);
+        // Before appenders waiting for ring space are woken and
+        // take the space just freed.
+        self.defer_marker(end);
+        // Counted before the futures wake, so a woken writer's
+        // metrics include its own group.
+        let took = t0.elapsed();
+        s.sync_latency.record(took);
+        s.syncs.fetch_add(1, Ordering::Relaxed);
+        // (Split at a segment end, the count goes with the last part.)
+        let counted = if end == scan {
+            std::mem::take(records)
+        } else {
+            0
+        };
+        s.records.fetch_add(counted, Ordering::Relaxed);
+        if self.lone_spin && end == scan && self.policy == FlushPolicy::GroupCommit {
+            s.mark.tune_spin(counted, took);
+        }
+        s.mark.advance(end);
+        s.age_claims();
+        s.wake_space();
+        #[cfg(feature = "metrics")]
+        if let Some(e) = s.export.get() {
+            e.group(took, counted, end, s.reserved.load(Ordering::Relaxed));
+        }
+    }
+
+    /// The commit loop: runs until the log stops (after a last sync and
+    /// the clean-close record) or fails.
     pub(crate) fn run(mut self) {
         let s = self.shared.clone();
         let mut synced = s.mark.durable();
@@ -910,70 +549,19 @@ impl Committer {
             scan = self.advance_scan(synced, scan, &mut records);
             let stopping = s.stop.load(Ordering::Acquire);
             if self.wants_sync(synced, scan, last, stopping) {
-                // One segment per write and sync; the rest on the next turn.
-                let seg_end = (synced / s.seg_data + 1) * s.seg_data;
-                // The group's segment, open before a commit frame takes its
-                // salt (at a segment start `current` is still the last one).
-                let opened = self.open_segment(synced / s.seg_data);
-                if opened.is_ok() && scan < seg_end {
-                    scan = self.commit_marker(synced, scan);
-                }
-                let end = scan.min(seg_end);
-                // A log that fills a segment goes on in the next: that one
-                // exists, durably, before the part reaching this one's end
-                // is written, so recovery can tell a full segment with no
-                // successor from a missing file (invariant 11).
-                let next_ready = if end == seg_end {
-                    let next = seg_end / s.seg_data;
-                    let r = self.ensure_segment(next);
-                    if r.is_ok() {
-                        self.ready.insert(next);
+                let (end, t0) = match self.write_group(synced, &mut scan) {
+                    Ok(r) => r,
+                    Err(cause) => {
+                        tracing::error!(offset = synced, reason = %cause.reason, "WAL write or sync failed; log poisoned");
+                        s.mark.fail(Failure::Poisoned {
+                            offset: synced,
+                            cause,
+                        });
+                        s.wake_space();
+                        return;
                     }
-                    r
-                } else {
-                    Ok(())
                 };
-                let t0 = Instant::now();
-                if let Err(cause) = opened
-                    .and(next_ready)
-                    .and_then(|()| self.commit(synced, end))
-                {
-                    tracing::error!(offset = synced, reason = %cause.reason, "WAL write or sync failed; log poisoned");
-                    s.mark.fail(Failure::Poisoned {
-                        offset: synced,
-                        cause,
-                    });
-                    s.wake_space();
-                    return;
-                }
-                // SAFETY: the slices of this range were dropped in `commit`.
-                unsafe { s.ring.zero(synced, end) };
-                s.freed.store(end, Ordering::Release);
-                // Before appenders waiting for ring space are woken and
-                // take the space just freed.
-                self.defer_marker(end);
-                // Counted before the futures wake, so a woken writer's
-                // metrics include its own group.
-                let took = t0.elapsed();
-                s.sync_latency.record(took);
-                s.syncs.fetch_add(1, Ordering::Relaxed);
-                // (Split at a segment end, the count goes with the last part.)
-                let counted = if end == scan {
-                    std::mem::take(&mut records)
-                } else {
-                    0
-                };
-                s.records.fetch_add(counted, Ordering::Relaxed);
-                if self.lone_spin && end == scan && self.policy == FlushPolicy::GroupCommit {
-                    s.mark.tune_spin(counted, took);
-                }
-                s.mark.advance(end);
-                s.age_claims();
-                s.wake_space();
-                #[cfg(feature = "metrics")]
-                if let Some(e) = s.export.get() {
-                    e.group(took, counted, end, s.reserved.load(Ordering::Relaxed));
-                }
+                self.complete_group(synced, end, scan, &mut records, t0);
                 synced = end;
                 last = Instant::now();
                 self.prepare_ahead(synced);
@@ -1025,11 +613,11 @@ impl Committer {
                 FlushPolicy::Interval(d) if scan > synced => {
                     let mut t = d.saturating_sub(last.elapsed());
                     if tick {
-                        t = t.min(super::CLAIM_TICK);
+                        t = t.min(super::reserve::CLAIM_TICK);
                     }
                     std::thread::park_timeout(t);
                 }
-                _ if tick => std::thread::park_timeout(super::CLAIM_TICK),
+                _ if tick => std::thread::park_timeout(super::reserve::CLAIM_TICK),
                 _ => std::thread::park(),
             }
         }
@@ -1050,82 +638,8 @@ mod tests {
     use super::super::{Log, LogConfig};
     use crate::io::{SimStorage, Storage};
 
-    /// A new segment is its header, then written zeros to its full size,
-    /// all durable and under its final name: through direct writes (one
-    /// sync at the end), through buffered ones where there are none or
-    /// they are refused at write time (a sync per MiB), paced or not; and
-    /// a power loss at any step leaves either no segment under that name
-    /// or a whole one.
-    #[test]
-    fn new_segments_are_durable_zeros_whichever_way_they_are_written() {
-        use super::{STOP, Spares, prepare_segment};
-        use crate::io::SimDirect;
-        use std::sync::atomic::AtomicU64;
-        const SIZE: u64 = 3 << 20;
-        let dir = Path::new("/sim/zeros");
-        let check = |sim: &SimStorage, seq: u64| {
-            let path = dir.join(super::segment_name(seq));
-            let got = sim.durable_bytes(&path).expect("durable under its name");
-            assert_eq!(got.len() as u64, SIZE);
-            let header = SegmentHeader::decode(&path, &got).unwrap();
-            assert_eq!((header.seq, header.size), (seq, SIZE));
-            assert!(got[SEGMENT_HEADER as usize..].iter().all(|&b| b == 0));
-        };
-        // (mode, paced, most file syncs a fill may take, least)
-        let cases = [
-            (SimDirect::Aligned, true, 1, 1),
-            (SimDirect::Aligned, false, 1, 1),
-            // A MiB at a time (three), then the closing sync.
-            (SimDirect::Unsupported, true, 4, 4),
-            (SimDirect::Refused, false, 4, 4),
-        ];
-        for (i, (mode, paced, most, least)) in cases.into_iter().enumerate() {
-            let sim = SimStorage::new(40 + i as u64);
-            sim.set_direct(mode);
-            sim.create_dir_all(dir).unwrap();
-            let spares = Spares::new(0);
-            // 0: not urgent, the fill pauses between steps; MAX-1: hurried.
-            let pace = AtomicU64::new(if paced { 0 } else { STOP - 1 });
-            let syncs = sim.syncs();
-            prepare_segment(&sim, dir, 3, SIZE, [0; 16], &spares, Some(&pace)).unwrap();
-            let took = sim.syncs() - syncs;
-            assert!(
-                (least..=most).contains(&took),
-                "{mode:?}: {took} file syncs"
-            );
-            check(&sim, 3);
-            assert_eq!(spares.zeroed(), 1);
-            // A fill told to stop leaves nothing behind.
-            let stop = AtomicU64::new(STOP);
-            let e = prepare_segment(&sim, dir, 4, SIZE, [0; 16], &spares, Some(&stop)).unwrap_err();
-            assert_eq!(e.kind(), std::io::ErrorKind::Interrupted);
-            assert_eq!(sim.list(dir).unwrap(), [super::segment_name(3)]);
-        }
-        // A power loss before each step in turn.
-        for mode in [SimDirect::Aligned, SimDirect::Unsupported] {
-            for n in 0.. {
-                let sim = SimStorage::new(60 + n);
-                sim.set_direct(mode);
-                sim.create_dir_all(dir).unwrap();
-                sim.crash_at_op(n);
-                let done =
-                    prepare_segment(&sim, dir, 5, SIZE, [0; 16], &Spares::new(0), None).is_ok();
-                let sim = if done { sim } else { sim.restart() };
-                sim.clear_faults();
-                if sim.exists(&dir.join(super::segment_name(5))) {
-                    check(&sim, 5);
-                }
-                if done {
-                    check(&sim, 5);
-                    break;
-                }
-            }
-        }
-    }
-
     /// Every commit frame carries the salt of the segment it lies in, also
-    /// the first group's frame of each segment (it once took the salt of
-    /// the segment before).
+    /// the first group's frame of each segment.
     #[test]
     fn commit_frames_carry_their_segments_salt() {
         let storage: Arc<dyn Storage> = Arc::new(SimStorage::new(11));

@@ -1,7 +1,9 @@
 //! Byte layout of WAL segments and frames (see `docs/FORMAT.md`).
 //!
-//! Owns encoding and decoding of segment headers and frame headers; does no
-//! I/O.
+//! Owns encoding and decoding of everything the log puts on disk: segment
+//! headers and names, frame headers and checksums, and the two records of
+//! a segment's header block (the clean-close record and the cut record).
+//! Does no I/O.
 
 use crate::error::Error;
 use std::path::Path;
@@ -82,6 +84,15 @@ pub(crate) fn frame_crc(lsn: u64, word: u32, payload: &[&[u8]]) -> u32 {
         crc = crc32c::crc32c_append(crc, p);
     }
     crc
+}
+
+/// The 8 bytes of a frame header: the header word, then the checksum
+/// (u32 LE each).
+pub(crate) fn header_bytes(word: u32, crc: u32) -> [u8; 8] {
+    let mut h = [0u8; 8];
+    h[..4].copy_from_slice(&word.to_le_bytes());
+    h[4..].copy_from_slice(&crc.to_le_bytes());
+    h
 }
 
 /// A decoded frame header.
@@ -259,6 +270,53 @@ impl SegmentHeader {
         }
         Ok(h)
     }
+}
+
+/// The clean-close record in a segment's header block: where the log ended
+/// when its last owner closed it (`"RTCLEAN1" | end LSN u64 | crc32c u32`).
+pub(crate) const CLEAN_AT: usize = 2048;
+const CLEAN_MAGIC: [u8; 8] = *b"RTCLEAN1";
+
+pub(crate) fn clean_record(end: u64) -> [u8; 20] {
+    let mut r = [0u8; 20];
+    r[..8].copy_from_slice(&CLEAN_MAGIC);
+    r[8..16].copy_from_slice(&end.to_le_bytes());
+    let crc = crc32c::crc32c(&r[..16]);
+    r[16..].copy_from_slice(&crc.to_le_bytes());
+    r
+}
+
+pub(crate) fn parse_clean(h: &[u8]) -> Option<u64> {
+    parse_tagged(h, CLEAN_MAGIC)
+}
+
+/// The position a record of kind `magic` in the header block's record slot
+/// names, if it holds a valid one.
+fn parse_tagged(h: &[u8], magic: [u8; 8]) -> Option<u64> {
+    let r = h.get(CLEAN_AT..CLEAN_AT + 20)?;
+    (r[..8] == magic && crc32c::crc32c(&r[..16]).to_le_bytes() == r[16..20])
+        .then(|| u64::from_le_bytes(r[8..16].try_into().expect("8 bytes")))
+}
+
+/// Marks a segment whose torn tail is being cut: `RTCUTAT1`, the cut
+/// position (u64), CRC-32C of those 16 bytes, in the clean-close record's
+/// slot (which the committer erases before it writes there).
+const CUT_MAGIC: [u8; 8] = *b"RTCUTAT1";
+
+/// The cut record for a torn tail cut at log position `x`.
+pub(crate) fn cut_record(x: u64) -> [u8; 20] {
+    let mut rec = [0u8; 20];
+    rec[..8].copy_from_slice(&CUT_MAGIC);
+    rec[8..16].copy_from_slice(&x.to_le_bytes());
+    let crc = crc32c::crc32c(&rec[..16]);
+    rec[16..].copy_from_slice(&crc.to_le_bytes());
+    rec
+}
+
+/// The cut position of the cut record in a segment's header block, if it
+/// holds a valid one.
+pub(crate) fn parse_cut(h: &[u8]) -> Option<u64> {
+    parse_tagged(h, CUT_MAGIC)
 }
 
 /// Lower-case hex of `b`.

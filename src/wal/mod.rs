@@ -12,25 +12,48 @@
 //! and publishes the frame header last. The committer writes the contiguous
 //! run of published frames to the segment file, syncs it, advances the
 //! durable watermark and wakes every future it covers.
+//!
+//! The stages, one file (or folder) each:
+//! - `config`: [`LogConfig`] and [`FlushPolicy`].
+//! - `reserve`: reservation of a byte range, publishing a frame, and
+//!   back-pressure (claims) when the ring is full.
+//! - `ring`: the log buffer, indexed by LSN.
+//! - `committer`: the commit loop (group, write, sync, wake).
+//! - `direct`: the aligned staging buffer for writes around the page cache.
+//! - `segments`: making segment files (zero-filled, or reused spares) and
+//!   removing the ones a checkpoint retired.
+//! - `durable`: the durable watermark and the [`Durable`] futures.
+//! - `recovery`: the scan at open (`scan`), the repair before the log
+//!   goes on (`repair`), and the read-only scan a salvage uses.
+//! - `format`: every on-disk format of the log: segment headers and names,
+//!   frames, the clean-close and cut records.
+//!
+//! This file holds [`Log`], the public type, and the state its stages
+//! share.
 
 mod committer;
+mod config;
 mod direct;
 mod durable;
 pub(crate) mod format;
 mod recovery;
+mod reserve;
 mod ring;
+mod segments;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
 use std::thread::{JoinHandle, Thread};
-use std::time::{Duration, Instant};
 
+pub use config::{FlushPolicy, LogConfig};
 pub use durable::Durable;
 pub(crate) use durable::{Cause, Failure, Watermark, park_on};
-use format::{FRAME_HEADER, Kind, MAX_PAYLOAD, frame_crc, frame_len, header_word};
+use format::{FRAME_HEADER, MAX_PAYLOAD};
 pub(crate) use recovery::salvage_records;
+use reserve::{COMMITTER_ROOM, Claims};
+pub(crate) use reserve::{ReserveError, SpaceClaim};
 use ring::Ring;
 
 use crate::error::{Error, Result};
@@ -39,119 +62,6 @@ use crate::io::Storage;
 /// What recovery calls for each record: its position and payload; an `Err`
 /// (what is wrong with it) stops the open with [`Error::Corruption`].
 pub type Replay<'a> = dyn FnMut(u64, &[u8]) -> std::result::Result<(), String> + 'a;
-
-/// When the committer syncs the log.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum FlushPolicy {
-    /// Sync as soon as there is data, one fdatasync in flight; records that
-    /// arrive meanwhile form the next group. No timer: the group size adapts
-    /// to the load.
-    #[default]
-    GroupCommit,
-    /// Sync at most once per interval (and on `flush`).
-    Interval(Duration),
-    /// Sync only on `flush` (and on close, and when the log buffer fills).
-    /// A durability future awaited without a `flush` waits for the next
-    /// one: resolve it with `flush`, or `close`.
-    Manual,
-}
-
-/// Settings of the log.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct LogConfig {
-    /// Bytes per segment file, header included (a multiple of 4 KiB; default
-    /// 64 MiB). Segments are created ahead of need, filled with written
-    /// zeros (or made from a segment a tree's checkpoint retired), so an
-    /// fdatasync never has metadata to write. An existing log keeps the
-    /// size it was created with.
-    pub segment_size: u64,
-    /// Bytes of the log buffer (a power of two, 4 KiB to 1 GiB; default
-    /// 16 MiB). Bounds the
-    /// memory of records not yet written out; appends wait when it is full.
-    /// One record is at most half of it (less the 24 bytes appenders
-    /// leave the committer).
-    pub buffer_capacity: u64,
-    /// When to sync.
-    pub flush: FlushPolicy,
-    /// How long the committer spins looking for new records before it
-    /// sleeps (default 50 µs): shortens the path of a writer that appends
-    /// right after its previous append became durable.
-    pub spin: Duration,
-    /// Write groups around the page cache (`O_DIRECT`) where the storage
-    /// and file system allow it (default true); each group then rewrites
-    /// the 4 KiB block it starts in. Falls back to buffered writes by
-    /// itself.
-    pub direct_io: bool,
-    /// Whether the future of a writer that is alone (the last group commit
-    /// held at most two records) spins up to about two fsync times on the
-    /// thread that awaits it before it sleeps (default true). Saves the
-    /// wake-up of a sleeping thread, tens of microseconds on virtual
-    /// machines; never spins under concurrent load. Only the task that
-    /// came to spin last time may spin again: when several tasks take turns
-    /// (as on a current-thread runtime, where a spinner would hold back
-    /// the tasks that would join its group), they sleep instead.
-    pub lone_waiter_spin: bool,
-    /// How many segments retired below a tree's checkpoint are kept to
-    /// become the log's next segments (default 8: 512 MiB at the default
-    /// size). A segment made from a spare needs no zeros written; 0 deletes
-    /// retired segments at once, keeping the directory smallest.
-    pub spare_segments: usize,
-    /// The id every segment of this log carries (default all zeros); a
-    /// segment carrying another is refused at open. A tree sets its own.
-    pub tree_id: [u8; 16],
-    /// Whether the log is known to exist already (default false). Then
-    /// the segment holding the replay start must be there: a missing one
-    /// is [`Error::Corruption`] naming it, never an empty log. A tree
-    /// sets it once its identity record is durable.
-    pub must_exist: bool,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            segment_size: 64 << 20,
-            buffer_capacity: 16 << 20,
-            flush: FlushPolicy::GroupCommit,
-            spin: Duration::from_micros(50),
-            direct_io: true,
-            lone_waiter_spin: true,
-            spare_segments: 8,
-            tree_id: [0; 16],
-            must_exist: false,
-        }
-    }
-}
-
-impl LogConfig {
-    pub(crate) fn validate(&self) -> Result<()> {
-        if self.segment_size < 2 * format::SEGMENT_HEADER
-            || !self.segment_size.is_multiple_of(format::SEGMENT_HEADER)
-            || self.segment_size > format::MAX_SEGMENT
-        {
-            return Err(Error::Config(format!(
-                "WAL segment size {} must be a multiple of 4096 from 8192 to 1 GiB",
-                self.segment_size
-            )));
-        }
-        if !self.buffer_capacity.is_power_of_two()
-            || self.buffer_capacity < 4096
-            || self.buffer_capacity > 1 << 30
-        {
-            return Err(Error::Config(format!(
-                "log buffer capacity {} must be a power of two from 4096 to 1 GiB",
-                self.buffer_capacity
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// Room at the end of the log buffer that appenders leave to the committer:
-/// one commit frame, so a group that fills the buffer can still be closed
-/// by one (and damage to it told from a torn tail after a crash).
-const COMMITTER_ROOM: u64 = FRAME_HEADER + 16;
 
 /// State shared by appenders, the committer and durable futures.
 pub(crate) struct Shared {
@@ -170,7 +80,7 @@ pub(crate) struct Shared {
     sleeping: AtomicBool,
     committer: OnceLock<Thread>,
     /// Freed segments kept for reuse.
-    spares: Arc<committer::Spares>,
+    spares: Arc<segments::Spares>,
     /// Segments below this sequence were handed to `spares` or removed.
     handed_below: AtomicU64,
     /// Appenders waiting for ring space.
@@ -202,21 +112,33 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// How far past `freed` a reservation may end: the ring less the
-    /// committer's room, less the room kept for the oldest claim unless
-    /// `claim` (the caller's claim id, 0: none) is that claim.
-    fn limit(&self, claim: u64) -> u64 {
-        let want = self.want.load(Ordering::Acquire);
-        let room = self.ring.cap() - COMMITTER_ROOM;
-        if want > 0 && claim != self.front.load(Ordering::Acquire) {
-            room.saturating_sub(want)
-        } else {
-            room
+    /// The state of a log that goes on at `end`, with a ring of `cap` bytes
+    /// and `seg_data` LSNs per segment.
+    fn new(cap: u64, seg_data: u64, end: u64, spare_segments: usize) -> Self {
+        Self {
+            ring: Ring::new(cap),
+            seg_data,
+            reserved: AtomicU64::new(end),
+            freed: AtomicU64::new(end),
+            mark: Arc::new(Watermark::new(end)),
+            flush_to: AtomicU64::new(end),
+            stop: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
+            committer: OnceLock::new(),
+            spares: Arc::new(segments::Spares::new(spare_segments)),
+            handed_below: AtomicU64::new(0),
+            space: Mutex::new(Vec::new()),
+            want: AtomicU64::new(0),
+            claims: Mutex::new(Claims::default()),
+            front: AtomicU64::new(0),
+            tick: AtomicBool::new(false),
+            max_frame: ((cap.min(seg_data) - COMMITTER_ROOM) / 2) & !7,
+            syncs: AtomicU64::new(0),
+            records: AtomicU64::new(0),
+            sync_latency: crate::metrics::Histogram::new(),
+            #[cfg(feature = "metrics")]
+            export: OnceLock::new(),
         }
-    }
-
-    fn claims(&self) -> std::sync::MutexGuard<'_, Claims> {
-        self.claims.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn wake_committer(&self) {
@@ -229,135 +151,6 @@ impl Shared {
             t.unpark();
         }
     }
-
-    /// At each wake-up of the space waiters by the committer (after a group
-    /// commit, or a tick), stale claims are dropped (see [`Claims::sweep`]).
-    fn age_claims(&self) {
-        let mut c = self.claims();
-        c.sweep();
-        self.publish_claims(&c);
-    }
-
-    /// Makes the oldest claim the one honoured.
-    fn publish_claims(&self, c: &Claims) {
-        let (front, want) = c.front();
-        self.front.store(front, Ordering::Release);
-        self.want.store(want, Ordering::Release);
-    }
-
-    fn wake_space(&self) {
-        let wakers = std::mem::take(&mut *self.space.lock().unwrap_or_else(|e| e.into_inner()));
-        wakers.into_iter().for_each(Waker::wake);
-    }
-}
-
-/// Shortens a segment that is no longer needed in 8 MiB steps, keeping its
-/// header to the end (a crash midway leaves a valid, shorter segment below
-/// the checkpoint, which recovery skips), then removes it.
-fn reclaim(storage: &dyn Storage, path: &Path, size: u64) {
-    const STEP: u64 = 8 << 20;
-    let mut len = size;
-    while len > format::SEGMENT_HEADER {
-        len = len.saturating_sub(STEP).max(format::SEGMENT_HEADER);
-        if let Err(e) = storage.shrink(path, len) {
-            tracing::warn!(file = %path.display(), error = %e, "could not shorten a recycled segment");
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    if let Err(e) = storage.remove(path) {
-        tracing::warn!(file = %path.display(), error = %e, "could not remove a recycled segment");
-    }
-}
-
-/// A waiting appender's place in line for ring room (see
-/// [`Log::claim_space`]); dropping it leaves the line.
-pub(crate) struct SpaceClaim<'a> {
-    shared: &'a Shared,
-    id: u64,
-    /// Ring bytes claimed: twice the frame.
-    want: u64,
-}
-
-impl Drop for SpaceClaim<'_> {
-    fn drop(&mut self) {
-        let s = self.shared;
-        let mut c = s.claims();
-        c.remove(self.id);
-        let was = s.front.load(Ordering::Acquire);
-        s.publish_claims(&c);
-        let now = c.front().0;
-        drop(c);
-        if was != now {
-            // Appenders that left the room free may now take it.
-            s.wake_space();
-        }
-    }
-}
-
-/// The claims of appenders waiting for ring space, by age.
-#[derive(Default)]
-pub(crate) struct Claims {
-    next_id: u64,
-    /// id (older first) -> (bytes claimed, when its owner last polled it).
-    list: std::collections::BTreeMap<u64, (u64, Instant)>,
-}
-
-/// How long the oldest claim is honoured without its owner polling it (a
-/// future kept but no longer polled must not hold the others back for
-/// good; its owner, polled again, gets its place back).
-const CLAIM_STALE: Duration = Duration::from_millis(100);
-
-/// How often space waiters are woken while one waits behind a claim and
-/// nothing is in flight (so that a stale claim is seen to be stale).
-const CLAIM_TICK: Duration = Duration::from_millis(1);
-
-impl Claims {
-    fn add(&mut self, want: u64) -> u64 {
-        self.next_id += 1;
-        self.list.insert(self.next_id, (want, Instant::now()));
-        self.next_id
-    }
-
-    /// Its owner polled it: fresh again (and back in its place if it had
-    /// gone stale).
-    fn polled(&mut self, id: u64, want: u64) {
-        self.list.insert(id, (want, Instant::now()));
-    }
-
-    fn remove(&mut self, id: u64) {
-        self.list.remove(&id);
-    }
-
-    /// Drops the oldest claims while their owners have not polled them
-    /// for [`CLAIM_STALE`] (only the oldest is honoured, so only it can
-    /// hold anyone back).
-    fn sweep(&mut self) {
-        let now = Instant::now();
-        while let Some(e) = self.list.first_entry() {
-            if now.duration_since(e.get().1) < CLAIM_STALE {
-                break;
-            }
-            e.remove();
-        }
-    }
-
-    /// The oldest claim: its id and the room it asks to be kept free
-    /// (0, 0: none).
-    fn front(&self) -> (u64, u64) {
-        self.list
-            .first_key_value()
-            .map_or((0, 0), |(&id, &(want, _))| (id, want))
-    }
-}
-
-/// Why a reservation could not be made now.
-#[derive(Debug)]
-pub(crate) enum ReserveError {
-    /// The ring is full: wait for [`Wal::poll_space`], then try again.
-    Full,
-    /// It can never be made.
-    Fatal(Error),
 }
 
 /// A durable, append-only log of records: the write-ahead log of a tree,
@@ -386,70 +179,6 @@ pub struct Log {
     storage: Arc<dyn Storage>,
     /// Removes recycled segments in the background; joined by `close`.
     reclaimer: Mutex<Option<(std::sync::mpsc::Sender<PathBuf>, JoinHandle<()>)>>,
-}
-
-/// A reserved range of the log; [`write`](Reservation::write) fills it.
-/// Dropped unwritten, it becomes filler, so the log never stalls on it.
-pub(crate) struct Reservation<'a> {
-    shared: &'a Shared,
-    lsn: u64,
-    payload: u64,
-    /// Filler from the end of the previous segment, published with the frame.
-    pad: Option<(u64, u64)>,
-    written: bool,
-}
-
-impl Reservation<'_> {
-    /// Copies the payload (the concatenation of `parts`, exactly the reserved
-    /// length) into the log buffer, publishes the frame, and returns the
-    /// future of its durability.
-    pub(crate) fn write(mut self, parts: &[&[u8]]) -> Durable {
-        debug_assert_eq!(
-            parts.iter().map(|p| p.len() as u64).sum::<u64>(),
-            self.payload
-        );
-        let mut at = self.lsn + FRAME_HEADER;
-        for p in parts {
-            // SAFETY: `[lsn, lsn + frame_len)` is reserved by this
-            // reservation and not yet published: only this thread touches it.
-            unsafe { self.shared.ring.write(at, p) };
-            at += p.len() as u64;
-        }
-        let word = header_word(Kind::Record, self.payload);
-        self.publish(word, frame_crc(self.lsn, word, parts));
-        self.written = true;
-        Durable::new(
-            self.lsn,
-            self.lsn + frame_len(self.payload),
-            self.shared.mark.clone(),
-        )
-    }
-
-    fn publish(&mut self, word: u32, crc: u32) {
-        let ring = &self.shared.ring;
-        if let Some((at, len)) = self.pad.take() {
-            let w = header_word(Kind::Pad, len - FRAME_HEADER);
-            ring.publish(at, header_bytes(w, frame_crc(at, w, &[])));
-        }
-        ring.publish(self.lsn, header_bytes(word, crc));
-        self.shared.wake_committer();
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if !self.written {
-            let w = header_word(Kind::Pad, frame_len(self.payload) - FRAME_HEADER);
-            self.publish(w, frame_crc(self.lsn, w, &[]));
-        }
-    }
-}
-
-fn header_bytes(word: u32, crc: u32) -> [u8; 8] {
-    let mut h = [0u8; 8];
-    h[..4].copy_from_slice(&word.to_le_bytes());
-    h[4..].copy_from_slice(&crc.to_le_bytes());
-    h
 }
 
 impl Log {
@@ -481,30 +210,7 @@ impl Log {
         let rec = recovery::recover(&*storage, dir, config, start, replay)?;
         let seg_data = rec.segment_size - format::SEGMENT_HEADER;
         let cap = config.buffer_capacity;
-        let shared = Arc::new(Shared {
-            ring: Ring::new(cap),
-            seg_data,
-            reserved: AtomicU64::new(rec.end),
-            freed: AtomicU64::new(rec.end),
-            mark: Arc::new(Watermark::new(rec.end)),
-            flush_to: AtomicU64::new(rec.end),
-            stop: AtomicBool::new(false),
-            sleeping: AtomicBool::new(false),
-            committer: OnceLock::new(),
-            spares: Arc::new(committer::Spares::new(config.spare_segments)),
-            handed_below: AtomicU64::new(0),
-            space: Mutex::new(Vec::new()),
-            want: AtomicU64::new(0),
-            claims: Mutex::new(Claims::default()),
-            front: AtomicU64::new(0),
-            tick: AtomicBool::new(false),
-            max_frame: ((cap.min(seg_data) - COMMITTER_ROOM) / 2) & !7,
-            syncs: AtomicU64::new(0),
-            records: AtomicU64::new(0),
-            sync_latency: crate::metrics::Histogram::new(),
-            #[cfg(feature = "metrics")]
-            export: OnceLock::new(),
-        });
+        let shared = Arc::new(Shared::new(cap, seg_data, rec.end, config.spare_segments));
         let committer = committer::Committer::new(
             shared.clone(),
             storage.clone(),
@@ -513,29 +219,7 @@ impl Log {
             rec.segment_size,
             rec.proven..rec.end,
         )?;
-        let sh = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("ringtree-committer".into())
-            .spawn(move || {
-                // A panic must not leave futures waiting on a dead thread.
-                if let Err(p) =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| committer.run()))
-                {
-                    let what = p
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
-                    tracing::error!(panic = %what, "committer panicked; log poisoned");
-                    sh.mark
-                        .poison_now(Cause::msg(format!("committer panicked: {what}")));
-                    sh.wake_space();
-                }
-            })
-            .map_err(|e| Error::Io {
-                path: dir.to_path_buf(),
-                source: e,
-            })?;
+        let thread = spawn_committer(committer, shared.clone(), dir)?;
         let _ = shared.committer.set(thread.thread().clone());
         Ok(Self {
             shared,
@@ -565,161 +249,6 @@ impl Log {
     /// Why the log stopped taking appends, if it did.
     pub fn failure(&self) -> Option<Error> {
         self.shared.mark.failure().map(Failure::to_error)
-    }
-
-    /// Reserves room for a record of `payload` bytes. One compare-and-swap;
-    /// no lock.
-    /// `claim`: the caller's, once it found the ring full and waits.
-    pub(crate) fn try_reserve_as(
-        &self,
-        payload: u64,
-        claim: Option<&SpaceClaim<'_>>,
-    ) -> std::result::Result<Reservation<'_>, ReserveError> {
-        let claim = claim.map_or(0, |c| c.id);
-        let s = &*self.shared;
-        if let Some(f) = s.mark.failure() {
-            return Err(ReserveError::Fatal(f.to_error()));
-        }
-        if s.stop.load(Ordering::Acquire) {
-            return Err(ReserveError::Fatal(Error::Closed));
-        }
-        if payload > self.max_payload() {
-            return Err(ReserveError::Fatal(Error::Config(format!(
-                "record of {payload} bytes exceeds the largest the log takes ({} bytes)",
-                self.max_payload()
-            ))));
-        }
-        let len = frame_len(payload);
-        let mut start = s.reserved.load(Ordering::Relaxed);
-        loop {
-            let used = start % s.seg_data;
-            let (lsn, pad) = if used + len > s.seg_data {
-                let rest = s.seg_data - used;
-                (start + rest, Some((start, rest)))
-            } else {
-                (start, None)
-            };
-            let end = lsn + len;
-            // `start` may be stale (then the CAS fails): saturate.
-            if end.saturating_sub(s.freed.load(Ordering::Acquire)) > s.limit(claim) {
-                return Err(ReserveError::Full);
-            }
-            match s
-                .reserved
-                .compare_exchange_weak(start, end, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => {
-                    return Ok(Reservation {
-                        shared: s,
-                        lsn,
-                        payload,
-                        pad,
-                        written: false,
-                    });
-                }
-                Err(now) => start = now,
-            }
-        }
-    }
-
-    /// Ready once a reservation of `payload` bytes may fit (or the log
-    /// failed); registers `cx` to be woken when space frees up.
-    pub(crate) fn poll_space(
-        &self,
-        payload: u64,
-        claim: &SpaceClaim<'_>,
-        cx: &mut Context<'_>,
-    ) -> Poll<()> {
-        let s = &*self.shared;
-        {
-            let mut c = s.claims();
-            c.polled(claim.id, claim.want);
-            s.publish_claims(&c);
-        }
-        // Room for the frame and the worst filler before it (shorter than
-        // the frame) at the end of a segment.
-        let len = frame_len(payload);
-        let fits = || {
-            let end = s.reserved.load(Ordering::Acquire) + 2 * len;
-            end.saturating_sub(s.freed.load(Ordering::Acquire)) <= s.limit(claim.id)
-                || s.mark.failure().is_some()
-        };
-        if fits() {
-            return Poll::Ready(());
-        }
-        let mut w = s.space.lock().unwrap_or_else(|e| e.into_inner());
-        if fits() {
-            return Poll::Ready(());
-        }
-        w.push(cx.waker().clone());
-        drop(w);
-        // The committer may be idle in Manual mode with a full ring: ask it
-        // to write (not necessarily sync) so space frees up.
-        let reserved = s.reserved.load(Ordering::Acquire);
-        s.flush_to.fetch_max(reserved, Ordering::AcqRel);
-        if reserved == s.freed.load(Ordering::Acquire) {
-            // Held back by a claim alone: no commit will wake this waiter.
-            s.tick.store(true, Ordering::Release);
-        }
-        s.wake_committer();
-        Poll::Pending
-    }
-
-    /// Appends one record (the concatenation of `parts`), waiting for room
-    /// if the log buffer is full. Returns once the record is in the buffer;
-    /// the returned future resolves when it is on stable storage.
-    ///
-    /// ```
-    /// use std::sync::Arc;
-    /// use ringtree::{Log, LogConfig, io::SimStorage};
-    ///
-    /// let disk = SimStorage::new(1);
-    /// let dir = std::path::Path::new("/log");
-    /// let cfg = LogConfig::default();
-    /// let log = Log::open(Arc::new(disk.clone()), dir, &cfg, 0, &mut |_, _| Ok(()))?;
-    /// futures::executor::block_on(async {
-    ///     log.append(&[b"hello ", b"world"]).await?.await?; // durable
-    ///     Ok::<(), ringtree::Error>(())
-    /// })?;
-    /// log.close()?;
-    /// // Reopening replays it.
-    /// let mut seen = Vec::new();
-    /// let log = Log::open(Arc::new(disk), dir, &cfg, 0, &mut |_, rec| Ok(seen.push(rec.to_vec())))?;
-    /// assert_eq!(seen, [b"hello world".to_vec()]);
-    /// # log.close()?;
-    /// # Ok::<(), ringtree::Error>(())
-    /// ```
-    pub async fn append(&self, parts: &[&[u8]]) -> Result<Durable> {
-        let payload = parts.iter().map(|p| p.len() as u64).sum();
-        let mut claim = None;
-        loop {
-            match self.try_reserve_as(payload, claim.as_ref()) {
-                Ok(r) => return Ok(r.write(parts)),
-                Err(ReserveError::Fatal(e)) => return Err(e),
-                Err(ReserveError::Full) => {
-                    let c = claim.get_or_insert_with(|| self.claim_space(payload));
-                    std::future::poll_fn(|cx| self.poll_space(payload, c, cx)).await
-                }
-            }
-        }
-    }
-
-    /// Puts an appender of `payload` bytes that found the ring full in line
-    /// for room: once its claim is the oldest, every other appender keeps
-    /// room for it free. A waiting appender holds the claim until it
-    /// reserved, failed or was dropped (and passes it to `poll_space` and
-    /// `try_reserve_as`).
-    pub(crate) fn claim_space(&self, payload: u64) -> SpaceClaim<'_> {
-        let want = 2 * frame_len(payload);
-        let s = &*self.shared;
-        let mut c = s.claims();
-        let id = c.add(want);
-        s.publish_claims(&c);
-        SpaceClaim {
-            shared: s,
-            id,
-            want,
-        }
     }
 
     /// Asks for a sync of everything appended so far; the future resolves
@@ -772,84 +301,6 @@ impl Log {
         self.shared.wake_committer();
     }
 
-    /// Retires every segment wholly below `position`, which must be durable
-    /// and covered by a durable checkpoint; returns how many. Up to
-    /// [`LogConfig::spare_segments`] are kept as spares, from which
-    /// later segments are made (no zeros to write); the rest are removed on
-    /// the log's reclaimer thread (joined by `close`), each file shortened
-    /// in steps first: unlinking a whole segment at once frees its blocks in
-    /// one go, which stalled the log's fdatasyncs for ~15 ms. `failpoint`
-    /// `wal-recycle` removes the first one here and fails (crash tests).
-    pub(crate) fn remove_segments_below(
-        &self,
-        position: u64,
-        failpoint: Option<&'static str>,
-    ) -> Result<usize> {
-        assert!(
-            position <= self.durable(),
-            "only durable log may be recycled"
-        );
-        let io = |e| Error::Io {
-            path: self.dir.clone(),
-            source: e,
-        };
-        let s = &*self.shared;
-        // Each segment is handed on once per open (later checkpoints only
-        // see newer ones); what a previous open left is found again here.
-        let from = s.handed_below.load(Ordering::Acquire);
-        let below = position / s.seg_data;
-        let mut doomed = Vec::new();
-        for name in self.storage.list(&self.dir).map_err(io)? {
-            let Some(seq) = format::parse_segment_name(&name) else {
-                continue;
-            };
-            if seq >= from && seq < below {
-                doomed.push((seq, self.dir.join(&name)));
-            }
-        }
-        if failpoint == Some("wal-recycle") {
-            if let Some((_, first)) = doomed.first() {
-                self.storage.remove(first).map_err(io)?;
-            }
-            return Err(io(std::io::Error::other("failpoint wal-recycle")));
-        }
-        s.handed_below.fetch_max(below, Ordering::AcqRel);
-        let n = doomed.len();
-        // The newest are kept: the oldest of a long backlog go first.
-        doomed.sort_unstable_by_key(|(seq, _)| std::cmp::Reverse(*seq));
-        let mut removed = Vec::new();
-        for (_, path) in doomed {
-            removed.extend(s.spares.offer(path));
-        }
-        if !removed.is_empty() {
-            let mut r = self.reclaimer.lock().unwrap_or_else(|e| e.into_inner());
-            if r.is_none() {
-                let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
-                let storage = self.storage.clone();
-                let size = s.seg_data + format::SEGMENT_HEADER;
-                let t = std::thread::Builder::new()
-                    .name("ringtree-reclaim".into())
-                    .spawn(move || {
-                        for path in rx {
-                            reclaim(&*storage, &path, size);
-                        }
-                    })
-                    .map_err(io)?;
-                *r = Some((tx, t));
-            }
-            for p in removed {
-                let _ = r.as_ref().expect("started").0.send(p);
-            }
-        }
-        Ok(n)
-    }
-
-    /// Segments made from a spare (a segment a checkpoint freed) since
-    /// open, and segments made by writing zeros.
-    pub(crate) fn segments_made(&self) -> (u64, u64) {
-        (self.shared.spares.recycled(), self.shared.spares.zeroed())
-    }
-
     /// The directory of the log.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -877,6 +328,37 @@ impl Log {
     }
 }
 
+/// Starts the committer thread. A panic in it poisons the log, so no
+/// future waits on a dead thread.
+fn spawn_committer(
+    committer: committer::Committer,
+    sh: Arc<Shared>,
+    dir: &Path,
+) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("ringtree-committer".into())
+        .spawn(move || {
+            // A panic must not leave futures waiting on a dead thread.
+            if let Err(p) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| committer.run()))
+            {
+                let what = p
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %what, "committer panicked; log poisoned");
+                sh.mark
+                    .poison_now(Cause::msg(format!("committer panicked: {what}")));
+                sh.wake_space();
+            }
+        })
+        .map_err(|e| Error::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })
+}
+
 impl Drop for Log {
     fn drop(&mut self) {
         let _ = self.close();
@@ -885,6 +367,8 @@ impl Drop for Log {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::io::SimStorage;
 
