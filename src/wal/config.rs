@@ -54,10 +54,11 @@ pub struct LogConfig {
     /// Whether the future of a writer that is alone (the last group commit
     /// held at most two records) spins up to about two fsync times on the
     /// thread that awaits it before it sleeps (default true). Saves the
-    /// wake-up of a sleeping thread; never spins under concurrent load. Only the task that
-    /// came to spin last time may spin again: when several tasks take turns
-    /// (as on a current-thread runtime, where a spinner would hold back
-    /// the tasks that would join its group), they sleep instead.
+    /// wake-up of a sleeping thread; never spins under concurrent load, and
+    /// at most one waiter spins at a time. A thread whose futures resolved
+    /// by spinning several times in a row yields to its executor once
+    /// before it spins again, so the tasks sharing its thread get to run
+    /// (and join its groups). A future already durable is ready at once.
     pub lone_waiter_spin: bool,
     /// How many segments retired below a tree's checkpoint are kept to
     /// become the log's next segments (default 8: 512 MiB at the default
