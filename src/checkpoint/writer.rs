@@ -3,6 +3,7 @@
 //! Kept apart from the loader: nothing here reads a checkpoint back except
 //! to resume an interrupted write.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,8 +12,19 @@ use super::format::{
     SUMS_MAGIC, TAIL_MAGIC, file_header, sealed_chunks, shard_path, sums_crc, sums_path, tail_path,
 };
 use crate::error::{Error, Result, io_err};
-use crate::imt::Snapshot;
+use crate::imt::{Level, Snapshot};
 use crate::io::{Storage, StorageFile};
+
+/// Sealed chunks per write and sync of a shard (4 MiB).
+const WRITE_RUN: usize = 1024;
+/// Bytes per write within a run, all in flight at once (io_uring).
+const WRITE_PIECE: usize = 256 << 10;
+/// Space for a shard is reserved ahead of the writes in steps of this many
+/// bytes.
+const PREALLOCATE_STEP: u64 = 64 << 20;
+
+/// A level's shard, sums and tail files, in that order.
+type LevelFiles = [Box<dyn StorageFile>; 3];
 
 /// Where a checkpoint stops on purpose, for crash tests: the named point
 /// fails as a crash there would leave things.
@@ -179,7 +191,7 @@ impl Checkpointer {
 
     /// Opens (creating) a level's shard, sums and tail files, writing
     /// their headers until they are known durable.
-    fn open_level_files(&self, level: usize) -> Result<[Box<dyn StorageFile>; 3]> {
+    fn open_level_files(&self, level: usize) -> Result<LevelFiles> {
         let open = |path: PathBuf, magic: [u8; 8], header: u64| -> Result<Box<dyn StorageFile>> {
             let f = self
                 .storage
@@ -209,6 +221,43 @@ impl Checkpointer {
         wal_position: u64,
         abort: &dyn Fn() -> Option<Error>,
     ) -> Result<Manifest> {
+        self.refuse_if_broken()?;
+        let shards = self.prepare_dir(snap)?;
+        let levels = if snap.size() == 0 {
+            0
+        } else {
+            snap.depth() + 1
+        };
+        let mut files = Vec::with_capacity(levels);
+        let mut sums = self.sums.clone();
+        sums.resize(levels.max(sums.len()), Vec::new());
+        let mut metas = Vec::with_capacity(levels);
+        for (d, level_sums) in sums.iter_mut().enumerate().take(levels) {
+            let (meta, level_files) = self.write_level(snap, d, level_sums)?;
+            metas.push(meta);
+            files.push((d, level_files));
+            failpoint(self.failpoint, "shard-write", &shards)?;
+        }
+        self.sync_level_files(&files, &shards)?;
+        let manifest = Manifest {
+            tree_id: self.tree_id,
+            arity: snap.arity() as u32,
+            leaves: snap.size(),
+            root: snap.root().unwrap_or([0; 32]),
+            wal_position,
+            levels: metas,
+        };
+        if let Some(e) = abort() {
+            return Err(e);
+        }
+        self.write_manifest(&manifest, true)?;
+        self.remember(&manifest, sums);
+        Ok(manifest)
+    }
+
+    /// Refuses to write while an earlier manifest rename may or may not
+    /// have taken effect.
+    fn refuse_if_broken(&self) -> Result<()> {
         if let Some(why) = &*self.broken.lock().unwrap_or_else(|p| p.into_inner()) {
             return Err(Error::Io {
                 path: self.dir.join(MANIFEST),
@@ -217,6 +266,12 @@ impl Checkpointer {
                 )),
             });
         }
+        Ok(())
+    }
+
+    /// Creates the shards directory, and makes an empty manifest durable
+    /// if there is none yet. Returns the shards directory.
+    fn prepare_dir(&self, snap: &Snapshot) -> Result<PathBuf> {
         let shards = self.dir.join(SHARDS);
         self.storage
             .create_dir_all(&shards)
@@ -235,113 +290,174 @@ impl Checkpointer {
             };
             self.write_manifest(&empty, false)?;
         }
-        let levels = if snap.size() == 0 {
-            0
-        } else {
-            snap.depth() + 1
-        };
-        let mut files = Vec::with_capacity(levels);
-        let mut sums = self.sums.clone();
-        sums.resize(levels.max(sums.len()), Vec::new());
-        let mut metas = Vec::with_capacity(levels);
-        for (d, level_sums) in sums.iter_mut().enumerate().take(levels) {
-            let level = snap.level(d);
-            let nodes = level.len();
-            let [shard, sumf, tail] = self.open_level_files(d)?;
-            // Sealed chunks not yet written, appended after those the
-            // current manifest names: nothing it refers to is touched.
-            let first = sealed_chunks(self.nodes.get(d).copied().unwrap_or(0)) as usize;
-            let sealed = sealed_chunks(nodes) as usize;
-            level_sums.truncate(first);
-            // Chunks recomputed after failing their check go back over the
-            // damage, with the bytes (and so the checksum) the manifest
-            // expects: a torn write of one only fails the check again.
-            if let Some(mapped) = level.shard() {
-                for (k, chunk) in mapped.all_repaired() {
-                    if k < first {
-                        shard
-                            .write_at(
-                                SHARD_HEADER + k as u64 * CHUNK_BYTES,
-                                &[chunk.as_flattened()],
-                            )
-                            .map_err(|e| io_err(&shard_path(&self.dir, d), e))?;
-                    }
-                }
-            }
-            const RUN: usize = 1024; // 4 MiB per write and sync
-            if sealed > first {
-                // Space for the shard ahead of the writes, in 64 MiB steps.
-                const STEP: u64 = 64 << 20;
-                let need = (SHARD_HEADER + sealed as u64 * CHUNK_BYTES).div_ceil(STEP) * STEP;
-                shard
-                    .preallocate(need)
-                    .map_err(|e| io_err(&shard_path(&self.dir, d), e))?;
-            }
-            // An earlier attempt that did not finish (a crash, a failure)
-            // may have written some of these already: each run's checksums
-            // go to the sums file only after the run's sync passed, so an
-            // entry there that matches the chunk in memory names a chunk
-            // already durable. Those are not written again.
-            let mut c = self.resume(&*shard, &*sumf, snap, d, first, sealed, level_sums)?;
-            while c < sealed {
-                let end = (c + RUN).min(sealed);
-                let mut buf = vec![0u8; (end - c) * CHUNK_BYTES as usize];
-                for (i, out) in buf.chunks_exact_mut(CHUNK_BYTES as usize).enumerate() {
-                    out.copy_from_slice(snap.checked_chunk(d, c + i)?.as_flattened());
-                    level_sums.push(crc32c::crc32c(out));
-                }
-                let off = SHARD_HEADER + c as u64 * CHUNK_BYTES;
-                // 256 KiB pieces, all in flight at once (io_uring).
-                const PIECE: usize = 256 << 10;
-                let writes: Vec<(u64, &[u8])> = buf
-                    .chunks(PIECE)
-                    .enumerate()
-                    .map(|(i, p)| (off + (i * PIECE) as u64, p))
-                    .collect();
-                shard
-                    .write_many(&writes)
-                    .map_err(|e| io_err(&shard_path(&self.dir, d), e))?;
-                // Synced run by run: one large flush at the end would fill the
-                // device queue and stall the log's fdatasyncs behind it.
-                shard
-                    .sync_data()
-                    .map_err(|e| io_err(&shard_path(&self.dir, d), e))?;
-                let bytes: Vec<u8> = level_sums[c..end]
-                    .iter()
-                    .flat_map(|s| s.to_le_bytes())
-                    .collect();
-                sumf.write_at(SUMS_HEADER + 4 * c as u64, &[&bytes])
-                    .map_err(|e| io_err(&sums_path(&self.dir, d), e))?;
-                c = end;
-            }
-            // All of them again (the resumed ones too), synced below with
-            // the rest: an earlier attempt's entries may sit in pages whose
-            // sync failed.
-            if sealed > first {
-                let bytes: Vec<u8> = level_sums[first..]
-                    .iter()
-                    .flat_map(|s| s.to_le_bytes())
-                    .collect();
-                sumf.write_at(SUMS_HEADER + 4 * first as u64, &[&bytes])
-                    .map_err(|e| io_err(&sums_path(&self.dir, d), e))?;
-            }
-            // The tail chunk into the slot the current manifest does not use.
-            let slot = 1 - self.slots.get(d).copied().unwrap_or(1).min(1);
-            let mut tbuf = vec![0u8; CHUNK_BYTES as usize];
-            let tnodes = level.chunk(sealed);
-            tbuf[..tnodes.len() * 32].copy_from_slice(tnodes.as_flattened());
-            tail.write_at(SHARD_HEADER + u64::from(slot) * CHUNK_BYTES, &[&tbuf])
-                .map_err(|e| io_err(&tail_path(&self.dir, d), e))?;
-            metas.push(LevelMeta {
-                nodes,
-                sums_crc: sums_crc(level_sums),
-                tail_slot: slot,
-                tail_crc: crc32c::crc32c(&tbuf),
-            });
-            files.push((d, [shard, sumf, tail]));
-            failpoint(self.failpoint, "shard-write", &shards)?;
+        Ok(shards)
+    }
+
+    /// Writes level `d` of `snap`: repaired chunks back in place, the
+    /// sealed chunks the current manifest does not name, their checksums,
+    /// and the tail chunk. `level_sums` holds the level's checksums as of
+    /// the last checkpoint and is left holding the new ones. Returns the
+    /// level's manifest entry and its files, not yet synced.
+    fn write_level(
+        &self,
+        snap: &Snapshot,
+        d: usize,
+        level_sums: &mut Vec<u32>,
+    ) -> Result<(LevelMeta, LevelFiles)> {
+        let level = snap.level(d);
+        let nodes = level.len();
+        let [shard, sumf, tail] = self.open_level_files(d)?;
+        // Sealed chunks not yet written, appended after those the
+        // current manifest names: nothing it refers to is touched.
+        let first = sealed_chunks(self.nodes.get(d).copied().unwrap_or(0)) as usize;
+        let sealed = sealed_chunks(nodes) as usize;
+        level_sums.truncate(first);
+        self.rewrite_repaired(&*shard, level, d, first)?;
+        if sealed > first {
+            self.preallocate_shard(&*shard, d, sealed)?;
         }
-        for (d, fs) in &files {
+        // An earlier attempt that did not finish (a crash, a failure)
+        // may have written some of these already: each run's checksums
+        // go to the sums file only after the run's sync passed, so an
+        // entry there that matches the chunk in memory names a chunk
+        // already durable. Those are not written again.
+        let resumed = self.resume(&*shard, &*sumf, snap, d, first, sealed, level_sums)?;
+        self.append_sealed(&*shard, &*sumf, snap, d, resumed..sealed, level_sums)?;
+        if sealed > first {
+            self.rewrite_sums(&*sumf, d, first, level_sums)?;
+        }
+        let (tail_slot, tail_crc) = self.write_tail(&*tail, level, d, sealed)?;
+        let meta = LevelMeta {
+            nodes,
+            sums_crc: sums_crc(level_sums),
+            tail_slot,
+            tail_crc,
+        };
+        Ok((meta, [shard, sumf, tail]))
+    }
+
+    /// Writes the chunks of `level` before `first` that were recomputed
+    /// after failing their check back over the damage, with the bytes (and
+    /// so the checksum) the manifest expects: a torn write of one only
+    /// fails the check again.
+    fn rewrite_repaired(
+        &self,
+        shard: &dyn StorageFile,
+        level: &Level,
+        d: usize,
+        first: usize,
+    ) -> Result<()> {
+        if let Some(mapped) = level.shard() {
+            for (k, chunk) in mapped.all_repaired() {
+                if k < first {
+                    shard
+                        .write_at(
+                            SHARD_HEADER + k as u64 * CHUNK_BYTES,
+                            &[chunk.as_flattened()],
+                        )
+                        .map_err(|e| io_err(&shard_path(&self.dir, d), e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reserves space for level `d`'s shard up to `sealed` chunks ahead of
+    /// the writes, in steps of `PREALLOCATE_STEP`.
+    fn preallocate_shard(&self, shard: &dyn StorageFile, d: usize, sealed: usize) -> Result<()> {
+        let need = (SHARD_HEADER + sealed as u64 * CHUNK_BYTES).div_ceil(PREALLOCATE_STEP)
+            * PREALLOCATE_STEP;
+        shard
+            .preallocate(need)
+            .map_err(|e| io_err(&shard_path(&self.dir, d), e))
+    }
+
+    /// Appends level `d`'s sealed chunks `chunks` to its shard, a run of
+    /// `WRITE_RUN` chunks at a time, each run synced before its checksums
+    /// are pushed to `level_sums` and written to the sums file.
+    fn append_sealed(
+        &self,
+        shard: &dyn StorageFile,
+        sumf: &dyn StorageFile,
+        snap: &Snapshot,
+        d: usize,
+        chunks: Range<usize>,
+        level_sums: &mut Vec<u32>,
+    ) -> Result<()> {
+        let (mut c, sealed) = (chunks.start, chunks.end);
+        while c < sealed {
+            let end = (c + WRITE_RUN).min(sealed);
+            let mut buf = vec![0u8; (end - c) * CHUNK_BYTES as usize];
+            for (i, out) in buf.chunks_exact_mut(CHUNK_BYTES as usize).enumerate() {
+                out.copy_from_slice(snap.checked_chunk(d, c + i)?.as_flattened());
+                level_sums.push(crc32c::crc32c(out));
+            }
+            let off = SHARD_HEADER + c as u64 * CHUNK_BYTES;
+            let writes: Vec<(u64, &[u8])> = buf
+                .chunks(WRITE_PIECE)
+                .enumerate()
+                .map(|(i, p)| (off + (i * WRITE_PIECE) as u64, p))
+                .collect();
+            shard
+                .write_many(&writes)
+                .map_err(|e| io_err(&shard_path(&self.dir, d), e))?;
+            // Synced run by run: one large flush at the end would fill the
+            // device queue and stall the log's fdatasyncs behind it.
+            shard
+                .sync_data()
+                .map_err(|e| io_err(&shard_path(&self.dir, d), e))?;
+            let bytes: Vec<u8> = level_sums[c..end]
+                .iter()
+                .flat_map(|s| s.to_le_bytes())
+                .collect();
+            sumf.write_at(SUMS_HEADER + 4 * c as u64, &[&bytes])
+                .map_err(|e| io_err(&sums_path(&self.dir, d), e))?;
+            c = end;
+        }
+        Ok(())
+    }
+
+    /// Writes level `d`'s checksums from chunk `first` on again, the
+    /// resumed ones too, to be synced with the rest: an earlier attempt's
+    /// entries may sit in pages whose sync failed.
+    fn rewrite_sums(
+        &self,
+        sumf: &dyn StorageFile,
+        d: usize,
+        first: usize,
+        level_sums: &[u32],
+    ) -> Result<()> {
+        let bytes: Vec<u8> = level_sums[first..]
+            .iter()
+            .flat_map(|s| s.to_le_bytes())
+            .collect();
+        sumf.write_at(SUMS_HEADER + 4 * first as u64, &[&bytes])
+            .map_err(|e| io_err(&sums_path(&self.dir, d), e))
+    }
+
+    /// Writes the tail chunk of `level` (the one after its `sealed`
+    /// chunks) into the slot the current manifest does not use. Returns
+    /// the slot and the chunk's CRC-32C.
+    fn write_tail(
+        &self,
+        tail: &dyn StorageFile,
+        level: &Level,
+        d: usize,
+        sealed: usize,
+    ) -> Result<(u32, u32)> {
+        let slot = 1 - self.slots.get(d).copied().unwrap_or(1).min(1);
+        let mut tbuf = vec![0u8; CHUNK_BYTES as usize];
+        let tnodes = level.chunk(sealed);
+        tbuf[..tnodes.len() * 32].copy_from_slice(tnodes.as_flattened());
+        tail.write_at(SHARD_HEADER + u64::from(slot) * CHUNK_BYTES, &[&tbuf])
+            .map_err(|e| io_err(&tail_path(&self.dir, d), e))?;
+        Ok((slot, crc32c::crc32c(&tbuf)))
+    }
+
+    /// Syncs every level's files, then the shards directory and the tree's
+    /// directory.
+    fn sync_level_files(&self, files: &[(usize, LevelFiles)], shards: &Path) -> Result<()> {
+        for (d, fs) in files {
             for (f, path) in fs.iter().zip([
                 shard_path(&self.dir, *d),
                 sums_path(&self.dir, *d),
@@ -353,30 +469,23 @@ impl Checkpointer {
         // Always, not only when this checkpoint created files: an earlier,
         // failed one may have created them without syncing their names.
         self.storage
-            .sync_dir(&shards)
-            .map_err(|e| io_err(&shards, e))?;
+            .sync_dir(shards)
+            .map_err(|e| io_err(shards, e))?;
         self.storage
             .sync_dir(&self.dir)
             .map_err(|e| io_err(&self.dir, e))?;
-        failpoint(self.failpoint, "shard-sync", &shards)?;
-        let manifest = Manifest {
-            tree_id: self.tree_id,
-            arity: snap.arity() as u32,
-            leaves: snap.size(),
-            root: snap.root().unwrap_or([0; 32]),
-            wal_position,
-            levels: metas,
-        };
-        if let Some(e) = abort() {
-            return Err(e);
-        }
-        self.write_manifest(&manifest, true)?;
+        failpoint(self.failpoint, "shard-sync", shards)
+    }
+
+    /// Keeps what the next checkpoint starts from: `manifest`, now the
+    /// durable one, and `sums`, the checksums of its levels' sealed chunks.
+    fn remember(&mut self, manifest: &Manifest, mut sums: Vec<Vec<u32>>) {
+        let levels = manifest.levels.len();
         sums.truncate(levels);
         self.sums = sums;
         self.headers = vec![true; levels];
         self.nodes = manifest.levels.iter().map(|l| l.nodes).collect();
         self.slots = manifest.levels.iter().map(|l| l.tail_slot).collect();
-        self.wal_position = wal_position;
-        Ok(manifest)
+        self.wal_position = manifest.wal_position;
     }
 }
