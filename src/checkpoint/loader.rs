@@ -3,18 +3,24 @@
 //! salvage can still read of a damaged one. Kept apart from the writer: a
 //! load only reads.
 
-use std::path::Path;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::format::{
-    CHUNK_BYTES, MANIFEST, Manifest, SHARD_HEADER, SHARD_MAGIC, SHARDS, SUMS_HEADER, SUMS_MAGIC,
-    TAIL_MAGIC, check_header, sealed_chunks, shard_path, sums_crc, sums_path, tail_path,
+    CHUNK_BYTES, LevelMeta, MANIFEST, Manifest, SHARD_HEADER, SHARD_MAGIC, SHARDS, SUMS_HEADER,
+    SUMS_MAGIC, TAIL_MAGIC, check_header, sealed_chunks, shard_path, sums_path, tail_path,
 };
-use super::verifier::check_len;
+use super::verifier::{
+    check_chunk, check_identity, check_len, check_root, check_shape, check_sums, check_tail,
+};
 use crate::error::{Error, Result, corruption, io_err};
 use crate::hash::Hash;
 use crate::imt::{CHUNK_LEN, ChunkRef, ChunkStats, MappedShard};
 use crate::io::{Storage, StorageFile};
+
+/// Sealed chunks per read of a shard.
+const READ_RUN: u64 = 1024;
 
 fn chunk_from(bytes: &[u8]) -> ChunkRef {
     let mut chunk = Arc::new([[0u8; 32]; CHUNK_LEN]);
@@ -68,6 +74,33 @@ pub(crate) fn load(
     map_below: usize,
     stats: &Arc<ChunkStats>,
 ) -> Result<Option<Loaded>> {
+    let Some(m) = read_manifest(storage, dir)? else {
+        return Ok(None);
+    };
+    let path = dir.join(MANIFEST);
+    check_identity(&m, &path, arity, tree_id)?;
+    check_shape(&m, &path, arity, max_depth)?;
+    let mut levels = Vec::with_capacity(m.levels.len());
+    let mut all_sums = Vec::with_capacity(m.levels.len());
+    let mut mapped = Vec::new();
+    for (d, meta) in m.levels.iter().enumerate() {
+        let level = load_level(storage, dir, d, meta, map_below, stats)?;
+        mapped.extend(level.mapped);
+        levels.push((level.chunks, meta.nodes));
+        all_sums.push(level.sums);
+    }
+    check_root(dir, &levels, &m)?;
+    Ok(Some(Loaded {
+        levels,
+        manifest: m,
+        sums: all_sums,
+        mapped,
+    }))
+}
+
+/// Reads and decodes the manifest of `dir`. `None` when there is none
+/// and no shard file either (no checkpoint yet).
+fn read_manifest(storage: &dyn Storage, dir: &Path) -> Result<Option<Manifest>> {
     let path = dir.join(MANIFEST);
     let shards = dir.join(SHARDS);
     if !storage.exists(&path) {
@@ -96,195 +129,196 @@ pub(crate) fn load(
     }
     let mut b = vec![0u8; len as usize];
     f.read_at(0, &mut b).map_err(|e| io_err(&path, e))?;
-    let m = Manifest::decode(&path, &b)?;
-    if m.tree_id != tree_id {
-        return Err(corruption(
-            &path,
-            64,
-            format!(
-                "manifest of another tree (tree id {}, this one is {})",
-                crate::wal::format::hex(&m.tree_id),
-                crate::wal::format::hex(&tree_id)
-            ),
-        ));
+    Manifest::decode(&path, &b).map(Some)
+}
+
+/// A level's shard, sums and tail files, opened for reading, with their
+/// paths.
+struct LevelFiles {
+    shard: Box<dyn StorageFile>,
+    sums: Box<dyn StorageFile>,
+    tail: Box<dyn StorageFile>,
+    shard_path: PathBuf,
+    sums_path: PathBuf,
+    tail_path: PathBuf,
+}
+
+/// One level of a checkpoint read back.
+struct LoadedLevel {
+    chunks: Vec<ChunkRef>,
+    /// The checksums of the level's sealed chunks.
+    sums: Vec<u32>,
+    /// The level's shard, when its sealed chunks are served from it.
+    mapped: Option<Arc<MappedShard>>,
+}
+
+/// Level `d` as `meta` describes it: the sealed chunks mapped when
+/// `d < map_below`, else read and checked, then the tail chunk.
+fn load_level(
+    storage: &dyn Storage,
+    dir: &Path,
+    d: usize,
+    meta: &LevelMeta,
+    map_below: usize,
+    stats: &Arc<ChunkStats>,
+) -> Result<LoadedLevel> {
+    let sealed = sealed_chunks(meta.nodes);
+    let files = open_level(storage, dir, d)?;
+    let sums = read_sums(&files, dir, d, meta)?;
+    let need = SHARD_HEADER + CHUNK_BYTES * sealed;
+    check_len(&*files.shard, &files.shard_path, need, "short shard")?;
+    let mut out: Vec<ChunkRef> = Vec::new();
+    out.try_reserve_exact(sealed as usize + 1)
+        .map_err(|_| too_many(dir, d, sealed))?;
+    let mut mapped = None;
+    if d < map_below && sealed > 0 {
+        mapped = Some(map_sealed(storage, &files, &sums, stats, &mut out)?);
     }
-    if m.arity as usize != arity {
-        return Err(Error::ConfigMismatch {
-            field: "arity",
-            on_disk: m.arity.to_string(),
-            given: arity.to_string(),
-            file: path.clone(),
-        });
-    }
-    // The shape must be that of a tree of `leaves` leaves.
-    let mismatch =
-        |why: String| corruption(&path, 0, format!("manifest does not match a tree: {why}"));
-    if m.leaves == 0 {
-        if !m.levels.is_empty() {
-            return Err(mismatch("levels for an empty tree".into()));
-        }
-    } else {
-        let mut len = m.leaves;
-        for (d, l) in m.levels.iter().enumerate() {
-            if l.nodes != len {
-                return Err(mismatch(format!(
-                    "level {d} has {} nodes, {len} expected",
-                    l.nodes
-                )));
-            }
-            len = len.div_ceil(arity as u64);
-        }
-        if m.levels.last().map(|l| l.nodes) != Some(1) {
-            return Err(mismatch("the top level is not a single root".into()));
-        }
-        // Exactly one level of one node: depth + 1 levels, no more.
-        if m.levels.len() > 1 && m.levels[m.levels.len() - 2].nodes == 1 {
-            return Err(mismatch("levels above the root".into()));
-        }
-        if m.levels.len() > max_depth + 1 {
-            return Err(Error::Depth {
-                depth: m.levels.len() - 1,
-                max_depth,
-            });
-        }
-    }
-    let mut levels = Vec::with_capacity(m.levels.len());
-    let mut all_sums = Vec::with_capacity(m.levels.len());
-    let mut mapped = Vec::new();
-    for (d, meta) in m.levels.iter().enumerate() {
-        let sealed = sealed_chunks(meta.nodes);
-        let (sp, up, tp) = (shard_path(dir, d), sums_path(dir, d), tail_path(dir, d));
-        let open = |p: &Path| -> Result<Box<dyn StorageFile>> {
-            storage.open(p, false).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    corruption(p, 0, "missing shard file named by the manifest")
-                } else {
-                    io_err(p, e)
-                }
-            })
-        };
-        let (shard, sumf, tail) = (open(&sp)?, open(&up)?, open(&tp)?);
-        check_header(&*shard, &sp, SHARD_MAGIC, d)?;
-        check_header(&*sumf, &up, SUMS_MAGIC, d)?;
-        check_header(&*tail, &tp, TAIL_MAGIC, d)?;
-        let need = SUMS_HEADER + 4 * sealed;
-        check_len(&*sumf, &up, need, "short checksum file")?;
-        // Sized from the manifest: allocate fallibly, never abort.
-        let mut sb = Vec::new();
-        sb.try_reserve_exact(4 * sealed as usize).map_err(|_| {
-            corruption(
-                &dir.join(MANIFEST),
-                0,
-                format!("level {d}: {sealed} chunks cannot be held in memory"),
-            )
-        })?;
-        sb.resize(4 * sealed as usize, 0);
-        sumf.read_at(SUMS_HEADER, &mut sb)
-            .map_err(|e| io_err(&up, e))?;
-        let too_many = || {
-            corruption(
-                &dir.join(MANIFEST),
-                0,
-                format!("level {d}: {sealed} chunks cannot be held in memory"),
-            )
-        };
-        let mut sums: Vec<u32> = Vec::new();
-        sums.try_reserve_exact(sealed as usize)
-            .map_err(|_| too_many())?;
-        sums.extend(
-            sb.chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))),
-        );
-        drop(sb);
-        if sums_crc(&sums) != meta.sums_crc {
-            return Err(corruption(
-                &up,
-                SUMS_HEADER,
-                "chunk checksums do not match the manifest",
-            ));
-        }
-        let need = SHARD_HEADER + CHUNK_BYTES * sealed;
-        check_len(&*shard, &sp, need, "short shard")?;
-        let mut out: Vec<ChunkRef> = Vec::new();
-        out.try_reserve_exact(sealed as usize + 1)
-            .map_err(|_| too_many())?;
-        if d < map_below && sealed > 0 {
-            let map = storage.map(&sp).map_err(|e| io_err(&sp, e))?;
-            let shard = Arc::new(MappedShard::new(
-                map,
-                SHARD_HEADER as usize,
-                sp.clone(),
-                sums.clone(),
-                stats.clone(),
-            )?);
-            for k in 0..sealed as usize {
-                out.push(ChunkRef::Mapped(shard.clone(), k));
-            }
-            mapped.push(shard);
-        }
-        const RUN: u64 = 1024;
-        let mut buf = Vec::new();
-        let mut c = if d < map_below { sealed } else { 0 };
-        while c < sealed {
-            let end = (c + RUN).min(sealed);
-            buf.resize(((end - c) * CHUNK_BYTES) as usize, 0);
-            let off = SHARD_HEADER + c * CHUNK_BYTES;
-            shard.read_at(off, &mut buf).map_err(|e| io_err(&sp, e))?;
-            for (i, bytes) in buf.chunks_exact(CHUNK_BYTES as usize).enumerate() {
-                let k = c + i as u64;
-                if crc32c::crc32c(bytes) != sums[k as usize] {
-                    return Err(corruption(
-                        &sp,
-                        SHARD_HEADER + k * CHUNK_BYTES,
-                        format!("chunk {k} checksum mismatch"),
-                    ));
-                }
-                out.push(chunk_from(bytes));
-            }
-            c = end;
-        }
-        if meta.tail_slot > 1 {
-            return Err(corruption(
-                &dir.join(MANIFEST),
-                0,
-                format!("level {d}: tail slot {}", meta.tail_slot),
-            ));
-        }
-        let toff = SHARD_HEADER + u64::from(meta.tail_slot) * CHUNK_BYTES;
-        let mut tb = vec![0u8; CHUNK_BYTES as usize];
-        let n = tail.read_at(toff, &mut tb).map_err(|e| io_err(&tp, e))?;
-        if n < tb.len() {
-            return Err(corruption(&tp, toff + n as u64, "short tail file"));
-        }
-        if crc32c::crc32c(&tb) != meta.tail_crc {
-            return Err(corruption(
-                &tp,
-                toff,
-                format!("tail chunk (slot {}) checksum mismatch", meta.tail_slot),
-            ));
-        }
-        out.push(chunk_from(&tb));
-        levels.push((out, meta.nodes));
-        all_sums.push(sums);
-    }
-    // The top node must be the manifest's root.
-    let top = levels.last().map(|(chunks, _)| match &chunks[0] {
-        ChunkRef::Owned(c) => c[0],
-        ChunkRef::Mapped(..) => unreachable!("a level's last chunk is loaded into memory"),
-    });
-    if top.is_some_and(|t| t != m.root) {
-        return Err(corruption(
-            &shard_path(dir, levels.len() - 1),
-            SHARD_HEADER,
-            "root differs from the manifest's",
-        ));
-    }
-    Ok(Some(Loaded {
-        levels,
-        manifest: m,
-        sums: all_sums,
+    let from = if d < map_below { sealed } else { 0 };
+    read_sealed(&files, &sums, from..sealed, &mut out)?;
+    out.push(read_tail(&files, dir, d, meta)?);
+    Ok(LoadedLevel {
+        chunks: out,
+        sums,
         mapped,
-    }))
+    })
+}
+
+/// Opens level `d`'s shard, sums and tail files and checks their headers.
+fn open_level(storage: &dyn Storage, dir: &Path, d: usize) -> Result<LevelFiles> {
+    let (sp, up, tp) = (shard_path(dir, d), sums_path(dir, d), tail_path(dir, d));
+    let open = |p: &Path| -> Result<Box<dyn StorageFile>> {
+        storage.open(p, false).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                corruption(p, 0, "missing shard file named by the manifest")
+            } else {
+                io_err(p, e)
+            }
+        })
+    };
+    let (shard, sumf, tail) = (open(&sp)?, open(&up)?, open(&tp)?);
+    check_header(&*shard, &sp, SHARD_MAGIC, d)?;
+    check_header(&*sumf, &up, SUMS_MAGIC, d)?;
+    check_header(&*tail, &tp, TAIL_MAGIC, d)?;
+    Ok(LevelFiles {
+        shard,
+        sums: sumf,
+        tail,
+        shard_path: sp,
+        sums_path: up,
+        tail_path: tp,
+    })
+}
+
+/// The error for a level whose `sealed` chunks, as the manifest counts
+/// them, cannot be held in memory.
+fn too_many(dir: &Path, d: usize, sealed: u64) -> Error {
+    corruption(
+        &dir.join(MANIFEST),
+        0,
+        format!("level {d}: {sealed} chunks cannot be held in memory"),
+    )
+}
+
+/// Reads the checksums of level `d`'s sealed chunks and checks them
+/// against the manifest's `meta`.
+fn read_sums(files: &LevelFiles, dir: &Path, d: usize, meta: &LevelMeta) -> Result<Vec<u32>> {
+    let sealed = sealed_chunks(meta.nodes);
+    let up = &files.sums_path;
+    let need = SUMS_HEADER + 4 * sealed;
+    check_len(&*files.sums, up, need, "short checksum file")?;
+    // Sized from the manifest: allocate fallibly, never abort.
+    let mut sb = Vec::new();
+    sb.try_reserve_exact(4 * sealed as usize)
+        .map_err(|_| too_many(dir, d, sealed))?;
+    sb.resize(4 * sealed as usize, 0);
+    files
+        .sums
+        .read_at(SUMS_HEADER, &mut sb)
+        .map_err(|e| io_err(up, e))?;
+    let mut sums: Vec<u32> = Vec::new();
+    sums.try_reserve_exact(sealed as usize)
+        .map_err(|_| too_many(dir, d, sealed))?;
+    sums.extend(
+        sb.chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))),
+    );
+    drop(sb);
+    check_sums(&sums, meta, up)?;
+    Ok(sums)
+}
+
+/// Maps the level's shard and pushes a reference to each of its sealed
+/// chunks to `out`, to be checked against `sums` on use.
+fn map_sealed(
+    storage: &dyn Storage,
+    files: &LevelFiles,
+    sums: &[u32],
+    stats: &Arc<ChunkStats>,
+    out: &mut Vec<ChunkRef>,
+) -> Result<Arc<MappedShard>> {
+    let sp = &files.shard_path;
+    let map = storage.map(sp).map_err(|e| io_err(sp, e))?;
+    let shard = Arc::new(MappedShard::new(
+        map,
+        SHARD_HEADER as usize,
+        sp.clone(),
+        sums.to_vec(),
+        stats.clone(),
+    )?);
+    for k in 0..sums.len() {
+        out.push(ChunkRef::Mapped(shard.clone(), k));
+    }
+    Ok(shard)
+}
+
+/// Reads the level's sealed chunks `chunks`, `READ_RUN` at a time, checks
+/// each against its sum and pushes it to `out`.
+fn read_sealed(
+    files: &LevelFiles,
+    sums: &[u32],
+    chunks: Range<u64>,
+    out: &mut Vec<ChunkRef>,
+) -> Result<()> {
+    let sp = &files.shard_path;
+    let mut buf = Vec::new();
+    let (mut c, sealed) = (chunks.start, chunks.end);
+    while c < sealed {
+        let end = (c + READ_RUN).min(sealed);
+        buf.resize(((end - c) * CHUNK_BYTES) as usize, 0);
+        let off = SHARD_HEADER + c * CHUNK_BYTES;
+        files
+            .shard
+            .read_at(off, &mut buf)
+            .map_err(|e| io_err(sp, e))?;
+        for (i, bytes) in buf.chunks_exact(CHUNK_BYTES as usize).enumerate() {
+            let k = c + i as u64;
+            check_chunk(sp, k, bytes, sums[k as usize])?;
+            out.push(chunk_from(bytes));
+        }
+        c = end;
+    }
+    Ok(())
+}
+
+/// Reads level `d`'s tail chunk from the slot `meta` names and checks it.
+fn read_tail(files: &LevelFiles, dir: &Path, d: usize, meta: &LevelMeta) -> Result<ChunkRef> {
+    let tp = &files.tail_path;
+    if meta.tail_slot > 1 {
+        return Err(corruption(
+            &dir.join(MANIFEST),
+            0,
+            format!("level {d}: tail slot {}", meta.tail_slot),
+        ));
+    }
+    let toff = SHARD_HEADER + u64::from(meta.tail_slot) * CHUNK_BYTES;
+    let mut tb = vec![0u8; CHUNK_BYTES as usize];
+    let n = files
+        .tail
+        .read_at(toff, &mut tb)
+        .map_err(|e| io_err(tp, e))?;
+    check_tail(tp, toff, n, &tb, meta)?;
+    Ok(chunk_from(&tb))
 }
 
 /// The leaves a checkpoint still holds intact, for a salvage: the
@@ -361,13 +395,7 @@ pub(crate) fn salvage_leaves(
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
             .collect();
-        if sums_crc(&sums) != meta.sums_crc {
-            return Err(corruption(
-                &up,
-                SUMS_HEADER,
-                "chunk checksums do not match the manifest",
-            ));
-        }
+        check_sums(&sums, &meta, &up)?;
         let shard = storage.open(&sp, false).map_err(|e| io_err(&sp, e))?;
         check_header(&*shard, &sp, SHARD_MAGIC, 0)?;
         let mut buf = vec![0u8; CHUNK_BYTES as usize];
