@@ -16,7 +16,7 @@ pub(super) const SHARD_MAGIC: [u8; 8] = *b"RTSHARD1";
 pub(super) const SUMS_MAGIC: [u8; 8] = *b"RTSUMS01";
 /// Version of the shard, sums and tail file headers.
 pub(super) const VERSION: u32 = 1;
-/// Version of the manifest (2: with the tree id).
+/// Version of the manifest.
 pub(super) const MANIFEST_VERSION: u32 = 2;
 /// Shard header size; chunk `i` is at `SHARD_HEADER + i * CHUNK_BYTES`, so
 /// chunks are page-aligned.

@@ -13,9 +13,9 @@
 //! recycled (invariant 4): the caller does that.
 //! Every file has a magic, a version and checksums; damage is
 //! `Error::Corruption` naming the file and offset (invariants 5 and 8).
-
 //!
-//! - [`format`]: the manifest and file header byte formats, paths, constants.
+//! - [`format`](mod@format): the manifest and file header byte formats,
+//!   the files' paths, the constants they share.
 //! - [`writer`]: [`Checkpointer`], which writes a checkpoint.
 //! - [`loader`]: [`load`] and [`map_shard`], which read one back, and what
 //!   a salvage can still read of a damaged one.

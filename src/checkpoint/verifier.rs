@@ -1,6 +1,8 @@
 //! Checks that a checkpoint read back is the one its manifest describes:
-//! the manifest's shape against a tree, file lengths, the chunk sums against
-//! the manifest, the root. Kept apart from the loader, which only reads.
+//! the manifest's tree and shape, file lengths, the chunk sums against the
+//! manifest, each chunk and tail against its sum, the root. Kept apart from
+//! the loader, which only reads. Mapped chunks are checked on use by the
+//! levels in `imt`, and in the background by `tree`.
 
 use std::path::Path;
 
