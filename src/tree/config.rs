@@ -49,7 +49,7 @@ impl Default for CheckpointPolicy {
     }
 }
 
-/// How to open a [`Tree`].
+/// How to open a [`Tree`](crate::Tree).
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct Config {
@@ -66,7 +66,7 @@ pub struct Config {
     /// 16 MiB). Bounds the
     /// memory of inserts not yet written out; inserts wait when it is full.
     /// One `insert_many` takes at most about `capacity / 64` leaves
-    /// ([`Tree::max_batch`] gives the number).
+    /// ([`Tree::max_batch`](crate::Tree::max_batch) gives the number).
     pub buffer_capacity: u64,
     /// Bytes per WAL segment file (multiple of 4 KiB; default 64 MiB).
     pub segment_size: u64,
