@@ -74,6 +74,11 @@ fn options() -> Vec<Option_> {
             apply: |c, i| c.lone_waiter_spin(i == 0),
         },
         Option_ {
+            name: "thread_yield_every",
+            values: ["256 (default)", "0"],
+            apply: |c, i| if i == 0 { c } else { c.thread_yield_every(0) },
+        },
+        Option_ {
             name: "spin",
             values: ["50 µs (default)", "0"],
             apply: |c, i| {

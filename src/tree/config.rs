@@ -90,6 +90,14 @@ pub struct Config {
     pub verify_on_open: bool,
     /// Which levels are served from the shard files.
     pub tiering: Tiering,
+    /// Leaves an OS thread inserts between two yields of its CPU to the
+    /// kernel (`sched_yield`, after the insert, with no lock held; default
+    /// 256, 0: never). Where busy executor threads and the committer
+    /// outnumber the cores, the committer otherwise waits for the kernel's
+    /// tick to preempt an executor thread before it can sync the next
+    /// group; see `docs/ARCHITECTURE.md`, "Scheduling policy", for what it
+    /// buys on each runtime shape.
+    pub thread_yield_every: u32,
     pub(super) storage: Option<Arc<dyn Storage>>,
     pub(super) failpoint: checkpoint::Failpoint,
 }
@@ -108,6 +116,7 @@ impl std::fmt::Debug for Config {
             .field("spare_segments", &self.spare_segments)
             .field("checkpoint", &self.checkpoint)
             .field("verify_on_open", &self.verify_on_open)
+            .field("thread_yield_every", &self.thread_yield_every)
             .field("custom_storage", &self.storage.is_some())
             .finish()
     }
@@ -129,10 +138,18 @@ impl Config {
             spare_segments: log.spare_segments,
             checkpoint: CheckpointPolicy::default(),
             verify_on_open: false,
+            thread_yield_every: 256,
             tiering: Tiering::default(),
             storage: None,
             failpoint: None,
         }
+    }
+
+    /// Sets how many leaves an OS thread inserts between two yields of its
+    /// CPU (0: never; see [`thread_yield_every`](Self::thread_yield_every)).
+    pub fn thread_yield_every(mut self, leaves: u32) -> Self {
+        self.thread_yield_every = leaves;
+        self
     }
 
     /// Sets the checkpoint policy.

@@ -88,6 +88,10 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             if let Some(ins) = self.try_insert(leaves, claim.as_ref())? {
                 drop(claim);
                 self.maybe_checkpoint();
+                // With nothing held that others wait for.
+                if yield_due(leaves.len() as u64, self.inner.thread_yield_every) {
+                    std::thread::yield_now();
+                }
                 return Ok(ins);
             }
             let c = claim.get_or_insert_with(|| self.inner.wal.claim_space(payload));
@@ -181,5 +185,47 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         self.check_open()?;
         self.inner.wal.flush().await?;
         self.inner.take_background_failure()
+    }
+}
+
+/// Counts `leaves` inserted on this OS thread; true once per `every` of
+/// them (never for 0): the thread should then yield its CPU (see
+/// [`Config::thread_yield_every`](crate::Config::thread_yield_every)). A
+/// batch of `every` or more is due at once.
+fn yield_due(leaves: u64, every: u32) -> bool {
+    thread_local! {
+        static SINCE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    if every == 0 {
+        return false;
+    }
+    SINCE.with(|since| {
+        let n = since.get() + leaves;
+        let due = n >= u64::from(every);
+        since.set(if due { 0 } else { n });
+        due
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::yield_due;
+
+    #[test]
+    fn a_thread_is_due_to_yield_once_per_every_leaves() {
+        // On a thread of its own: the count is per thread.
+        std::thread::spawn(|| {
+            let dues: Vec<bool> = (0..8).map(|_| yield_due(1, 4)).collect();
+            assert_eq!(dues, [false, false, false, true, false, false, false, true]);
+            // A batch that crosses the mark is due, and the count starts
+            // again after it.
+            assert!(yield_due(100, 4));
+            assert!(!yield_due(3, 4));
+            assert!(yield_due(1, 4));
+            // 0: never.
+            assert!((0..1000).all(|_| !yield_due(1, 0)));
+        })
+        .join()
+        .unwrap();
     }
 }

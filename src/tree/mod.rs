@@ -96,6 +96,8 @@ pub(crate) struct Inner<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     /// The loaded checkpoint's chunks are still being verified: the log
     /// below it is kept, and checkpoints wait, until they pass.
     verifying: Verifying,
+    /// See [`Config::thread_yield_every`].
+    thread_yield_every: u32,
     /// Inserts since open (counted only for `EveryNEntries`).
     inserts: AtomicU64,
     /// `inserts` at the last checkpoint.

@@ -128,6 +128,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                 pin: config.tiering.pin_above_level,
                 checkpointing: AtomicBool::new(false),
                 verifying,
+                thread_yield_every: config.thread_yield_every,
                 inserts: AtomicU64::new(replayed_records),
                 inserts_at_checkpoint: AtomicU64::new(0),
                 last_checkpoint: AtomicU64::new(start),
