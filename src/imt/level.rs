@@ -176,7 +176,9 @@ impl MappedShard {
         let mut failed = Vec::new();
         let mut first = None;
         for k in 0..self.sums.len() {
-            if k % 256 == 0 && stop() {
+            // Every 256 chunks, and not before the first 256: a caller
+            // that stops whenever others wait still makes progress.
+            if k > 0 && k % 256 == 0 && stop() {
                 break;
             }
             if self.passed(k) || self.repaired(k).is_some() {

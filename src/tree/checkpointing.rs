@@ -46,7 +46,13 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         // the last handle went still runs (or finds the tree closed).
         let bg = inner.clone();
         let queued = inner.worker.submit(move || {
-            let r = bg.checkpoint();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bg.checkpoint()))
+                .unwrap_or_else(|_| {
+                    Err(crate::error::io_err(
+                        &bg.dir.join(checkpoint::MANIFEST),
+                        std::io::Error::other("the background checkpoint panicked"),
+                    ))
+                });
             bg.background_done(r);
             bg.checkpointing.store(false, Ordering::Release);
         });

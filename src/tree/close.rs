@@ -98,28 +98,35 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
     }
 }
 
-impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Drop for Inner<H, N, MAX_DEPTH> {
-    /// The last handle is gone without `close`: the log is closed (what
-    /// was written is synced) and the directory released by the tree's
-    /// worker, as its last job, so dropping a tree never blocks an async
-    /// runtime's thread. Until that job is done the directory is marked
-    /// as being released: an `open` of it waits instead of failing with
-    /// `Locked`.
-    fn drop(&mut self) {
-        let log = self.log.get_mut().unwrap_or_else(|e| e.into_inner()).take();
-        let lock = self
-            .lock
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if log.is_none() && lock.is_none() {
+impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
+    /// The last user handle is gone without `close`: the tree stops (jobs
+    /// still queued find it closed), and its log is closed (what was
+    /// written is synced) and the directory released by the tree's worker,
+    /// so dropping a tree never blocks an async runtime's thread. Until
+    /// that is done the directory is marked as being released: an `open`
+    /// of it waits instead of failing with `Locked`.
+    pub(super) fn release(&self) {
+        self.closed.store(true, Ordering::Release);
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let lock = self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(lock) = lock else {
             return;
-        }
-        let finish = |log: Option<Arc<Log>>, lock: Option<LockGuard>| {
-            if let Some(l) = log
-                && let Err(e) = l.close()
-            {
-                tracing::warn!(error = %e, "flush on drop failed");
+        };
+        // The lock is still held, so the log may still write: it is
+        // closed before the lock goes (closing it twice is harmless).
+        let log = log.unwrap_or_else(|| self.wal.clone());
+        let finish = |log: Arc<Log>, lock: LockGuard| {
+            let closed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| log.close()));
+            match closed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "flush on drop failed"),
+                Err(_) => {
+                    // The committer may not be joined: keep the directory
+                    // locked rather than let another owner in beside it.
+                    tracing::error!("closing the log on drop panicked; the directory stays locked");
+                    std::mem::forget(lock);
+                    return;
+                }
             }
             // Only now: nothing of this tree can write again.
             drop(lock);
@@ -128,7 +135,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Drop for Inner<H, N, MAX
             finish(log, lock);
             return;
         }
-        let release = worker::releasing(&self.dir);
+        let release = worker::releasing(&self.release_key);
         let job = Arc::new(std::sync::Mutex::new(Some((log, lock, release))));
         let take = |job: &std::sync::Mutex<Option<_>>| {
             job.lock().unwrap_or_else(|e| e.into_inner()).take()
@@ -147,8 +154,15 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Drop for Inner<H, N, MAX
             finish(log, lock);
             drop(release);
         }
-        // The worker finishes the job queued above and then ends; it is
-        // not joined here (that would block this thread for the close).
+    }
+}
+
+impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Drop for Inner<H, N, MAX_DEPTH> {
+    /// Released already (by `close` or the last handle); the worker ends
+    /// by itself after the jobs still queued (the release among them), so
+    /// this drop never waits for the disk.
+    fn drop(&mut self) {
+        self.release();
         self.worker.detach();
     }
 }

@@ -115,6 +115,9 @@ pub(crate) struct Inner<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     backend: IoBackend,
     closed: AtomicBool,
     dir: PathBuf,
+    /// The directory as the release registry knows it (see
+    /// [`worker::releasing`]), fixed at open.
+    release_key: PathBuf,
 }
 
 /// A persistent, append-only n-ary Merkle tree whose inserts return
@@ -141,12 +144,37 @@ pub(crate) struct Inner<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
 /// ```
 pub struct Tree<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     inner: Arc<Inner<H, N, MAX_DEPTH>>,
+    /// Shared by the user's handles only (jobs on the worker hold
+    /// `inner`): when the last goes, the tree is released at once, even
+    /// while a job still holds `inner`.
+    handle: Arc<Handle<H, N, MAX_DEPTH>>,
+}
+
+/// Releases the tree when the last user handle is dropped (see
+/// [`Inner::release`]).
+struct Handle<H: Hasher, const N: usize, const MAX_DEPTH: usize>(Arc<Inner<H, N, MAX_DEPTH>>);
+
+impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Drop for Handle<H, N, MAX_DEPTH> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
+    fn from_inner(inner: Inner<H, N, MAX_DEPTH>) -> Self {
+        let inner = Arc::new(inner);
+        Self {
+            handle: Arc::new(Handle(inner.clone())),
+            inner,
+        }
+    }
 }
 
 impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Clone for Tree<H, N, MAX_DEPTH> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            handle: self.handle.clone(),
         }
     }
 }

@@ -108,40 +108,40 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             wal.export_to(e.clone());
             e
         };
-        let this = Self {
-            inner: Arc::new(Inner {
-                tree: parking_lot::Mutex::new(tree),
-                log: Mutex::new(Some(wal.clone())),
-                wal,
-                lock: Mutex::new(Some(lock)),
-                close_failed: Mutex::new(None),
-                background_failure: Mutex::new(None),
-                checkpoint_failures: AtomicU64::new(0),
-                replayed_at_open,
-                worker,
-                failures_in_a_row: Mutex::new(0),
-                retry_at: AtomicU64::new(0),
-                epoch: std::time::Instant::now(),
-                storage,
-                checkpointer: Mutex::new(checkpointer),
-                policy: config.checkpoint,
-                pin: config.tiering.pin_above_level,
-                checkpointing: AtomicBool::new(false),
-                verifying,
-                thread_yield_every: config.thread_yield_every,
-                inserts: AtomicU64::new(replayed_records),
-                inserts_at_checkpoint: AtomicU64::new(0),
-                last_checkpoint: AtomicU64::new(start),
-                loaded_at: start,
-                checkpoint_latency: crate::metrics::Histogram::new(),
-                chunk_stats,
-                #[cfg(feature = "metrics")]
-                export,
-                backend,
-                closed: AtomicBool::new(false),
-                dir,
-            }),
-        };
+        let release_key = worker::release_key(&dir);
+        let this = Self::from_inner(Inner {
+            tree: parking_lot::Mutex::new(tree),
+            log: Mutex::new(Some(wal.clone())),
+            wal,
+            lock: Mutex::new(Some(lock)),
+            close_failed: Mutex::new(None),
+            background_failure: Mutex::new(None),
+            checkpoint_failures: AtomicU64::new(0),
+            replayed_at_open,
+            worker,
+            failures_in_a_row: Mutex::new(0),
+            retry_at: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+            storage,
+            checkpointer: Mutex::new(checkpointer),
+            policy: config.checkpoint,
+            pin: config.tiering.pin_above_level,
+            checkpointing: AtomicBool::new(false),
+            verifying,
+            thread_yield_every: config.thread_yield_every,
+            inserts: AtomicU64::new(replayed_records),
+            inserts_at_checkpoint: AtomicU64::new(0),
+            last_checkpoint: AtomicU64::new(start),
+            loaded_at: start,
+            checkpoint_latency: crate::metrics::Histogram::new(),
+            chunk_stats,
+            #[cfg(feature = "metrics")]
+            export,
+            backend,
+            closed: AtomicBool::new(false),
+            dir,
+            release_key,
+        });
         if !unverified.is_empty() {
             // Off the open path; a damaged chunk stops the tree taking
             // inserts (as a log failure does).

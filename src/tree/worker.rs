@@ -82,6 +82,10 @@ impl Worker {
     {
         let (tx, rx) = futures::channel::oneshot::channel();
         let queued = self.submit(move || {
+            // Nobody waits for it any more (the caller's future was dropped).
+            if tx.is_canceled() {
+                return;
+            }
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
             let _ = tx.send(r);
         });
@@ -154,14 +158,15 @@ static RELEASING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static RELEASED: std::sync::Condvar = std::sync::Condvar::new();
 
 /// The key a directory is known by while it is released.
-fn release_key(dir: &Path) -> PathBuf {
+pub(crate) fn release_key(dir: &Path) -> PathBuf {
     std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
 }
 
-/// Marks `dir` as being released; the returned guard unmarks it when
-/// dropped (after the directory lock went).
-pub(crate) fn releasing(dir: &Path) -> Releasing {
-    let key = release_key(dir);
+/// Marks the directory whose [`release_key`] is `key` as being released;
+/// the returned guard unmarks it when dropped (after the directory lock
+/// went).
+pub(crate) fn releasing(key: &Path) -> Releasing {
+    let key = key.to_path_buf();
     RELEASING
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -183,15 +188,27 @@ impl Drop for Releasing {
     }
 }
 
-/// Waits until no dropped tree is still releasing `dir`. The wait ends:
-/// every release closes its log (which always ends) and lets the lock go.
+/// Waits until no dropped tree is still releasing `dir`, for at most
+/// [`RELEASE_WAIT`] (a close stuck in a sync that never returns must not
+/// hold an open for ever: it then fails with `Locked`).
 pub(crate) fn wait_released(dir: &Path) {
     let key = release_key(dir);
+    let until = std::time::Instant::now() + RELEASE_WAIT;
     let mut all = RELEASING.lock().unwrap_or_else(|e| e.into_inner());
     while all.contains(&key) {
-        all = RELEASED.wait(all).unwrap_or_else(|e| e.into_inner());
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        all = RELEASED
+            .wait_timeout(all, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
     }
 }
+
+/// The longest an open waits for a dropped tree to let its directory go.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Runs `f` on a thread of its own (for `open`, before the tree and its
 /// worker exist as a pair): the worker is started first and `f` runs on
@@ -254,7 +271,7 @@ mod tests {
     #[test]
     fn an_open_waits_for_a_release_of_its_directory() {
         let dir = PathBuf::from("/released-test-dir");
-        let guard = releasing(&dir);
+        let guard = releasing(&release_key(&dir));
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let d = done.clone();
         let waiter = std::thread::spawn(move || {

@@ -332,6 +332,14 @@ impl Watermark {
         if self.spinning.swap(true, Ordering::Acquire) {
             return None;
         }
+        // Lets the next waiter spin, however this one ends.
+        struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _done = Done(&self.spinning);
         let t0 = std::time::Instant::now();
         let budget = std::time::Duration::from_nanos(budget_ns);
         let r = 'spin: loop {
@@ -349,7 +357,6 @@ impl Watermark {
             // committer's thread) run if the scheduler put it here.
             std::thread::yield_now();
         };
-        self.spinning.store(false, Ordering::Release);
         r
     }
 }
