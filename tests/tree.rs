@@ -639,25 +639,32 @@ fn drop_then_reopen_at_once() {
         if io == IoBackend::Uring && ringtree::io::UringStorage::new().is_err() {
             continue;
         }
-        let tmp = tempfile::tempdir().unwrap();
-        let cfg = Config::new(tmp.path().join("t")).io(io);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let mut size = 0;
-        for round in 0..10u64 {
-            let tree = rt.block_on(T4::open(cfg.clone())).unwrap();
-            assert_eq!(tree.size(), size, "round {round}");
-            rt.block_on(tree.insert_durable(leaf(round))).unwrap();
-            // Inserted, not yet durable: the drop's close syncs it.
-            rt.block_on(tree.insert(leaf(round + 100))).unwrap();
-            size += 2;
-            drop(tree);
-            let tree = T4::open_blocking(cfg.clone()).unwrap();
-            assert_eq!(tree.size(), size, "round {round}");
-            drop(tree);
+        // With a checkpoint due after every insert, a background
+        // checkpoint is queued (holding the tree) when the handle goes.
+        for every in [None, Some(1)] {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut cfg = Config::new(tmp.path().join("t")).io(io);
+            if let Some(n) = every {
+                cfg = cfg.checkpoint(ringtree::CheckpointPolicy::EveryNEntries(n));
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut size = 0;
+            for round in 0..10u64 {
+                let tree = rt.block_on(T4::open(cfg.clone())).unwrap();
+                assert_eq!(tree.size(), size, "round {round}");
+                rt.block_on(tree.insert_durable(leaf(round))).unwrap();
+                // Inserted, not yet durable: the drop's close syncs it.
+                rt.block_on(tree.insert(leaf(round + 100))).unwrap();
+                size += 2;
+                drop(tree);
+                let tree = T4::open_blocking(cfg.clone()).unwrap();
+                assert_eq!(tree.size(), size, "round {round}");
+                drop(tree);
+            }
         }
     }
 }
