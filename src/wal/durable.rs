@@ -342,22 +342,21 @@ impl Watermark {
         let _done = Done(&self.spinning);
         let t0 = std::time::Instant::now();
         let budget = std::time::Duration::from_nanos(budget_ns);
-        let r = 'spin: loop {
+        loop {
             // Reading the clock costs more than a look: look often.
             for _ in 0..32 {
                 if let Some(r) = self.check(lsn) {
-                    break 'spin Some(r);
+                    return Some(r);
                 }
                 std::hint::spin_loop();
             }
             if t0.elapsed() >= budget {
-                break None;
+                return None;
             }
             // Lets a thread the fsync needs (io_uring completes on the
             // committer's thread) run if the scheduler put it here.
             std::thread::yield_now();
-        };
-        r
+        }
     }
 }
 
