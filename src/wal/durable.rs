@@ -293,11 +293,14 @@ impl Watermark {
     /// A task whose futures keep resolving this way would never return
     /// `Pending` and would starve the tasks sharing its executor thread
     /// (on a current-thread runtime, all of them: their inserts would never
-    /// join its groups). So after [`SPIN_STREAK`] spins in a row on a
-    /// thread, the next waiter there yields to its executor once (wakes
-    /// itself and returns `Pending`) before it may spin.
+    /// join its groups). So after [`SPIN_STREAK`] futures in a row on a
+    /// thread resolved without sleeping (by spinning, or decided at their
+    /// first poll), the next one there that is not decided yet yields to
+    /// its executor once (wakes itself and returns `Pending`) before it may
+    /// spin.
     fn poll_lsn(&self, start: u64, lsn: u64, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         if let Some(r) = self.check(lsn) {
+            STREAK.set(STREAK.get().saturating_add(1));
             return Poll::Ready(r);
         }
         let budget = self.spin_ns.load(Ordering::Relaxed);
@@ -308,7 +311,7 @@ impl Watermark {
                 return Poll::Pending;
             }
             if let Some(r) = self.spin(lsn, budget) {
-                STREAK.set(STREAK.get() + 1);
+                STREAK.set(STREAK.get().saturating_add(1));
                 return Poll::Ready(r);
             }
         }
@@ -360,12 +363,12 @@ impl Watermark {
     }
 }
 
-/// Spins resolved in a row on one thread before its next waiter yields to
-/// its executor once (see `poll_lsn`).
+/// Futures resolved without sleeping in a row on one thread before its
+/// next undecided waiter yields to its executor once (see `poll_lsn`).
 const SPIN_STREAK: u32 = 8;
 
 thread_local! {
-    /// Futures resolved by spinning in a row on this thread.
+    /// Futures resolved without sleeping in a row on this thread.
     static STREAK: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
