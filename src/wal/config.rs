@@ -56,7 +56,7 @@ pub struct LogConfig {
     /// thread that awaits it before it sleeps (default true). Saves the
     /// wake-up of a sleeping thread; never spins under concurrent load, and
     /// at most one waiter spins at a time. A thread whose futures resolved
-    /// by spinning several times in a row yields to its executor once
+    /// without sleeping several times in a row yields to its executor once
     /// before it spins again, so the tasks sharing its thread get to run
     /// (and join its groups). A future already durable is ready at once.
     pub lone_waiter_spin: bool,
