@@ -63,6 +63,8 @@ mod hash;
 mod imt;
 pub mod io;
 mod metrics;
+mod rt;
+pub mod sim;
 mod tree;
 pub mod wal;
 

@@ -184,9 +184,7 @@ impl Checkpointer {
                 .sync_dir(&self.dir)
                 .map_err(|e| io_err(&self.dir, e))
         };
-        after_rename().inspect_err(|e| {
-            *self.broken.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string())
-        })
+        after_rename().inspect_err(|e| *crate::rt::lock(&self.broken) = Some(e.to_string()))
     }
 
     /// Opens (creating) a level's shard, sums and tail files, writing
@@ -258,7 +256,7 @@ impl Checkpointer {
     /// Refuses to write while an earlier manifest rename may or may not
     /// have taken effect.
     fn refuse_if_broken(&self) -> Result<()> {
-        if let Some(why) = &*self.broken.lock().unwrap_or_else(|p| p.into_inner()) {
+        if let Some(why) = &*crate::rt::lock(&self.broken) {
             return Err(Error::Io {
                 path: self.dir.join(MANIFEST),
                 source: std::io::Error::other(format!(

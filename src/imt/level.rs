@@ -194,18 +194,14 @@ impl MappedShard {
 
     /// The repaired copy of chunk `k`, if one was made.
     pub(crate) fn repaired(&self, k: usize) -> Option<Arc<Chunk>> {
-        self.repaired
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&k)
-            .cloned()
+        crate::rt::lock(&self.repaired).get(&k).cloned()
     }
 
     /// Keeps `chunk` as chunk `k`, which failed its check and whose
     /// checksum `chunk` has.
     pub(crate) fn set_repaired(&self, k: usize, chunk: Arc<Chunk>) {
         debug_assert_eq!(crc32c::crc32c(chunk.as_flattened()), self.sums[k]);
-        let mut r = self.repaired.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = crate::rt::lock(&self.repaired);
         if r.insert(k, chunk).is_none() {
             self.stats.repaired.fetch_add(1, Ordering::Relaxed);
         }
@@ -213,9 +209,7 @@ impl MappedShard {
 
     /// Every repaired chunk, by index.
     pub(crate) fn all_repaired(&self) -> Vec<(usize, Arc<Chunk>)> {
-        self.repaired
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        crate::rt::lock(&self.repaired)
             .iter()
             .map(|(k, c)| (*k, c.clone()))
             .collect()

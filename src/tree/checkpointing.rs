@@ -36,7 +36,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         }
         // After a failure: not before the backoff's end.
         let retry_at = inner.retry_at.load(Ordering::Relaxed);
-        if retry_at != 0 && (inner.epoch.elapsed().as_nanos() as u64) < retry_at {
+        if retry_at != 0 && (crate::rt::elapsed(inner.epoch).as_nanos() as u64) < retry_at {
             return;
         }
         if inner.checkpointing.swap(true, Ordering::AcqRel) {
@@ -100,10 +100,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
     /// each failure in a row, up to a minute), so a full disk is not
     /// rewritten on every insert.
     pub(super) fn background_done(&self, r: Result<()>) {
-        let mut failures = self
-            .failures_in_a_row
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut failures = crate::rt::lock(&self.failures_in_a_row);
         match r {
             Ok(()) => {
                 *failures = 0;
@@ -116,13 +113,10 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
                 *failures += 1;
                 let wait = std::time::Duration::from_secs(1 << (*failures - 1).min(6))
                     .min(std::time::Duration::from_secs(60));
-                let at = (self.epoch.elapsed() + wait).as_nanos() as u64;
+                let at = (crate::rt::elapsed(self.epoch) + wait).as_nanos() as u64;
                 self.retry_at.store(at.max(1), Ordering::Relaxed);
                 self.checkpoint_failures.fetch_add(1, Ordering::Relaxed);
-                *self
-                    .background_failure
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(e);
+                *crate::rt::lock(&self.background_failure) = Some(e);
             }
         }
     }
@@ -137,7 +131,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         // log below the loaded checkpoint stays until that check passed
         // (below). A process killed before its check ends (a crash loop)
         // still checkpoints, so its next open replays a short log.
-        let mut cp = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cp = crate::rt::lock(&self.checkpointer);
         // Checked under the checkpointer lock, which close takes before it
         // closes the log: no checkpoint runs past a close.
         if !closing && self.closed.load(Ordering::Acquire) {
@@ -153,14 +147,14 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         // Index assignment and log reservation share the writer lock, so
         // every record below `position` is for a leaf in `snap`.
         let (snap, position, inserts) = {
-            let t = self.tree.lock();
+            let t = crate::rt::lock_pl(&self.tree);
             (
                 t.snapshot(),
                 self.wal.end(),
                 self.inserts.load(Ordering::Relaxed),
             )
         };
-        let started = std::time::Instant::now();
+        let started = crate::rt::now();
         // Just before the manifest, the log below `position` is made
         // durable: then no insert the checkpoint holds can still be reported
         // failed (a log failing first stops the checkpoint instead). One
@@ -190,7 +184,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
             }
         }
         if !maps.is_empty() {
-            let mut t = self.tree.lock();
+            let mut t = crate::rt::lock_pl(&self.tree);
             for (d, shard) in &maps {
                 t.remap_level(*d, shard);
             }
@@ -207,14 +201,14 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         let removed = self
             .wal
             .remove_segments_below(keep.min(position).min(self.wal.durable()), cp.failpoint)?;
-        self.checkpoint_latency.record(started.elapsed());
+        self.checkpoint_latency.record(crate::rt::elapsed(started));
         #[cfg(feature = "metrics")]
-        self.export.checkpoint(started.elapsed());
+        self.export.checkpoint(crate::rt::elapsed(started));
         tracing::info!(
             leaves = manifest.leaves,
             wal_position = position,
             segments_retired = removed,
-            took_ms = started.elapsed().as_millis() as u64,
+            took_ms = crate::rt::elapsed(started).as_millis() as u64,
             "checkpoint written"
         );
         Ok(())
@@ -223,12 +217,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
     /// The failure of the last background checkpoint, once, as
     /// `CheckpointFailed`: the next `flush` or `close` returns it.
     pub(super) fn take_background_failure(&self) -> Result<()> {
-        match self
-            .background_failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        match crate::rt::lock(&self.background_failure).take() {
             Some(e) => Err(Error::CheckpointFailed(Box::new(e))),
             None => Ok(()),
         }

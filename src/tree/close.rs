@@ -50,7 +50,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         self.closed.store(true, Ordering::Release);
         // Held through the whole close: a concurrent close waits for this
         // one and reports its outcome.
-        let mut slot = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = crate::rt::lock(&self.log);
         let r = match slot.take() {
             Some(l) => {
                 let checkpointed = match self.policy {
@@ -73,17 +73,16 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
                 // The checkpointer lock is taken all the same, so a
                 // checkpoint on any other thread cannot outlive the close
                 // (it would recycle the log under the next owner's feet).
-                let cp = self.checkpointer.lock().unwrap_or_else(|e| e.into_inner());
+                let cp = crate::rt::lock(&self.checkpointer);
                 let closed = l.close();
                 drop(cp);
                 // Later closes report a failure of the log itself (the
                 // checkpoint's was reported by this one).
-                *self.close_failed.lock().unwrap_or_else(|e| e.into_inner()) =
-                    closed.as_ref().err().map(Cause::of);
+                *crate::rt::lock(&self.close_failed) = closed.as_ref().err().map(Cause::of);
                 let background = self.take_background_failure();
                 checkpointed.and(closed).and(background)
             }
-            None => match &*self.close_failed.lock().unwrap_or_else(|e| e.into_inner()) {
+            None => match &*crate::rt::lock(&self.close_failed) {
                 None => Ok(()),
                 Some(cause) => Err(Failure::Poisoned {
                     offset: self.wal.durable(),
@@ -92,7 +91,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
                 .to_error()),
             },
         };
-        self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        crate::rt::lock(&self.lock).take();
         drop(slot);
         r
     }
@@ -107,8 +106,8 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
     /// of it waits instead of failing with `Locked`.
     pub(super) fn release(&self) {
         self.closed.store(true, Ordering::Release);
-        let log = self.log.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let lock = self.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let log = crate::rt::lock(&self.log).take();
+        let lock = crate::rt::lock(&self.lock).take();
         let Some(lock) = lock else {
             return;
         };
@@ -137,9 +136,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         }
         let release = worker::releasing(&self.release_key);
         let job = Arc::new(std::sync::Mutex::new(Some((log, lock, release))));
-        let take = |job: &std::sync::Mutex<Option<_>>| {
-            job.lock().unwrap_or_else(|e| e.into_inner()).take()
-        };
+        let take = |job: &std::sync::Mutex<Option<_>>| crate::rt::lock(job).take();
         let queued = self.worker.submit({
             let job = job.clone();
             move || {

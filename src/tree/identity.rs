@@ -39,6 +39,10 @@ pub(crate) fn random_id() -> [u8; 16] {
     use std::hash::{BuildHasher, Hasher};
     let mut out = [0u8; 16];
     for (i, half) in out.chunks_exact_mut(8).enumerate() {
+        if let Some(x) = crate::rt::random() {
+            half.copy_from_slice(&x.to_le_bytes());
+            continue;
+        }
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_usize(i);
         h.write_u32(std::process::id());

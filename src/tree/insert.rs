@@ -90,7 +90,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                 self.maybe_checkpoint();
                 // With nothing held that others wait for.
                 if yield_due(leaves.len() as u64, self.inner.thread_yield_every) {
-                    std::thread::yield_now();
+                    crate::rt::yield_now();
                 }
                 return Ok(ins);
             }
@@ -188,14 +188,21 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     }
 }
 
+thread_local! {
+    /// Leaves inserted on this thread since it last yielded.
+    static SINCE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Forgets what this thread counted (a simulation starts from nothing).
+pub(crate) fn reset_thread() {
+    SINCE.set(0);
+}
+
 /// Counts `leaves` inserted on this OS thread; true once per `every` of
 /// them (never for 0): the thread should then yield its CPU (see
 /// [`Config::thread_yield_every`](crate::Config::thread_yield_every)). A
 /// batch of `every` or more is due at once.
 fn yield_due(leaves: u64, every: u32) -> bool {
-    thread_local! {
-        static SINCE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-    }
     if every == 0 {
         return false;
     }

@@ -41,6 +41,8 @@ pub(crate) mod salvage;
 mod verify;
 mod worker;
 
+pub(crate) use insert::reset_thread;
+
 pub use config::{CheckpointPolicy, Config, Tiering};
 use verify::Verifying;
 use worker::Worker;
@@ -184,7 +186,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     /// update and a log reservation); `parking_lot`'s mutex spins briefly
     /// before it parks.
     fn tree(&self) -> parking_lot::MutexGuard<'_, LeanImt<H, N, MAX_DEPTH>> {
-        self.inner.tree.lock()
+        crate::rt::lock_pl(&self.inner.tree)
     }
 
     /// An immutable view of the tree now: O(depth), never blocks inserts for

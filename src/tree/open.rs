@@ -121,7 +121,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             worker,
             failures_in_a_row: Mutex::new(0),
             retry_at: AtomicU64::new(0),
-            epoch: std::time::Instant::now(),
+            epoch: crate::rt::now(),
             storage,
             checkpointer: Mutex::new(checkpointer),
             policy: config.checkpoint,

@@ -52,7 +52,7 @@ fn check_slice<H: Hasher, const N: usize, const MAX_DEPTH: usize>(
     let Some(inner) = weak.upgrade() else {
         return;
     };
-    let snap = inner.tree.lock().snapshot();
+    let snap = crate::rt::lock_pl(&inner.tree).snapshot();
     let gone = || inner.closed.load(Ordering::Acquire);
     let gave_way = AtomicBool::new(false);
     // Checked every few hundred chunks.
@@ -85,7 +85,7 @@ fn check_slice<H: Hasher, const N: usize, const MAX_DEPTH: usize>(
     // Every chunk passed. Retired under the checkpointer's lock and only
     // while the tree is open (close takes that lock before it closes the
     // log and lets the directory go).
-    let _cp = inner.checkpointer.lock().unwrap_or_else(|e| e.into_inner());
+    let _cp = crate::rt::lock(&inner.checkpointer);
     if start > 0 && !gone() {
         retire_on_open(&*inner.storage, &inner.dir, &inner.wal, start);
     }

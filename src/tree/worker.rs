@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::thread::{JoinHandle, ThreadId};
+use std::thread::ThreadId;
 
 use crate::error::Result;
 
@@ -23,7 +23,7 @@ pub(crate) struct Worker {
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     /// Jobs queued and not yet started.
     queued: Arc<AtomicUsize>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: Mutex<Option<crate::rt::Joiner>>,
     id: ThreadId,
     dir: PathBuf,
 }
@@ -34,22 +34,20 @@ impl Worker {
         let (tx, rx) = mpsc::channel::<Job>();
         let queued = Arc::new(AtomicUsize::new(0));
         let q = queued.clone();
-        let thread = std::thread::Builder::new()
-            .name("ringtree-worker".into())
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    q.fetch_sub(1, Ordering::AcqRel);
-                    // A job that panics has said so its own way (`run`
-                    // reports it, the background check poisons the tree);
-                    // the jobs behind it still run.
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-                }
-            })
-            .map_err(|e| crate::error::io_err(dir, e))?;
+        let thread = crate::rt::spawn("ringtree-worker", move || {
+            while let Some(job) = crate::rt::recv(&rx) {
+                q.fetch_sub(1, Ordering::AcqRel);
+                // A job that panics has said so its own way (`run`
+                // reports it, the background check poisons the tree);
+                // the jobs behind it still run.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+            }
+        })
+        .map_err(|e| crate::error::io_err(dir, e))?;
         Ok(Arc::new(Self {
             jobs: Mutex::new(Some(tx)),
             queued,
-            id: thread.thread().id(),
+            id: thread.id(),
             thread: Mutex::new(Some(thread)),
             dir: dir.to_path_buf(),
         }))
@@ -57,7 +55,7 @@ impl Worker {
 
     /// Queues `job`; false once the worker stopped (the job is dropped).
     pub(crate) fn submit(&self, job: impl FnOnce() + Send + 'static) -> bool {
-        let jobs = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+        let jobs = crate::rt::lock(&self.jobs);
         let Some(tx) = jobs.as_ref() else {
             return false;
         };
@@ -112,8 +110,8 @@ impl Worker {
     /// Lets the thread end by itself after the jobs already queued,
     /// instead of being joined when the worker is dropped.
     pub(crate) fn detach(&self) {
-        drop(self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take());
-        drop(self.thread.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(crate::rt::lock(&self.jobs).take());
+        drop(crate::rt::lock(&self.thread).take());
     }
 
     /// Whether the caller runs on the worker.
@@ -136,7 +134,7 @@ impl Drop for Worker {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(t) = thread
-            && t.thread().id() != std::thread::current().id()
+            && t.id() != std::thread::current().id()
         {
             let _ = t.join();
         }
@@ -167,10 +165,7 @@ pub(crate) fn release_key(dir: &Path) -> PathBuf {
 /// went).
 pub(crate) fn releasing(key: &Path) -> Releasing {
     let key = key.to_path_buf();
-    RELEASING
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(key.clone());
+    crate::rt::lock(&RELEASING).push(key.clone());
     Releasing(key)
 }
 
@@ -179,7 +174,7 @@ pub(crate) struct Releasing(PathBuf);
 
 impl Drop for Releasing {
     fn drop(&mut self) {
-        let mut all = RELEASING.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = crate::rt::lock(&RELEASING);
         if let Some(i) = all.iter().position(|p| *p == self.0) {
             all.swap_remove(i);
         }
@@ -193,17 +188,14 @@ impl Drop for Releasing {
 /// hold an open for ever: it then fails with `Locked`).
 pub(crate) fn wait_released(dir: &Path) {
     let key = release_key(dir);
-    let until = std::time::Instant::now() + RELEASE_WAIT;
-    let mut all = RELEASING.lock().unwrap_or_else(|e| e.into_inner());
+    let until = crate::rt::now() + RELEASE_WAIT;
+    let mut all = crate::rt::lock(&RELEASING);
     while all.contains(&key) {
-        let left = until.saturating_duration_since(std::time::Instant::now());
+        let left = until.saturating_duration_since(crate::rt::now());
         if left.is_zero() {
             return;
         }
-        all = RELEASED
-            .wait_timeout(all, left)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
+        all = crate::rt::wait_timeout(&RELEASED, &RELEASING, all, left);
     }
 }
 

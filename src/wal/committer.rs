@@ -404,7 +404,7 @@ impl Committer {
         let asked = self.shared.flush_to.load(Ordering::Acquire) > synced;
         match self.policy {
             FlushPolicy::GroupCommit => true,
-            FlushPolicy::Interval(d) => asked || stopping || last.elapsed() >= d,
+            FlushPolicy::Interval(d) => asked || stopping || crate::rt::elapsed(last) >= d,
             FlushPolicy::Manual => asked || stopping,
         }
     }
@@ -488,7 +488,7 @@ impl Committer {
         } else {
             Ok(())
         };
-        let t0 = Instant::now();
+        let t0 = crate::rt::now();
         opened
             .and(next_ready)
             .and_then(|()| self.commit(synced, end))?;
@@ -509,7 +509,7 @@ impl Committer {
         self.defer_marker(end);
         // Counted before the futures wake, so a woken writer's
         // metrics include its own group.
-        let took = t0.elapsed();
+        let took = crate::rt::elapsed(t0);
         s.sync_latency.record(took);
         s.syncs.fetch_add(1, Ordering::Relaxed);
         // (Split at a segment end, the count goes with the last part.)
@@ -537,7 +537,7 @@ impl Committer {
         let s = self.shared.clone();
         let mut synced = s.mark.durable();
         let mut scan = synced;
-        let mut last = Instant::now();
+        let mut last = crate::rt::now();
         // Records scanned and not yet counted as committed.
         let mut records = 0u64;
         loop {
@@ -563,7 +563,7 @@ impl Committer {
                 };
                 self.complete_group(synced, end, scan, &mut records, t0);
                 synced = end;
-                last = Instant::now();
+                last = crate::rt::now();
                 self.prepare_ahead(synced);
                 continue;
             }
@@ -587,19 +587,19 @@ impl Committer {
         };
         if stopping {
             // Appenders are finishing reserved frames: wait for them.
-            std::thread::yield_now();
+            crate::rt::yield_now();
             return;
         }
-        let t0 = Instant::now();
+        let t0 = crate::rt::now();
         'spin: loop {
             // Reading the clock costs more than a look for work: look often.
             for _ in 0..64 {
                 if work() {
                     return;
                 }
-                std::hint::spin_loop();
+                crate::rt::spin();
             }
-            if t0.elapsed() >= self.spin {
+            if crate::rt::elapsed(t0) >= self.spin {
                 break 'spin;
             }
         }
@@ -611,14 +611,14 @@ impl Committer {
             let tick = s.tick.load(Ordering::Acquire);
             match self.policy {
                 FlushPolicy::Interval(d) if scan > synced => {
-                    let mut t = d.saturating_sub(last.elapsed());
+                    let mut t = d.saturating_sub(crate::rt::elapsed(last));
                     if tick {
                         t = t.min(super::reserve::CLAIM_TICK);
                     }
-                    std::thread::park_timeout(t);
+                    crate::rt::park_timeout(t);
                 }
-                _ if tick => std::thread::park_timeout(super::reserve::CLAIM_TICK),
-                _ => std::thread::park(),
+                _ if tick => crate::rt::park_timeout(super::reserve::CLAIM_TICK),
+                _ => crate::rt::park(),
             }
         }
         s.sleeping.store(false, Ordering::Relaxed);

@@ -212,7 +212,7 @@ impl Watermark {
             let hook = self.after_take.lock().unwrap().take();
             match hook {
                 Some(f) => f(),
-                None => std::thread::yield_now(),
+                None => crate::rt::yield_now(),
             }
         }
         {
@@ -343,7 +343,7 @@ impl Watermark {
             }
         }
         let _done = Done(&self.spinning);
-        let t0 = std::time::Instant::now();
+        let t0 = crate::rt::now();
         let budget = std::time::Duration::from_nanos(budget_ns);
         loop {
             // Reading the clock costs more than a look: look often.
@@ -351,14 +351,14 @@ impl Watermark {
                 if let Some(r) = self.check(lsn) {
                     return Some(r);
                 }
-                std::hint::spin_loop();
+                crate::rt::spin();
             }
-            if t0.elapsed() >= budget {
+            if crate::rt::elapsed(t0) >= budget {
                 return None;
             }
             // Lets a thread the fsync needs (io_uring completes on the
             // committer's thread) run if the scheduler put it here.
-            std::thread::yield_now();
+            crate::rt::yield_now();
         }
     }
 }
@@ -370,6 +370,11 @@ const SPIN_STREAK: u32 = 8;
 thread_local! {
     /// Futures resolved without sleeping in a row on this thread.
     static STREAK: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Forgets this thread's run of futures (a simulation starts from nothing).
+pub(crate) fn reset_thread() {
+    STREAK.set(0);
 }
 
 /// Resolves once an insert is on stable storage.
@@ -421,25 +426,7 @@ impl Durable {
 /// executor, so it can run inside one (a `block_on`, a `Drop` during one)
 /// without nesting executors.
 pub(crate) fn park_on<F: Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let Poll::Ready(r) = f.as_mut().poll(&mut cx) {
-            return r;
-        }
-        // A wake-up before this park leaves the token set: no loss.
-        std::thread::park();
-    }
+    crate::rt::block_on(f)
 }
 
 impl Future for Durable {

@@ -147,6 +147,9 @@ const FLAG_ZEROED: u32 = 1;
 /// A fresh random salt (from the OS-seeded keys of std's `RandomState`).
 pub(crate) fn random_salt() -> u64 {
     use std::hash::{BuildHasher, Hasher};
+    if let Some(x) = crate::rt::random() {
+        return x;
+    }
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(
         std::time::SystemTime::now()

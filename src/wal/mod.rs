@@ -45,11 +45,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::Waker;
-use std::thread::{JoinHandle, Thread};
 
 pub use config::{FlushPolicy, LogConfig};
 pub use durable::Durable;
-pub(crate) use durable::{Cause, Failure, Watermark, park_on};
+pub(crate) use durable::{Cause, Failure, Watermark, park_on, reset_thread};
 use format::{FRAME_HEADER, MAX_PAYLOAD};
 pub(crate) use recovery::salvage_records;
 use reserve::{COMMITTER_ROOM, Claims};
@@ -78,7 +77,7 @@ pub(crate) struct Shared {
     stop: AtomicBool,
     /// The committer is (about to be) parked; appenders must unpark it.
     sleeping: AtomicBool,
-    committer: OnceLock<Thread>,
+    committer: OnceLock<crate::rt::Handle>,
     /// Freed segments kept for reuse.
     spares: Arc<segments::Spares>,
     /// Segments below this sequence were handed to `spares` or removed.
@@ -174,11 +173,11 @@ impl Shared {
 /// ```
 pub struct Log {
     shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: Mutex<Option<crate::rt::Joiner>>,
     dir: PathBuf,
     storage: Arc<dyn Storage>,
     /// Removes recycled segments in the background; joined by `close`.
-    reclaimer: Mutex<Option<(std::sync::mpsc::Sender<PathBuf>, JoinHandle<()>)>>,
+    reclaimer: Mutex<Option<(std::sync::mpsc::Sender<PathBuf>, crate::rt::Joiner)>>,
 }
 
 impl Log {
@@ -220,7 +219,7 @@ impl Log {
             rec.proven..rec.end,
         )?;
         let thread = spawn_committer(committer, shared.clone(), dir)?;
-        let _ = shared.committer.set(thread.thread().clone());
+        let _ = shared.committer.set(thread.handle().clone());
         Ok(Self {
             shared,
             thread: Mutex::new(Some(thread)),
@@ -269,7 +268,7 @@ impl Log {
         self.shared.stop.store(true, Ordering::Release);
         self.shared.wake_committer();
         // Held through the join: a concurrent close waits for this one.
-        let mut thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        let mut thread = crate::rt::lock(&self.thread);
         if let Some(t) = thread.take()
             && t.join().is_err()
         {
@@ -280,11 +279,7 @@ impl Log {
         // Whatever the committer left undone is not durable.
         self.shared.mark.fail(Failure::Closed);
         drop(thread);
-        let reclaimer = self
-            .reclaimer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let reclaimer = crate::rt::lock(&self.reclaimer).take();
         if let Some((tx, t)) = reclaimer {
             drop(tx);
             let _ = t.join();
@@ -334,29 +329,25 @@ fn spawn_committer(
     committer: committer::Committer,
     sh: Arc<Shared>,
     dir: &Path,
-) -> Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("ringtree-committer".into())
-        .spawn(move || {
-            // A panic must not leave futures waiting on a dead thread.
-            if let Err(p) =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| committer.run()))
-            {
-                let what = p
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                tracing::error!(panic = %what, "committer panicked; log poisoned");
-                sh.mark
-                    .poison_now(Cause::msg(format!("committer panicked: {what}")));
-                sh.wake_space();
-            }
-        })
-        .map_err(|e| Error::Io {
-            path: dir.to_path_buf(),
-            source: e,
-        })
+) -> Result<crate::rt::Joiner> {
+    crate::rt::spawn("ringtree-committer", move || {
+        // A panic must not leave futures waiting on a dead thread.
+        if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| committer.run())) {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "committer panicked; log poisoned");
+            sh.mark
+                .poison_now(Cause::msg(format!("committer panicked: {what}")));
+            sh.wake_space();
+        }
+    })
+    .map_err(|e| Error::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })
 }
 
 impl Drop for Log {

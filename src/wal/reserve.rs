@@ -100,14 +100,14 @@ pub(super) const CLAIM_TICK: Duration = Duration::from_millis(1);
 impl Claims {
     fn add(&mut self, want: u64) -> u64 {
         self.next_id += 1;
-        self.list.insert(self.next_id, (want, Instant::now()));
+        self.list.insert(self.next_id, (want, crate::rt::now()));
         self.next_id
     }
 
     /// Its owner polled it: fresh again (and back in its place if it had
     /// gone stale).
     fn polled(&mut self, id: u64, want: u64) {
-        self.list.insert(id, (want, Instant::now()));
+        self.list.insert(id, (want, crate::rt::now()));
     }
 
     fn remove(&mut self, id: u64) {
@@ -118,7 +118,7 @@ impl Claims {
     /// for [`CLAIM_STALE`] (only the oldest is honoured, so only it can
     /// hold anyone back).
     fn sweep(&mut self) {
-        let now = Instant::now();
+        let now = crate::rt::now();
         while let Some(e) = self.list.first_entry() {
             if now.duration_since(e.get().1) < CLAIM_STALE {
                 break;
@@ -183,6 +183,8 @@ impl Reservation<'_> {
     }
 
     fn publish(&mut self, word: u32, crc: u32) {
+        // In a simulation, others may run between the copy and the publish.
+        crate::rt::point();
         let ring = &self.shared.ring;
         if let Some((at, len)) = self.pad.take() {
             let w = header_word(Kind::Pad, len - FRAME_HEADER);

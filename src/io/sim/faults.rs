@@ -30,6 +30,9 @@ pub(super) struct Faults {
     pub(super) crash_at: Option<u64>,
     /// Index (in `ops`) of the operation the process is killed before.
     pub(super) kill_at: Option<u64>,
+    /// Index (in `sync_calls`) of the sync_data call the power is lost
+    /// before: its file's writes are written and not yet synced.
+    pub(super) crash_at_sync: Option<u64>,
 }
 
 /// What stops the simulated machine before an operation.
@@ -52,6 +55,16 @@ impl Faults {
             return Some(Stop::Kill);
         }
         None
+    }
+
+    /// Whether the power is lost before sync_data call number `call`; it
+    /// fires once.
+    pub(super) fn crash_before_sync(&mut self, call: u64) -> bool {
+        if self.crash_at_sync == Some(call) {
+            self.crash_at_sync = None;
+            return true;
+        }
+        false
     }
 
     /// Whether write_at call number `call` fails.

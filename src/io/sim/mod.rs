@@ -178,6 +178,8 @@ impl SimStorage {
     /// The disk, for a call of this process: `EIO` once a crash or kill
     /// ended it.
     fn live(&self) -> io::Result<MutexGuard<'_, Disk>> {
+        // Every call is a point where a simulation may run another thread.
+        crate::rt::point();
         let disk = self.lock();
         if disk.generation != self.generation {
             return Err(io::Error::from_raw_os_error(EIO));
@@ -272,6 +274,15 @@ impl SimStorage {
         disk.faults.crash_at = Some(disk.ops.saturating_add(n));
     }
 
+    /// Loses the power just before the `n`-th next `sync_data` call from
+    /// now (0 = the very next), from any thread: between a write and the
+    /// sync that would make it durable, where a protocol that acknowledges
+    /// too early loses data. A [`crash`](Self::crash) otherwise.
+    pub fn crash_at_sync(&self, n: u64) {
+        let mut disk = self.lock();
+        disk.faults.crash_at_sync = Some(disk.sync_calls.saturating_add(n));
+    }
+
     /// Mutating operations (see [`crash_at_op`](Self::crash_at_op)) since
     /// [`new`](Self::new).
     pub fn ops(&self) -> u64 {
@@ -306,6 +317,36 @@ impl SimStorage {
         let disk = self.lock();
         let id = disk.fs.durable_ns.get(&norm(path))?;
         Some(disk.fs.files[id].durable.clone())
+    }
+
+    /// A digest of the whole disk: both namespaces, and every named file's
+    /// live and durable images and unsynced writes. Equal digests mean
+    /// (but for a hash collision) equal disks: two runs of one seed compare
+    /// with it.
+    pub fn digest(&self) -> [u8; 32] {
+        let disk = self.lock();
+        let mut h = blake3::Hasher::new();
+        for (tag, ns) in [(b'L', &disk.fs.live_ns), (b'D', &disk.fs.durable_ns)] {
+            for (path, id) in ns {
+                let f = &disk.fs.files[id];
+                h.update(&[tag]);
+                h.update(path.as_os_str().as_encoded_bytes());
+                h.update(&(f.live.len() as u64).to_le_bytes());
+                h.update(&f.live);
+                h.update(&(f.durable.len() as u64).to_le_bytes());
+                h.update(&f.durable);
+                for w in &f.unsynced {
+                    h.update(&w.off.to_le_bytes());
+                    h.update(&(w.data.len() as u64).to_le_bytes());
+                    h.update(&w.data);
+                }
+            }
+        }
+        for d in &disk.fs.dirs {
+            h.update(b"d");
+            h.update(d.as_os_str().as_encoded_bytes());
+        }
+        *h.finalize().as_bytes()
     }
 
     /// What reads see at `path` now: the live image of the file the live
@@ -468,6 +509,8 @@ impl Storage for SimStorage {
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        // A sync takes the disk's time (in a simulation, a seeded latency).
+        crate::rt::io_wait();
         let dir = norm(path);
         let mut disk = self.live()?;
         if !disk.fs.is_dir(&dir) {
@@ -587,6 +630,7 @@ struct SimFile {
 
 impl SimFile {
     fn lock(&self) -> MutexGuard<'_, Disk> {
+        crate::rt::point();
         self.disk.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -639,9 +683,15 @@ impl StorageFile for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        crate::rt::io_wait();
         let mut guard = self.lock();
         let disk = &mut *guard;
         disk.file(self)?;
+        if disk.faults.crash_before_sync(disk.sync_calls) {
+            disk.sync_calls += 1;
+            disk.crash(CrashPolicy::Random);
+            return Err(io::Error::from_raw_os_error(EIO));
+        }
         disk.step()?;
         let call = disk.sync_calls;
         disk.sync_calls += 1;

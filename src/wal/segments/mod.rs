@@ -42,7 +42,7 @@ impl Spares {
 
     /// Keeps `path` for reuse; gives it back when the pool is full.
     pub(crate) fn offer(&self, path: PathBuf) -> Option<PathBuf> {
-        let mut p = self.paths.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = crate::rt::lock(&self.paths);
         if p.contains(&path) {
             return None;
         }
@@ -54,7 +54,7 @@ impl Spares {
     }
 
     pub(crate) fn take(&self) -> Option<PathBuf> {
-        self.paths.lock().unwrap_or_else(|e| e.into_inner()).pop()
+        crate::rt::lock(&self.paths).pop()
     }
 
     /// Segments made from a spare since open.

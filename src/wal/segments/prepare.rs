@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::Spares;
 use crate::io::{Storage, StorageFile};
@@ -24,7 +24,7 @@ pub(crate) struct Preparer {
     /// The highest segment the log is about to need (or waits for): those
     /// up to it are written without pauses.
     urgent: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    thread: Option<crate::rt::Joiner>,
 }
 
 impl Drop for Preparer {
@@ -35,7 +35,7 @@ impl Drop for Preparer {
         self.urgent.store(STOP, Ordering::Relaxed);
         self.requests = None;
         if let Some(t) = self.thread.take() {
-            t.thread().unpark();
+            t.handle().unpark();
             let _ = t.join();
         }
     }
@@ -171,7 +171,7 @@ fn write_zeros(
     let zeros = &mem[start..start + ZERO_STEP_HURRIED];
     let mark = || pace.map(|(urgent, seq)| (urgent.load(Ordering::Relaxed), seq));
     while at < size {
-        let t = Instant::now();
+        let t = crate::rt::now();
         if mark().is_some_and(|(u, _)| u == STOP) {
             return Err(stopped());
         }
@@ -207,12 +207,12 @@ fn write_zeros(
         }
         if pausing && at < size {
             // Cut short by a hurry or a stop (the preparer is unparked).
-            let until = Instant::now() + (t.elapsed() * 3).min(MAX_PAUSE);
-            while let Some(left) = until.checked_duration_since(Instant::now())
+            let until = crate::rt::now() + (crate::rt::elapsed(t) * 3).min(MAX_PAUSE);
+            while let Some(left) = until.checked_duration_since(crate::rt::now())
                 && !left.is_zero()
                 && mark().is_some_and(|(u, seq)| u < seq)
             {
-                std::thread::park_timeout(left);
+                crate::rt::park_timeout(left);
             }
         }
     }
@@ -256,31 +256,29 @@ impl Preparer {
         let st = state.clone();
         let urgent = Arc::new(AtomicU64::new(0));
         let urg = urgent.clone();
-        let thread = std::thread::Builder::new()
-            .name("ringtree-segments".into())
-            .spawn(move || {
-                for seq in rx {
-                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        prepare_segment(&*storage, &dir, seq, size, tree_id, &spares, Some(&urg))
-                    }));
-                    let (m, cv) = &*st;
-                    let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
-                    match r {
-                        Ok(Ok(())) => {
-                            s.ready.insert(seq);
-                        }
-                        Ok(Err(e)) => {
-                            s.failed
-                                .insert(seq, format!("preparing WAL segment {seq}: {e}"));
-                        }
-                        Err(_) => {
-                            s.failed
-                                .insert(seq, format!("preparing WAL segment {seq}: panicked"));
-                        }
+        let thread = crate::rt::spawn("ringtree-segments", move || {
+            while let Some(seq) = crate::rt::recv(&rx) {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    prepare_segment(&*storage, &dir, seq, size, tree_id, &spares, Some(&urg))
+                }));
+                let (m, cv) = &*st;
+                let mut s = crate::rt::lock(m);
+                match r {
+                    Ok(Ok(())) => {
+                        s.ready.insert(seq);
                     }
-                    cv.notify_all();
+                    Ok(Err(e)) => {
+                        s.failed
+                            .insert(seq, format!("preparing WAL segment {seq}: {e}"));
+                    }
+                    Err(_) => {
+                        s.failed
+                            .insert(seq, format!("preparing WAL segment {seq}: panicked"));
+                    }
                 }
-            })?;
+                cv.notify_all();
+            }
+        })?;
         Ok(Self {
             requests: Some(tx),
             state,
@@ -295,7 +293,7 @@ impl Preparer {
         if self.urgent.fetch_max(seq, Ordering::Relaxed) < seq
             && let Some(t) = &self.thread
         {
-            t.thread().unpark();
+            t.handle().unpark();
         }
     }
 
@@ -308,7 +306,7 @@ impl Preparer {
     pub(crate) fn wait(&self, seq: u64) -> std::result::Result<(), String> {
         self.hurry(seq);
         let (m, cv) = &*self.state;
-        let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = crate::rt::lock(m);
         loop {
             if s.ready.remove(&seq) {
                 return Ok(());
@@ -316,7 +314,7 @@ impl Preparer {
             if let Some(f) = s.failed.remove(&seq) {
                 return Err(f);
             }
-            s = cv.wait(s).unwrap_or_else(|e| e.into_inner());
+            s = crate::rt::wait(cv, m, s);
         }
     }
 }

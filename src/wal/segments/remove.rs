@@ -22,7 +22,7 @@ fn reclaim(storage: &dyn Storage, path: &Path, size: u64) {
             tracing::warn!(file = %path.display(), error = %e, "could not shorten a recycled segment");
             break;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        crate::rt::sleep(Duration::from_millis(1));
     }
     if let Err(e) = storage.remove(path) {
         tracing::warn!(file = %path.display(), error = %e, "could not remove a recycled segment");
@@ -80,19 +80,17 @@ impl Log {
             removed.extend(s.spares.offer(path));
         }
         if !removed.is_empty() {
-            let mut r = self.reclaimer.lock().unwrap_or_else(|e| e.into_inner());
+            let mut r = crate::rt::lock(&self.reclaimer);
             if r.is_none() {
                 let (tx, rx) = std::sync::mpsc::channel::<PathBuf>();
                 let storage = self.storage.clone();
                 let size = s.seg_data + format::SEGMENT_HEADER;
-                let t = std::thread::Builder::new()
-                    .name("ringtree-reclaim".into())
-                    .spawn(move || {
-                        for path in rx {
-                            reclaim(&*storage, &path, size);
-                        }
-                    })
-                    .map_err(io)?;
+                let t = crate::rt::spawn("ringtree-reclaim", move || {
+                    while let Some(path) = crate::rt::recv(&rx) {
+                        reclaim(&*storage, &path, size);
+                    }
+                })
+                .map_err(io)?;
                 *r = Some((tx, t));
             }
             for p in removed {
