@@ -165,6 +165,9 @@ fn schedule(seed: u64, sim: &SimStorage) -> Result<Vec<String>, String> {
         ev.push(format!("plan {end:?} {fault:?} at {fault_at}"));
         let mut pending: Vec<(u64, Durable)> = Vec::new();
         let mut failed = false;
+        // Readers never see writers: a snapshot keeps its size and root.
+        let early = tree.snapshot();
+        let early_root = early.root();
         let ops = 1 + rng.below(60);
         for op in 0..ops {
             if op == fault_at
@@ -182,10 +185,17 @@ fn schedule(seed: u64, sim: &SimStorage) -> Result<Vec<String>, String> {
             ev.push(r.clone());
             if r.contains("Err") {
                 // The tree failed: it refuses inserts from here on.
+                if block_on(tree.insert(m.fresh(seed))).is_ok() {
+                    return Err(format!("{ctx}: a failed tree took an insert"));
+                }
                 failed = true;
                 break;
             }
         }
+        if early.root() != early_root || early.size() > m.leaves.len() as u64 {
+            return Err(format!("{ctx}: a snapshot changed under later inserts"));
+        }
+        drop(early);
         // Every future resolves, whatever happened: the round ends by
         // closing or dropping, then waits on each.
         let closed = match end {
@@ -261,7 +271,10 @@ fn step(
 ) -> Result<String, String> {
     let fail = |what: &str, e: Error| -> Result<String, String> {
         match e {
-            Error::Poisoned { .. } | Error::Io { .. } | Error::Closed => Ok(format!("{what} Err")),
+            // The log failed: the tree refuses inserts from here on.
+            Error::Poisoned { .. } | Error::Closed => Ok(format!("{what} Err")),
+            // A checkpoint's own failure: the log keeps every insert.
+            Error::Io { .. } => Ok(format!("{what} failed")),
             // A background checkpoint's failure, reported once; the tree
             // goes on (what this call did is not known durable).
             Error::CheckpointFailed { .. } => Ok(format!("{what} reported a checkpoint failure")),
