@@ -285,7 +285,9 @@ pub(crate) fn wait<'a, T>(
     }
 }
 
-/// [`wait`] for at most `d`.
+/// [`wait`] for at most `d`, on a mutex that is only ever held briefly (it
+/// is taken back for real, even in a simulation: it may be shared by
+/// several).
 #[track_caller]
 pub(crate) fn wait_timeout<'a, T>(
     cv: &Condvar,
@@ -298,7 +300,9 @@ pub(crate) fn wait_timeout<'a, T>(
         Some(c) => {
             drop(g);
             c.wait_poll(Some(d));
-            lock(m)
+            // Held only briefly by anyone (see the callers), perhaps by a
+            // thread of another simulation: taken for real.
+            m.lock().unwrap_or_else(|e| e.into_inner())
         }
     }
 }

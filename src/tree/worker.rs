@@ -155,6 +155,13 @@ impl std::fmt::Debug for Worker {
 static RELEASING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static RELEASED: std::sync::Condvar = std::sync::Condvar::new();
 
+/// The registry, locked. Shared by every tree of the process (and every
+/// simulation in it), it is held only for a look or a change, never while
+/// waiting: a plain lock, which a simulated thread may wait on for real.
+fn released_lock() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    RELEASING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The key a directory is known by while it is released.
 pub(crate) fn release_key(dir: &Path) -> PathBuf {
     std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
@@ -165,7 +172,7 @@ pub(crate) fn release_key(dir: &Path) -> PathBuf {
 /// went).
 pub(crate) fn releasing(key: &Path) -> Releasing {
     let key = key.to_path_buf();
-    crate::rt::lock(&RELEASING).push(key.clone());
+    released_lock().push(key.clone());
     Releasing(key)
 }
 
@@ -174,7 +181,7 @@ pub(crate) struct Releasing(PathBuf);
 
 impl Drop for Releasing {
     fn drop(&mut self) {
-        let mut all = crate::rt::lock(&RELEASING);
+        let mut all = released_lock();
         if let Some(i) = all.iter().position(|p| *p == self.0) {
             all.swap_remove(i);
         }
@@ -189,7 +196,7 @@ impl Drop for Releasing {
 pub(crate) fn wait_released(dir: &Path) {
     let key = release_key(dir);
     let until = crate::rt::now() + RELEASE_WAIT;
-    let mut all = crate::rt::lock(&RELEASING);
+    let mut all = released_lock();
     while all.contains(&key) {
         let left = until.saturating_duration_since(crate::rt::now());
         if left.is_zero() {
