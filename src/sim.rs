@@ -9,7 +9,7 @@
 //! thread is chosen by a generator seeded by the simulator's seed. Time is
 //! simulated too: syncs take seeded latencies (some of them a slow disk's),
 //! timeouts fire when the simulated clock reaches them, and the clock jumps
-//! ahead when every thread waits. So with a [`SimStorage`] of a fixed seed
+//! ahead when every thread waits. So with a [`SimStorage`](crate::io::SimStorage) of a fixed seed
 //! and a closure that makes the same calls, the same seed gives the same
 //! interleaving, the same faults at the same points and the same disk.
 //!

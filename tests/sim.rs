@@ -74,8 +74,8 @@ impl Model {
 }
 
 /// Runs schedule `seed` under the simulator: `Err` names the violated
-/// invariant.
-fn run(seed: u64) -> Result<Outcome, String> {
+/// invariant. `digest`: hash the disk at the end (for comparing runs).
+fn run(seed: u64, digest: bool) -> Result<Outcome, String> {
     let sim = Simulator::new(seed, replay(seed));
     let disk = SimStorage::new(seed);
     let d = disk.clone();
@@ -83,7 +83,7 @@ fn run(seed: u64) -> Result<Outcome, String> {
     Ok(Outcome {
         events: events?,
         history,
-        disk: disk.digest(),
+        disk: if digest { disk.digest() } else { [0; 32] },
     })
 }
 
@@ -417,7 +417,7 @@ fn schedules() {
                 s.spawn(move || {
                     let mut seed = first + w;
                     while seed < first + n {
-                        if let Err(e) = run(seed) {
+                        if let Err(e) = run(seed, false) {
                             return Some(format!("{e}\nreplay: {}", replay(seed)));
                         }
                         if w == 0 && (seed - first) % 100_000 < threads && seed > first {
@@ -449,8 +449,8 @@ fn schedules() {
 #[test]
 fn a_seed_replays_exactly() {
     for seed in [1, 2, 3, 5, 8, 13, 21, 34] {
-        let a = run(seed).unwrap_or_else(|e| panic!("{e}"));
-        let b = run(seed).unwrap_or_else(|e| panic!("{e}"));
+        let a = run(seed, true).unwrap_or_else(|e| panic!("{e}"));
+        let b = run(seed, true).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a, b, "seed {seed} ran two ways");
         assert!(a.history.steps > 0);
     }
