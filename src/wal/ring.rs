@@ -129,6 +129,12 @@ impl Ring {
     }
 }
 
+// SAFETY: the cells are read and written only under the reservation
+// protocol (a writer owns its range until it publishes, the committer until
+// it frees it), as the `std` build's bytes are; loom checks exactly that.
+#[cfg(loom)]
+unsafe impl Sync for Ring {}
+
 /// The loom build's payload accesses: the same contracts as the `std`
 /// build's, each byte through its cell.
 #[cfg(loom)]
@@ -160,6 +166,15 @@ impl Ring {
                 c.with(|p| unsafe { *p })
             })
             .collect()
+    }
+
+    /// Not in the loom build (a loom cell cannot lend a slice): the models
+    /// read through [`read`](Self::read) and never run the file writes.
+    ///
+    /// # Safety
+    /// As the `std` build's `slices`.
+    pub(crate) unsafe fn slices(&self, _a: u64, _b: u64) -> [&[u8]; 2] {
+        unimplemented!("the loom build of the ring lends no slices")
     }
 
     /// As the `std` build's `zero`: the header words too.
