@@ -73,7 +73,9 @@ fn block_on<F: Future>(f: F) -> (F::Output, usize, usize) {
 
 /// The payload of appender `who`'s record `n`.
 fn payload(who: u8, n: u8, len: usize) -> Vec<u8> {
-    (0..len as u8).map(|i| who << 5 | n << 3 | (i & 7)).collect()
+    (0..len as u8)
+        .map(|i| (who << 5) | (n << 3) | (i & 7))
+        .collect()
 }
 
 /// A log state with a ring of `cap` bytes, from LSN 0.

@@ -330,7 +330,6 @@ impl Shared {
         }
     }
 
-
     /// Ready once a reservation of `payload` bytes may fit (or the log
     /// failed); registers `cx` to be woken when space frees up.
     pub(crate) fn poll_space(
