@@ -65,6 +65,7 @@ pub mod io;
 mod metrics;
 mod rt;
 pub mod sim;
+mod sync;
 mod tree;
 pub mod wal;
 

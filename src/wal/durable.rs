@@ -6,8 +6,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
+
+use crate::sync::{AtomicU64, Mutex, MutexGuard, OnceLock, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use crate::error::Error;
@@ -126,7 +127,7 @@ pub(crate) struct Watermark {
     /// Run by the next `advance` right after it took the registrations
     /// (tests: makes a race with `fail` happen on purpose).
     #[cfg(test)]
-    after_take: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    after_take: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
     /// How long a waiter may spin before it registers and sleeps, in
     /// nanoseconds (0: do not spin). The committer sets it after each group.
     spin_ns: AtomicU64,
@@ -146,7 +147,7 @@ impl Watermark {
             waiters: Mutex::new(std::collections::BinaryHeap::new()),
             ready: Mutex::new((Vec::new(), Vec::new())),
             #[cfg(test)]
-            after_take: Mutex::new(None),
+            after_take: std::sync::Mutex::new(None),
             spin_ns: AtomicU64::new(0),
             spinning: std::sync::atomic::AtomicBool::new(false),
             gate: Mutex::new(()),
@@ -181,11 +182,11 @@ impl Watermark {
         self.failure.get()
     }
 
-    fn waiters(&self) -> std::sync::MutexGuard<'_, std::collections::BinaryHeap<Waiter>> {
+    fn waiters(&self) -> MutexGuard<'_, std::collections::BinaryHeap<Waiter>> {
         self.waiters.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn incoming(&self) -> std::sync::MutexGuard<'_, Vec<Waiter>> {
+    fn incoming(&self) -> MutexGuard<'_, Vec<Waiter>> {
         self.incoming.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -36,6 +36,8 @@ mod config;
 mod direct;
 mod durable;
 pub(crate) mod format;
+#[cfg(all(loom, test))]
+mod loom_models;
 mod recovery;
 mod reserve;
 mod ring;
@@ -68,9 +70,9 @@ pub(crate) struct Shared {
     /// LSNs per segment.
     seg_data: u64,
     /// Next free LSN.
-    reserved: AtomicU64,
+    reserved: crate::sync::AtomicU64,
     /// LSNs below this are written out; their ring bytes may be reused.
-    freed: AtomicU64,
+    freed: crate::sync::AtomicU64,
     pub(crate) mark: Arc<Watermark>,
     /// A sync is requested up to here (`flush`, close).
     flush_to: AtomicU64,
@@ -83,17 +85,17 @@ pub(crate) struct Shared {
     /// Segments below this sequence were handed to `spares` or removed.
     handed_below: AtomicU64,
     /// Appenders waiting for ring space.
-    space: Mutex<Vec<Waker>>,
+    space: crate::sync::Mutex<Vec<Waker>>,
     /// Ring bytes kept free for the appender that has waited longest for
     /// room (twice its frame: the frame and the worst filler before it; 0:
     /// none). Every other appender leaves them free, so that a stream of
     /// small records cannot starve a large one (it may need the ring nearly
     /// empty).
-    want: AtomicU64,
+    want: crate::sync::AtomicU64,
     /// Waiting appenders' claims, oldest first (see [`Log::claim_space`]).
-    claims: Mutex<Claims>,
+    claims: crate::sync::Mutex<Claims>,
     /// The id of the oldest claim, whose owner alone may use `want`.
-    front: AtomicU64,
+    front: crate::sync::AtomicU64,
     /// An appender waits behind a claim with nothing in flight: the
     /// committer wakes the space waiters every [`CLAIM_TICK`] meanwhile
     /// (and drops stale claims; see [`Claims::sweep`]).
@@ -117,8 +119,8 @@ impl Shared {
         Self {
             ring: Ring::new(cap),
             seg_data,
-            reserved: AtomicU64::new(end),
-            freed: AtomicU64::new(end),
+            reserved: crate::sync::AtomicU64::new(end),
+            freed: crate::sync::AtomicU64::new(end),
             mark: Arc::new(Watermark::new(end)),
             flush_to: AtomicU64::new(end),
             stop: AtomicBool::new(false),
@@ -126,10 +128,10 @@ impl Shared {
             committer: OnceLock::new(),
             spares: Arc::new(segments::Spares::new(spare_segments)),
             handed_below: AtomicU64::new(0),
-            space: Mutex::new(Vec::new()),
-            want: AtomicU64::new(0),
-            claims: Mutex::new(Claims::default()),
-            front: AtomicU64::new(0),
+            space: crate::sync::Mutex::new(Vec::new()),
+            want: crate::sync::AtomicU64::new(0),
+            claims: crate::sync::Mutex::new(Claims::default()),
+            front: crate::sync::AtomicU64::new(0),
             tick: AtomicBool::new(false),
             max_frame: ((cap.min(seg_data) - COMMITTER_ROOM) / 2) & !7,
             syncs: AtomicU64::new(0),

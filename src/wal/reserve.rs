@@ -3,13 +3,13 @@
 //! waits in line (a claim) when the ring is full. Kept apart from the
 //! committer, which only consumes what this side publishes.
 
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use super::format::{FRAME_HEADER, Kind, frame_crc, frame_len, header_bytes, header_word};
 use super::{Durable, Log, Shared};
 use crate::error::{Error, Result};
+use crate::sync::Ordering;
 
 /// Room at the end of the log buffer that appenders leave to the committer:
 /// one commit frame, so a group that fills the buffer can still be closed
@@ -30,7 +30,7 @@ impl Shared {
         }
     }
 
-    pub(super) fn claims(&self) -> std::sync::MutexGuard<'_, Claims> {
+    pub(super) fn claims(&self) -> crate::sync::MutexGuard<'_, Claims> {
         self.claims.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -59,7 +59,7 @@ impl Shared {
 /// [`Log::claim_space`]); dropping it leaves the line.
 pub(crate) struct SpaceClaim<'a> {
     shared: &'a Shared,
-    id: u64,
+    pub(super) id: u64,
     /// Ring bytes claimed: twice the frame.
     want: u64,
 }
@@ -129,7 +129,7 @@ impl Claims {
 
     /// The oldest claim: its id and the room it asks to be kept free
     /// (0, 0: none).
-    fn front(&self) -> (u64, u64) {
+    pub(super) fn front(&self) -> (u64, u64) {
         self.list
             .first_key_value()
             .map_or((0, 0), |(&id, &(want, _))| (id, want))
@@ -227,37 +227,7 @@ impl Log {
                 self.max_payload()
             ))));
         }
-        let len = frame_len(payload);
-        let mut start = s.reserved.load(Ordering::Relaxed);
-        loop {
-            let used = start % s.seg_data;
-            let (lsn, pad) = if used + len > s.seg_data {
-                let rest = s.seg_data - used;
-                (start + rest, Some((start, rest)))
-            } else {
-                (start, None)
-            };
-            let end = lsn + len;
-            // `start` may be stale (then the CAS fails): saturate.
-            if end.saturating_sub(s.freed.load(Ordering::Acquire)) > s.limit(claim) {
-                return Err(ReserveError::Full);
-            }
-            match s
-                .reserved
-                .compare_exchange_weak(start, end, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => {
-                    return Ok(Reservation {
-                        shared: s,
-                        lsn,
-                        payload,
-                        pad,
-                        written: false,
-                    });
-                }
-                Err(now) => start = now,
-            }
-        }
+        s.try_reserve(payload, claim).ok_or(ReserveError::Full)
     }
 
     /// Ready once a reservation of `payload` bytes may fit (or the log
@@ -268,39 +238,7 @@ impl Log {
         claim: &SpaceClaim<'_>,
         cx: &mut Context<'_>,
     ) -> Poll<()> {
-        let s = &*self.shared;
-        {
-            let mut c = s.claims();
-            c.polled(claim.id, claim.want);
-            s.publish_claims(&c);
-        }
-        // Room for the frame and the worst filler before it (shorter than
-        // the frame) at the end of a segment.
-        let len = frame_len(payload);
-        let fits = || {
-            let end = s.reserved.load(Ordering::Acquire) + 2 * len;
-            end.saturating_sub(s.freed.load(Ordering::Acquire)) <= s.limit(claim.id)
-                || s.mark.failure().is_some()
-        };
-        if fits() {
-            return Poll::Ready(());
-        }
-        let mut w = s.space.lock().unwrap_or_else(|e| e.into_inner());
-        if fits() {
-            return Poll::Ready(());
-        }
-        w.push(cx.waker().clone());
-        drop(w);
-        // The committer may be idle in Manual mode with a full ring: ask it
-        // to write (not necessarily sync) so space frees up.
-        let reserved = s.reserved.load(Ordering::Acquire);
-        s.flush_to.fetch_max(reserved, Ordering::AcqRel);
-        if reserved == s.freed.load(Ordering::Acquire) {
-            // Held back by a claim alone: no commit will wake this waiter.
-            s.tick.store(true, Ordering::Release);
-        }
-        s.wake_committer();
-        Poll::Pending
+        self.shared.poll_space(payload, claim, cx)
     }
 
     /// Appends one record (the concatenation of `parts`), waiting for room
@@ -348,8 +286,101 @@ impl Log {
     /// reserved, failed or was dropped (and passes it to `poll_space` and
     /// `try_reserve_as`).
     pub(crate) fn claim_space(&self, payload: u64) -> SpaceClaim<'_> {
+        self.shared.claim_space(payload)
+    }
+}
+
+impl Shared {
+    /// Reserves the frame of a record of `payload` bytes (and the filler
+    /// before it at a segment end) with one compare-and-swap, within
+    /// [`limit`](Self::limit) of `freed`; `None`: the ring is full.
+    /// `claim`: the caller's claim id (0: none).
+    pub(crate) fn try_reserve(&self, payload: u64, claim: u64) -> Option<Reservation<'_>> {
+        let s = self;
+        let len = frame_len(payload);
+        let mut start = s.reserved.load(Ordering::Relaxed);
+        loop {
+            let used = start % s.seg_data;
+            let (lsn, pad) = if used + len > s.seg_data {
+                let rest = s.seg_data - used;
+                (start + rest, Some((start, rest)))
+            } else {
+                (start, None)
+            };
+            let end = lsn + len;
+            // `start` may be stale (then the CAS fails): saturate.
+            if end.saturating_sub(s.freed.load(Ordering::Acquire)) > s.limit(claim) {
+                return None;
+            }
+            match s
+                .reserved
+                .compare_exchange_weak(start, end, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    return Some(Reservation {
+                        shared: s,
+                        lsn,
+                        payload,
+                        pad,
+                        written: false,
+                    });
+                }
+                Err(now) => start = now,
+            }
+        }
+    }
+
+    /// Ready once a reservation of `payload` bytes may fit (or the log
+    /// failed); registers `cx` to be woken when space frees up.
+    pub(crate) fn poll_space(
+        &self,
+        payload: u64,
+        claim: &SpaceClaim<'_>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        let s = self;
+        {
+            let mut c = s.claims();
+            c.polled(claim.id, claim.want);
+            s.publish_claims(&c);
+        }
+        // Room for the frame and the worst filler before it (shorter than
+        // the frame) at the end of a segment.
+        let len = frame_len(payload);
+        let fits = || {
+            let end = s.reserved.load(Ordering::Acquire) + 2 * len;
+            end.saturating_sub(s.freed.load(Ordering::Acquire)) <= s.limit(claim.id)
+                || s.mark.failure().is_some()
+        };
+        if fits() {
+            return Poll::Ready(());
+        }
+        let mut w = s.space.lock().unwrap_or_else(|e| e.into_inner());
+        if fits() {
+            return Poll::Ready(());
+        }
+        w.push(cx.waker().clone());
+        drop(w);
+        // The committer may be idle in Manual mode with a full ring: ask it
+        // to write (not necessarily sync) so space frees up.
+        let reserved = s.reserved.load(Ordering::Acquire);
+        s.flush_to.fetch_max(reserved, Ordering::AcqRel);
+        if reserved == s.freed.load(Ordering::Acquire) {
+            // Held back by a claim alone: no commit will wake this waiter.
+            s.tick.store(true, Ordering::Release);
+        }
+        s.wake_committer();
+        Poll::Pending
+    }
+
+    /// Puts an appender of `payload` bytes that found the ring full in line
+    /// for room: once its claim is the oldest, every other appender keeps
+    /// room for it free. A waiting appender holds the claim until it
+    /// reserved, failed or was dropped (and passes it to `poll_space` and
+    /// `try_reserve_as`).
+    pub(crate) fn claim_space(&self, payload: u64) -> SpaceClaim<'_> {
         let want = 2 * frame_len(payload);
-        let s = &*self.shared;
+        let s = self;
         let mut c = s.claims();
         let id = c.add(want);
         s.publish_claims(&c);
