@@ -97,11 +97,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // Closed and reopened: the group is what was acknowledged.
-    Arc::try_unwrap(group)
-        .ok()
-        .expect("one handle")
-        .close()
-        .await?;
+    group.close().await?;
+    drop(group);
     let group = Group::open(Config::new(&dir)).await?;
     assert_eq!(group.root(), Some(root));
 

@@ -45,6 +45,13 @@ const MAX_INPUTS: usize = 12;
 /// assert!(tree.insert([0xff; 32]).is_err()); // not a field element
 /// # Ok::<(), ringtree::Error>(())
 /// ```
+///
+/// Arity 13 has no circomlib parameters, so this does not compile:
+///
+/// ```compile_fail
+/// use ringtree::{LeanImt, Poseidon};
+/// let tree = LeanImt::<Poseidon, 13, 32>::new(Poseidon);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Poseidon;
 
