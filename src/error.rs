@@ -20,6 +20,15 @@ pub enum Error {
         /// The most leaves this tree type can hold (`N^MAX_DEPTH`, saturated at `u64::MAX`).
         capacity: u64,
     },
+    /// The hasher refused a leaf (see [`Hasher::check_leaf`](crate::Hasher::check_leaf));
+    /// nothing of the insert or the batch holding it was inserted.
+    #[error("leaf {index} refused by the hasher: {reason}")]
+    InvalidLeaf {
+        /// The index the leaf would have had.
+        index: u64,
+        /// Why the hasher refused it.
+        reason: &'static str,
+    },
     /// A depth beyond the tree type's `MAX_DEPTH` was requested or found.
     #[error("depth {depth} exceeds the maximum depth {max_depth}")]
     Depth {

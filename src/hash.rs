@@ -1,4 +1,5 @@
-//! Node hashing: the [`Hasher`] trait and its BLAKE3 implementation.
+//! Node hashing: the [`Hasher`] trait, its BLAKE3 implementation and,
+//! behind features, Poseidon, Keccak-256 and SHA-256.
 //!
 //! This module owns the hashing rule of the tree (see the crate docs): a
 //! parent of `2 <= k` children is the hash of the children's raw 32-byte
@@ -6,6 +7,20 @@
 //! else.
 
 use blake3::platform::Platform;
+
+#[cfg(feature = "keccak")]
+mod keccak;
+#[cfg(feature = "poseidon")]
+mod poseidon;
+#[cfg(feature = "sha256")]
+mod sha256;
+
+#[cfg(feature = "keccak")]
+pub use keccak::Keccak256;
+#[cfg(feature = "poseidon")]
+pub use poseidon::Poseidon;
+#[cfg(feature = "sha256")]
+pub use sha256::Sha256;
 
 /// A 32-byte node value: a leaf as the caller gave it, or an internal node.
 pub type Hash = [u8; 32];
@@ -23,6 +38,30 @@ pub trait Hasher: Clone + Send + Sync + 'static {
     /// [`Error::ConfigMismatch`](crate::Error::ConfigMismatch). Two hashers
     /// with the same id must give the same parents.
     fn id(&self) -> &str;
+
+    /// The largest arity this hasher has parameters for. A tree type whose
+    /// arity `N` exceeds it does not compile (`LeanImt::new` and
+    /// `Tree::open` check it at compile time). Unbounded by default.
+    const MAX_ARITY: usize = usize::MAX;
+
+    /// Refuses a leaf this hasher cannot take as it is (say, a value that
+    /// is not a canonical field element), with the reason; a tree then
+    /// fails the insert with [`Error::InvalidLeaf`](crate::Error::InvalidLeaf)
+    /// and changes nothing. Every value is accepted by default.
+    #[inline]
+    fn check_leaf(&self, leaf: &Hash) -> std::result::Result<(), &'static str> {
+        let _ = leaf;
+        Ok(())
+    }
+
+    /// For a hash expensive enough that a batch insert should spread its
+    /// full groups over the machine's cores: the fewest groups worth
+    /// handing to one more thread. `None` (the default) keeps batches on
+    /// the calling thread. The result is the same either way.
+    #[inline]
+    fn parallel_groups(&self) -> Option<usize> {
+        None
+    }
 
     /// Hashes the concatenation of `children` (at least two) into their
     /// parent.

@@ -70,8 +70,14 @@ mod tree;
 pub mod wal;
 
 pub use error::{Error, Result};
+#[cfg(feature = "keccak")]
+pub use hash::Keccak256;
+#[cfg(feature = "poseidon")]
+pub use hash::Poseidon;
+#[cfg(feature = "sha256")]
+pub use hash::Sha256;
 pub use hash::{Blake3, Hash, Hasher};
-pub use imt::proof::{ConsistencyProof, Proof};
+pub use imt::proof::{ConsistencyProof, Proof, ZkKitProof};
 pub use imt::{LeanImt, Snapshot};
 pub use io::IoBackend;
 pub use metrics::{LatencySummary, Metrics};

@@ -138,11 +138,21 @@ fn repair_chunk(
     Ok(())
 }
 
+/// The machine's cores, as the process may use them (read once).
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH> {
     const VALID: () = {
         assert!(N >= 2, "arity N must be at least 2");
         assert!(N <= u32::MAX as usize, "arity N must fit in 32 bits");
         assert!(MAX_DEPTH >= 1, "MAX_DEPTH must be at least 1");
+        assert!(
+            N <= H::MAX_ARITY,
+            "the hasher has no parameters for this arity N (see Hasher::MAX_ARITY)"
+        );
     };
 
     /// The most leaves this tree type holds: `N^MAX_DEPTH`, saturated at
@@ -282,6 +292,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
     /// ```
     pub fn insert(&mut self, leaf: Hash) -> Result<Hash> {
         self.check_room(1)?;
+        self.check_leaves(std::slice::from_ref(&leaf))?;
         self.levels[0].push(leaf);
         let mut idx = self.levels[0].len() - 1;
         let mut d = 0;
@@ -372,6 +383,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
             return Err(Error::EmptyBatch);
         }
         self.check_room(leaves.len() as u64)?;
+        self.check_leaves(leaves)?;
         let mut from = self.size();
         self.levels[0].write_from(from, leaves);
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -390,6 +402,21 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
         Ok(self.levels[d].get(0))
     }
 
+    /// Fails with [`Error::InvalidLeaf`] for the first of `leaves` (to be
+    /// appended) that the hasher refuses.
+    #[inline]
+    pub(crate) fn check_leaves(&self, leaves: &[Hash]) -> Result<()> {
+        for (i, leaf) in leaves.iter().enumerate() {
+            if let Err(reason) = self.hasher.check_leaf(leaf) {
+                return Err(Error::InvalidLeaf {
+                    index: self.size() + i as u64,
+                    reason,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Computes parents `p_from..ceil(len_d / N)` of level `d` into `out`.
     fn parents_into(&self, d: usize, p_from: u64, out: &mut Vec<Hash>) {
         let level = &self.levels[d];
@@ -400,6 +427,11 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
         out.clear();
         out.resize((p_to - p_from) as usize, [0u8; 32]);
         let mut p = p_from;
+        // Runs of full groups within one chunk, hashed below; a group that
+        // straddles two chunks is hashed here.
+        let parallel = self.hasher.parallel_groups().is_some();
+        let mut runs: Vec<(&[Hash], &mut [Hash])> = Vec::new();
+        let mut rest = &mut out[..];
         while p < full_to {
             let start = p * n;
             let c = (start / CHUNK_LEN as u64) as usize;
@@ -408,22 +440,77 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
             let whole = ((chunk.len() - off) / N) as u64;
             let groups = whole.min(full_to - p);
             if groups > 0 {
-                let o = (p - p_from) as usize;
-                self.hasher.hash_groups(
-                    &chunk[off..off + groups as usize * N],
-                    N,
-                    &mut out[o..o + groups as usize],
-                );
+                let (o, tail) = rest.split_at_mut(groups as usize);
+                let children = &chunk[off..off + groups as usize * N];
+                if parallel {
+                    runs.push((children, o));
+                } else {
+                    self.hasher.hash_groups(children, N, o);
+                }
+                rest = tail;
                 p += groups;
             } else {
-                // The group straddles two chunks.
-                out[(p - p_from) as usize] = self.group_value(d, p);
+                let (o, tail) = rest.split_at_mut(1);
+                o[0] = self.group_value(d, p);
+                rest = tail;
                 p += 1;
             }
         }
         if p < p_to {
-            out[(p - p_from) as usize] = self.group_value(d, p);
+            rest[0] = self.group_value(d, p);
         }
+        if parallel {
+            self.hash_runs(runs);
+        }
+    }
+
+    /// Hashes the runs of full groups of a hasher that asks for threads
+    /// (see [`Hasher::parallel_groups`]), spread over the machine's cores
+    /// when there are enough of them; the parents are the same either way.
+    fn hash_runs(&self, runs: Vec<(&[Hash], &mut [Hash])>) {
+        let total: usize = runs.iter().map(|(_, o)| o.len()).sum();
+        let min = self.hasher.parallel_groups().unwrap_or(usize::MAX).max(1);
+        let threads = (total / min).min(cores());
+        if threads <= 1 {
+            for (children, out) in runs {
+                self.hasher.hash_groups(children, N, out);
+            }
+            return;
+        }
+        // Contiguous shares of about `total / threads` groups, splitting
+        // runs where a share ends.
+        let share = total.div_ceil(threads);
+        let mut shares: Vec<Vec<(&[Hash], &mut [Hash])>> = vec![Vec::new()];
+        let mut room = share;
+        for (mut children, mut out) in runs {
+            while !out.is_empty() {
+                if room == 0 {
+                    shares.push(Vec::new());
+                    room = share;
+                }
+                let take = room.min(out.len());
+                let (c, c_rest) = children.split_at(take * N);
+                let (o, o_rest) = out.split_at_mut(take);
+                shares.last_mut().expect("one share").push((c, o));
+                children = c_rest;
+                out = o_rest;
+                room -= take;
+            }
+        }
+        let hasher = &self.hasher;
+        let work = |share: Vec<(&[Hash], &mut [Hash])>| {
+            for (children, out) in share {
+                hasher.hash_groups(children, N, out);
+            }
+        };
+        let mut shares = shares.into_iter();
+        let mine = shares.next().expect("one share");
+        std::thread::scope(|s| {
+            for share in shares {
+                s.spawn(move || work(share));
+            }
+            work(mine);
+        });
     }
 
     /// An immutable view of the tree as it is now; O(depth), shares every

@@ -123,6 +123,28 @@ fn check_arity(arity: usize) -> Result<()> {
     Ok(())
 }
 
+/// An inclusion proof in the shape of zk-kit's `LeanIMTMerkleProof`
+/// (`@zk-kit/lean-imt`, binary trees): what zk-kit's `LeanIMT.verifyProof`
+/// and Semaphore's circuits take. Made by [`Proof::to_zk_kit`], read back by
+/// [`Proof::from_zk_kit`].
+///
+/// Values are 32-byte big-endian numbers (zk-kit's bigints). `index` is
+/// zk-kit's *path*, not the leaf index: bit `i` is set when the path node
+/// is the right child at the `i`-th level that has a sibling (levels where
+/// the node is lifted alone contribute no sibling and no bit). zk-kit reads
+/// it with 32-bit shifts, so it serves trees of fewer than 2^31 leaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZkKitProof {
+    /// The root the proof leads to.
+    pub root: Hash,
+    /// The proved leaf.
+    pub leaf: Hash,
+    /// The direction bits of the levels with a sibling, lowest level first.
+    pub index: u64,
+    /// The siblings, lowest level first.
+    pub siblings: Vec<Hash>,
+}
+
 /// An inclusion proof: leaf `leaf_index` of the tree of `tree_size` leaves.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Proof {
@@ -155,6 +177,101 @@ impl Proof {
     /// The sibling hashes, level by level from the leaves up.
     pub fn siblings(&self) -> &[Hash] {
         &self.siblings
+    }
+
+    /// This proof (of a binary tree) in zk-kit's shape, leading to `root`
+    /// (the root of the tree of [`tree_size`](Self::tree_size) leaves).
+    /// Fails with [`Error::InvalidProof`] for another arity.
+    ///
+    /// ```
+    /// use ringtree::{Blake3, LeanImt, Proof};
+    ///
+    /// let mut tree = LeanImt::<Blake3, 2, 32>::new(Blake3);
+    /// let leaves: Vec<[u8; 32]> = (0..13u8).map(|i| [i; 32]).collect();
+    /// let root = tree.insert_many(&leaves)?;
+    /// let proof = tree.snapshot().proof(12)?;
+    /// let zk = proof.to_zk_kit(root)?;
+    /// // Leaf 12 of 13 is lifted alone past the two lowest levels.
+    /// assert_eq!((zk.index, zk.siblings.len()), (3, 2));
+    /// assert_eq!(Proof::from_zk_kit(&zk, 13)?, proof);
+    /// # Ok::<(), ringtree::Error>(())
+    /// ```
+    pub fn to_zk_kit(&self, root: Hash) -> Result<ZkKitProof> {
+        if self.arity != 2 {
+            return Err(Error::InvalidProof(
+                "zk-kit's LeanIMT proofs are of binary trees (arity 2)",
+            ));
+        }
+        let mut index = 0u64;
+        let mut bit = 0;
+        for step in path(2, self.leaf_index, self.tree_size) {
+            if step.len == 2 {
+                if step.pos == 1 {
+                    index |= 1 << bit;
+                }
+                bit += 1;
+            }
+        }
+        Ok(ZkKitProof {
+            root,
+            leaf: self.leaf,
+            index,
+            siblings: self.siblings.clone(),
+        })
+    }
+
+    /// The proof zk-kit's `proof` stands for in a binary tree of
+    /// `tree_size` leaves: the leaf index is read back from the path bits,
+    /// which the size makes unambiguous. Fails with
+    /// [`Error::InvalidProof`] when the bits or the number of siblings do
+    /// not fit a tree of that size (bits zk-kit would ignore included). The
+    /// root is not checked here: verify the result against the root you
+    /// trust with [`verify_at`](Self::verify_at).
+    pub fn from_zk_kit(proof: &ZkKitProof, tree_size: u64) -> Result<Proof> {
+        if tree_size == 0 {
+            return Err(Error::InvalidProof("a tree of no leaves has no proofs"));
+        }
+        let mut lens = vec![tree_size];
+        while let Some(&len) = lens.last().filter(|&&l| l > 1) {
+            lens.push(len.div_ceil(2));
+        }
+        let k = proof.siblings.len();
+        if k > 64 || (k < 64 && proof.index >> k != 0) {
+            return Err(Error::InvalidProof(
+                "the path index has more bits than the proof has siblings",
+            ));
+        }
+        // From the root down: a node with two children takes the next bit
+        // (the highest bits are the highest levels); a node with one has
+        // its only child on the left and uses no bit.
+        let mut index = 0u64;
+        let mut used = 0;
+        for &len in lens[..lens.len() - 1].iter().rev() {
+            let left = 2 * index;
+            index = if left + 1 < len {
+                if used == k {
+                    return Err(Error::InvalidProof(
+                        "fewer siblings than the path in a tree of this size",
+                    ));
+                }
+                used += 1;
+                left + (proof.index >> (k - used) & 1)
+            } else {
+                left
+            };
+        }
+        if used != k {
+            return Err(Error::InvalidProof(
+                "more siblings than the path in a tree of this size",
+            ));
+        }
+        Ok(Proof {
+            arity: 2,
+            leaf_index: index,
+            tree_size,
+            leaf: proof.leaf,
+            siblings: proof.siblings.clone(),
+        })
     }
 
     /// Checks that the proof leads from its leaf to `trusted_root` along the

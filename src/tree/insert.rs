@@ -46,6 +46,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                     capacity: cap,
                 });
             }
+            t.check_leaves(leaves)?;
             let r = match self.inner.wal.try_reserve_as(payload, claim) {
                 Ok(r) => r,
                 Err(ReserveError::Full) => return Ok(None),
