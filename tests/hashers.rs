@@ -491,3 +491,25 @@ fn from_zk_kit_refuses_proofs_that_do_not_fit_the_size() {
     let r4 = four.insert_many(&leaves).unwrap();
     assert!(four.snapshot().proof(3).unwrap().to_zk_kit(r4).is_err());
 }
+
+/// Batches large enough to take the threaded path give the roots of
+/// single inserts, for the cheap hashers too.
+#[test]
+fn keccak_and_sha256_batches_over_threads_equal_single_inserts() {
+    let leaves = leaves(40_000);
+    let mut one = LeanImt::<Keccak256, 2, 32>::new(Keccak256);
+    let mut batch = LeanImt::<Keccak256, 2, 32>::new(Keccak256);
+    let mut one_s = LeanImt::<Sha256, 3, 32>::new(Sha256);
+    let mut batch_s = LeanImt::<Sha256, 3, 32>::new(Sha256);
+    for leaf in &leaves {
+        one.insert(*leaf).unwrap();
+        one_s.insert(*leaf).unwrap();
+    }
+    // An odd split, so the second batch starts mid-group.
+    batch.insert_many(&leaves[..1]).unwrap();
+    batch.insert_many(&leaves[1..]).unwrap();
+    batch_s.insert_many(&leaves[..7]).unwrap();
+    batch_s.insert_many(&leaves[7..]).unwrap();
+    assert_eq!(batch.root(), one.root());
+    assert_eq!(batch_s.root(), one_s.root());
+}
