@@ -54,7 +54,7 @@ fn best(rounds: usize, mut f: impl FnMut()) -> Duration {
         .unwrap()
 }
 
-/// Seconds per call of `f`, over at least a quarter second, best of 3.
+/// Seconds per call of `f`, over at least two seconds (as long a run as the batches it bounds), best of 3.
 fn per_call(mut f: impl FnMut()) -> f64 {
     let mut n = 16u64;
     loop {
@@ -62,7 +62,7 @@ fn per_call(mut f: impl FnMut()) -> f64 {
         for _ in 0..n {
             f();
         }
-        if t.elapsed() > Duration::from_millis(250) {
+        if t.elapsed() > Duration::from_secs(2) {
             break;
         }
         n *= 2;
