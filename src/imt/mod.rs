@@ -506,10 +506,22 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
         let mut shares = shares.into_iter();
         let mine = shares.next().expect("one share");
         std::thread::scope(|s| {
+            let mut here = vec![mine];
             for share in shares {
-                s.spawn(move || work(share));
+                // A thread the system refuses leaves its share to this one:
+                // the level is computed whole either way.
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                let started = std::thread::Builder::new().spawn_scoped(s, move || {
+                    if let Ok(share) = rx.recv() {
+                        work(share);
+                    }
+                });
+                match started {
+                    Ok(_) => tx.send(share).expect("the thread waits for its share"),
+                    Err(_) => here.push(share),
+                }
             }
-            work(mine);
+            here.into_iter().for_each(work);
         });
     }
 

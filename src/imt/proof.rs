@@ -132,7 +132,7 @@ fn check_arity(arity: usize) -> Result<()> {
 /// zk-kit's *path*, not the leaf index: bit `i` is set when the path node
 /// is the right child at the `i`-th level that has a sibling (levels where
 /// the node is lifted alone contribute no sibling and no bit). zk-kit reads
-/// it with 32-bit shifts, so it serves trees of fewer than 2^31 leaves.
+/// it with 32-bit shifts, so proofs of more than 32 siblings are refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ZkKitProof {
     /// The root the proof leads to.
@@ -181,7 +181,8 @@ impl Proof {
 
     /// This proof (of a binary tree) in zk-kit's shape, leading to `root`
     /// (the root of the tree of [`tree_size`](Self::tree_size) leaves).
-    /// Fails with [`Error::InvalidProof`] for another arity.
+    /// Fails with [`Error::InvalidProof`] for another arity, and for more
+    /// than 32 siblings (which zk-kit's 32-bit index cannot address).
     ///
     /// ```
     /// use ringtree::{Blake3, LeanImt, Proof};
@@ -200,6 +201,11 @@ impl Proof {
         if self.arity != 2 {
             return Err(Error::InvalidProof(
                 "zk-kit's LeanIMT proofs are of binary trees (arity 2)",
+            ));
+        }
+        if self.siblings.len() > 32 {
+            return Err(Error::InvalidProof(
+                "zk-kit's path index has 32 bits: at most 32 siblings",
             ));
         }
         let mut index = 0u64;
