@@ -48,9 +48,9 @@ pub enum Error {
         /// The tree's size.
         size: u64,
     },
-    /// A consistency proof was asked for an old size that is zero or larger
-    /// than the tree.
-    #[error("invalid old size {old_size} for a consistency proof from a tree of {size} leaves")]
+    /// An older size (of a consistency proof, `root_at`, `proof_at` or
+    /// `update_proof`) that is zero or larger than the tree.
+    #[error("invalid old size {old_size} for a tree of {size} leaves (1 to {size} are valid)")]
     InvalidOldSize {
         /// The old size asked for.
         old_size: u64,

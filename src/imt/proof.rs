@@ -650,6 +650,141 @@ impl Snapshot {
         })
     }
 
+    /// The last node of each level of the tree of this snapshot's first
+    /// `size` leaves (`1 <= size <= self.size()`), from the leaves up to its
+    /// root. Every other node of that tree is a node of this one (its
+    /// group was already whole), so only these are hashed: O(depth × N).
+    fn frontier_at(&self, size: u64) -> Result<Vec<Hash>> {
+        let n = self.arity() as u64;
+        let mut frontier = vec![self.checked(0, size - 1)?];
+        let mut children = Vec::with_capacity(self.arity());
+        let mut len = size;
+        let mut d = 0;
+        while len > 1 {
+            let parent_len = len.div_ceil(n);
+            let start = (parent_len - 1) * n;
+            let last = frontier[d];
+            let value = if len - start == 1 {
+                last
+            } else {
+                children.clear();
+                for i in start..len - 1 {
+                    children.push(self.checked(d, i)?);
+                }
+                children.push(last);
+                (self.0.hash)(&children)
+            };
+            frontier.push(value);
+            len = parent_len;
+            d += 1;
+        }
+        Ok(frontier)
+    }
+
+    fn check_older_size(&self, size: u64) -> Result<()> {
+        if size == 0 || size > self.size() {
+            return Err(Error::InvalidOldSize {
+                old_size: size,
+                size: self.size(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The root the tree had when it held its first `size` leaves
+    /// (`1 <= size <= self.size()`): O(depth × N) hashes, no scan of the
+    /// leaves.
+    ///
+    /// ```
+    /// use ringtree::{Blake3, LeanImt};
+    ///
+    /// let mut tree = LeanImt::<Blake3, 4, 32>::new(Blake3);
+    /// let then = tree.insert_many(&[[1; 32], [2; 32], [3; 32]])?;
+    /// tree.insert_many(&[[4; 32], [5; 32]])?;
+    /// assert_eq!(tree.snapshot().root_at(3)?, then);
+    /// # Ok::<(), ringtree::Error>(())
+    /// ```
+    pub fn root_at(&self, size: u64) -> Result<Hash> {
+        self.check_older_size(size)?;
+        Ok(*self.frontier_at(size)?.last().expect("one level at least"))
+    }
+
+    /// An inclusion proof of leaf `index` in the tree of the first `size`
+    /// leaves (`index < size <= self.size()`), which verifies with
+    /// [`Proof::verify_at`] against [`root_at(size)`](Self::root_at).
+    ///
+    /// ```
+    /// use ringtree::{Blake3, LeanImt};
+    ///
+    /// let mut tree = LeanImt::<Blake3, 2, 32>::new(Blake3);
+    /// let then = tree.insert_many(&[[1; 32], [2; 32], [3; 32]])?;
+    /// tree.insert_many(&[[4; 32], [5; 32]])?;
+    /// let proof = tree.snapshot().proof_at(2, 3)?;
+    /// proof.verify_at(&Blake3, &then, 3)?;
+    /// # Ok::<(), ringtree::Error>(())
+    /// ```
+    pub fn proof_at(&self, index: u64, size: u64) -> Result<Proof> {
+        self.check_older_size(size)?;
+        if index >= size {
+            return Err(Error::IndexOutOfRange { index, size });
+        }
+        let frontier = self.frontier_at(size)?;
+        let n = self.arity() as u64;
+        let mut siblings = Vec::with_capacity(sibling_count(self.arity(), index, size));
+        let mut len = size;
+        for (d, step) in path(self.arity(), index, size).enumerate() {
+            for i in (0..step.len).filter(|&i| i != step.pos) {
+                let at = step.start + i as u64;
+                siblings.push(if at == len - 1 {
+                    frontier[d]
+                } else {
+                    self.checked(d, at)?
+                });
+            }
+            len = len.div_ceil(n);
+        }
+        Ok(Proof {
+            arity: self.arity(),
+            leaf_index: index,
+            tree_size: size,
+            leaf: self.checked(0, index)?,
+            siblings,
+        })
+    }
+
+    /// The proof of the same leaf as `old` (a proof made from this tree at
+    /// an older or the same size) at this snapshot's size. Fails with
+    /// [`Error::InvalidProof`] when `old` is not a proof of this tree's
+    /// leaf at its size (another arity, leaf or sibling), and with
+    /// [`Error::InvalidOldSize`] when its size exceeds this snapshot's.
+    ///
+    /// ```
+    /// use ringtree::{Blake3, LeanImt};
+    ///
+    /// let mut tree = LeanImt::<Blake3, 2, 32>::new(Blake3);
+    /// tree.insert_many(&[[1; 32], [2; 32], [3; 32]])?;
+    /// let old = tree.snapshot().proof(1)?;
+    /// let root = tree.insert_many(&[[4; 32], [5; 32]])?;
+    /// let new = tree.snapshot().update_proof(&old)?;
+    /// new.verify_at(&Blake3, &root, 5)?;
+    /// # Ok::<(), ringtree::Error>(())
+    /// ```
+    pub fn update_proof(&self, old: &Proof) -> Result<Proof> {
+        if old.arity != self.arity() {
+            return Err(Error::InvalidProof(
+                "the proof is of a tree of another arity",
+            ));
+        }
+        // Proofs are canonical: the one this tree gives at that size is
+        // the only one of its leaf there.
+        if &self.proof_at(old.leaf_index, old.tree_size)? != old {
+            return Err(Error::InvalidProof(
+                "the proof is not of this tree at its size",
+            ));
+        }
+        self.proof(old.leaf_index)
+    }
+
     /// A proof that the tree of its first `old_size` leaves is a prefix of
     /// this one (`1 <= old_size <= size`).
     ///
