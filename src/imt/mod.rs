@@ -470,7 +470,12 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
     fn hash_runs(&self, runs: Vec<(&[Hash], &mut [Hash])>) {
         let total: usize = runs.iter().map(|(_, o)| o.len()).sum();
         let min = self.hasher.parallel_groups().unwrap_or(usize::MAX).max(1);
-        let threads = (total / min).min(cores());
+        self.hash_runs_on(runs, total, (total / min).min(cores()));
+    }
+
+    /// [`hash_runs`](Self::hash_runs) of `total` groups over `threads`
+    /// threads.
+    fn hash_runs_on(&self, runs: Vec<(&[Hash], &mut [Hash])>, total: usize, threads: usize) {
         if threads <= 1 {
             for (children, out) in runs {
                 self.hasher.hash_groups(children, N, out);
@@ -658,6 +663,34 @@ impl std::fmt::Debug for Snapshot {
 mod tests {
     use super::*;
     use crate::Blake3;
+
+    /// The threaded batch path splits runs into shares the same way on any
+    /// machine: forced to 2..=7 threads over runs of uneven lengths, each
+    /// parent lands where the serial path puts it.
+    #[test]
+    fn threaded_shares_equal_the_serial_path() {
+        let children: Vec<Hash> = (0..3 * 200u32)
+            .map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes())
+            .collect();
+        let t = LeanImt::<Blake3, 3, 32>::new(Blake3);
+        let mut want = vec![[0u8; 32]; 200];
+        Blake3.hash_groups(&children, 3, &mut want);
+        for threads in 2..=7 {
+            let mut out = vec![[0u8; 32]; 200];
+            // Runs of 7, 1, 50 and 142 groups.
+            let mut runs = Vec::new();
+            let (mut c, mut o) = (&children[..], &mut out[..]);
+            for len in [7, 1, 50, 142] {
+                let (rc, cn) = c.split_at(len * 3);
+                let (ro, on) = o.split_at_mut(len);
+                runs.push((rc, ro));
+                c = cn;
+                o = on;
+            }
+            t.hash_runs_on(runs, 200, threads);
+            assert_eq!(out, want, "{threads} threads");
+        }
+    }
 
     #[test]
     fn capacity_saturates() {
