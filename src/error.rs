@@ -57,6 +57,32 @@ pub enum Error {
         /// The tree's size.
         size: u64,
     },
+    /// A rewind below the finalized size (see
+    /// [`Tree::finalize`](crate::Tree::finalize)).
+    #[error("cannot rewind to {requested} leaves: the first {finalized} are final")]
+    Finalized {
+        /// The size asked for.
+        requested: u64,
+        /// The tree's finalized size.
+        finalized: u64,
+    },
+
+    /// A rewind or finalize past the tree's end.
+    #[error("{requested} leaves asked for, the tree holds {size}")]
+    BeyondSize {
+        /// The size asked for.
+        requested: u64,
+        /// The tree's size.
+        size: u64,
+    },
+
+    /// A checkpoint could not run yet, and nothing was lost: the log keeps
+    /// every insert. It must rewrite shard chunks that a rewind cut off,
+    /// and a snapshot taken before the rewind still reads them; it runs
+    /// once those snapshots are dropped.
+    #[error("checkpoint deferred: {0}")]
+    CheckpointDeferred(String),
+
     /// A proof did not verify.
     #[error("proof rejected: {0}")]
     InvalidProof(&'static str),

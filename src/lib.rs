@@ -82,5 +82,5 @@ pub use imt::{LeanImt, Snapshot};
 pub use io::IoBackend;
 pub use metrics::{LatencySummary, Metrics};
 pub use tree::salvage::Salvaged;
-pub use tree::{CheckpointPolicy, Config, Inserted, Tiering, Tree};
+pub use tree::{CheckpointPolicy, Config, Inserted, Rewound, Tiering, Tree};
 pub use wal::{Durable, FlushPolicy, Log, LogConfig};

@@ -59,17 +59,52 @@ enum Fault {
     DiskFull(u64),
 }
 
-/// The model: the leaves in index order, and how many are known durable.
+/// The model: the tree's states since the last reopen (its leaves in index
+/// order and its finalized size after each operation that changed it),
+/// and the last of them known durable. Operations are in log order, so a
+/// durable one makes every earlier one durable.
 struct Model {
-    leaves: Vec<Hash>,
-    acked: u64,
+    states: Vec<State>,
+    acked: usize,
     next: u64,
+}
+
+#[derive(Clone)]
+struct State {
+    leaves: Vec<Hash>,
+    finalized: u64,
 }
 
 impl Model {
     fn fresh(&mut self, seed: u64) -> Hash {
         self.next += 1;
         leaf(seed << 24 | self.next)
+    }
+
+    fn now(&self) -> &State {
+        self.states.last().expect("one state at least")
+    }
+
+    /// Records a new state; returns its index.
+    fn push(&mut self, state: State) -> usize {
+        self.states.push(state);
+        self.states.len() - 1
+    }
+
+    /// Every state so far is durable.
+    fn all_durable(&mut self) {
+        self.acked = self.states.len() - 1;
+    }
+
+    /// The index of a state from the last durable one on with these
+    /// leaves (size and root) and finality.
+    fn find(&self, size: u64, root: Option<Hash>, finalized: Option<u64>) -> Option<usize> {
+        (self.acked..self.states.len()).rev().find(|&i| {
+            let st = &self.states[i];
+            st.leaves.len() as u64 == size
+                && finalized.is_none_or(|f| f == st.finalized)
+                && naive_root(4, &st.leaves) == root
+        })
     }
 }
 
@@ -132,7 +167,10 @@ fn schedule(seed: u64, sim: &SimStorage) -> Result<Vec<String>, String> {
         "{flush:?} {policy:?} segment {segment} direct {direct}"
     ));
     let mut m = Model {
-        leaves: Vec::new(),
+        states: vec![State {
+            leaves: Vec::new(),
+            finalized: 0,
+        }],
         acked: 0,
         next: 0,
     };
@@ -163,7 +201,7 @@ fn schedule(seed: u64, sim: &SimStorage) -> Result<Vec<String>, String> {
         };
         let fault_at = rng.below(40);
         ev.push(format!("plan {end:?} {fault:?} at {fault_at}"));
-        let mut pending: Vec<(u64, Durable)> = Vec::new();
+        let mut pending: Vec<(usize, Durable)> = Vec::new();
         let mut failed = false;
         // Readers never see writers: a snapshot keeps its size and root.
         let early = tree.snapshot();
@@ -185,14 +223,16 @@ fn schedule(seed: u64, sim: &SimStorage) -> Result<Vec<String>, String> {
             ev.push(r.clone());
             if r.contains("Err") {
                 // The tree failed: it refuses inserts from here on.
-                if block_on(tree.insert(m.fresh(seed))).is_ok() {
+                if block_on(tree.insert(m.fresh(seed))).is_ok()
+                    || block_on(tree.rewind(m.now().finalized)).is_ok()
+                {
                     return Err(format!("{ctx}: a failed tree took an insert"));
                 }
                 failed = true;
                 break;
             }
         }
-        if early.root() != early_root || early.size() > m.leaves.len() as u64 {
+        if early.root() != early_root {
             return Err(format!("{ctx}: a snapshot changed under later inserts"));
         }
         drop(early);
@@ -224,14 +264,14 @@ fn schedule(seed: u64, sim: &SimStorage) -> Result<Vec<String>, String> {
         ));
         if matches!(closed, Some(Ok(()))) && !failed {
             // A clean close made everything durable.
-            m.acked = m.leaves.len() as u64;
+            m.all_durable();
         }
-        for (end_index, d) in pending.drain(..) {
+        for (state, d) in pending.drain(..) {
             let ok = block_on(d).is_ok();
             if ok {
-                m.acked = m.acked.max(end_index);
+                m.acked = m.acked.max(state);
             }
-            ev.push(format!("resolved {end_index} {ok}"));
+            ev.push(format!("resolved {state} {ok}"));
         }
         // The next process: whatever was armed is gone with this one.
         sim.crash_keep_all();
@@ -244,10 +284,12 @@ fn schedule(seed: u64, sim: &SimStorage) -> Result<Vec<String>, String> {
     // The recovered tree takes inserts, a checkpoint and another reopen.
     let more: Vec<Hash> = (0..5).map(|_| m.fresh(seed)).collect();
     let ins = block_on(tree.insert_many(&more)).map_err(|e| format!("{ctx}: insert: {e}"))?;
-    m.leaves.extend_from_slice(&more);
+    let mut st = m.now().clone();
+    st.leaves.extend_from_slice(&more);
+    m.push(st);
     block_on(tree.checkpoint()).map_err(|e| format!("{ctx}: checkpoint: {e}"))?;
     block_on(ins.durable).map_err(|e| format!("{ctx}: durable: {e}"))?;
-    m.acked = m.leaves.len() as u64;
+    m.all_durable();
     block_on(tree.close()).map_err(|e| format!("{ctx}: close: {e}"))?;
     let tree = T::open_blocking(config(&storage)).map_err(|e| format!("{ctx}: reopen: {e}"))?;
     check_recovered(&tree, &mut m, &mut rng, &ctx)?;
@@ -266,7 +308,7 @@ fn step(
     m: &mut Model,
     rng: &mut Rng,
     seed: u64,
-    pending: &mut Vec<(u64, Durable)>,
+    pending: &mut Vec<(usize, Durable)>,
     ctx: &str,
 ) -> Result<String, String> {
     let fail = |what: &str, e: Error| -> Result<String, String> {
@@ -278,22 +320,24 @@ fn step(
             // A background checkpoint's failure, reported once; the tree
             // goes on (what this call did is not known durable).
             Error::CheckpointFailed { .. } => Ok(format!("{what} reported a checkpoint failure")),
+            Error::CheckpointDeferred(_) => Ok(format!("{what} deferred")),
             e => Err(format!("{ctx}: {what}: unexpected error {e}")),
         }
     };
-    Ok(match rng.below(12) {
+    Ok(match rng.below(15) {
         0..=4 => {
             let l = m.fresh(seed);
             match block_on(tree.insert(l)) {
                 Ok(ins) => {
-                    if ins.index != m.leaves.len() as u64 {
-                        return Err(format!("{ctx}: index {} != {}", ins.index, m.leaves.len()));
+                    let mut st = m.now().clone();
+                    if ins.index != st.leaves.len() as u64 {
+                        return Err(format!("{ctx}: index {} != {}", ins.index, st.leaves.len()));
                     }
-                    m.leaves.push(l);
-                    if naive_root(4, &m.leaves) != Some(ins.root) {
+                    st.leaves.push(l);
+                    if naive_root(4, &st.leaves) != Some(ins.root) {
                         return Err(format!("{ctx}: insert returned a wrong root"));
                     }
-                    pending.push((ins.index + 1, ins.durable));
+                    pending.push((m.push(st), ins.durable));
                     format!("insert {}", ins.index)
                 }
                 Err(e) => return fail("insert", e),
@@ -304,44 +348,45 @@ fn step(
             let batch: Vec<Hash> = (0..k).map(|_| m.fresh(seed)).collect();
             match block_on(tree.insert_many(&batch)) {
                 Ok(ins) => {
-                    m.leaves.extend_from_slice(&batch);
-                    pending.push((m.leaves.len() as u64, ins.durable));
+                    let mut st = m.now().clone();
+                    st.leaves.extend_from_slice(&batch);
+                    pending.push((m.push(st), ins.durable));
                     format!("batch {k}")
                 }
                 Err(e) => return fail("batch", e),
             }
         }
         7 if !pending.is_empty() => {
-            // Await a random earlier insert (with a flush where the policy
-            // would not sync it by itself).
+            // Await a random earlier operation (with a flush where the
+            // policy would not sync it by itself).
             let i = rng.below(pending.len() as u64) as usize;
-            let (end, d) = pending.swap_remove(i);
+            let (state, d) = pending.swap_remove(i);
             if !d.is_durable() {
                 let _ = block_on(tree.flush());
             }
             match block_on(d) {
                 Ok(()) => {
-                    m.acked = m.acked.max(end);
-                    format!("durable {end}")
+                    m.acked = m.acked.max(state);
+                    format!("durable {state}")
                 }
                 Err(e) => return fail("durable", e),
             }
         }
         8 => match block_on(tree.flush()) {
             Ok(()) => {
-                m.acked = m.leaves.len() as u64;
+                m.all_durable();
                 "flush".into()
             }
             Err(e) => return fail("flush", e),
         },
         9 if rng.below(2) == 0 => match block_on(tree.checkpoint()) {
             Ok(()) => {
-                m.acked = m.leaves.len() as u64;
+                m.all_durable();
                 "checkpoint".into()
             }
             Err(e) => return fail("checkpoint", e),
         },
-        10 if !m.leaves.is_empty() => {
+        10 if !m.now().leaves.is_empty() => {
             // A proof from a snapshot verifies against the tree's root.
             let snap = tree.snapshot();
             let size = snap.size();
@@ -352,6 +397,70 @@ fn step(
                 .map_err(|e| format!("{ctx}: proof of {i} at {size}: {e}"))?;
             format!("proof {i}")
         }
+        11 | 12 => {
+            // A reorganisation: back by up to 60 leaves (sometimes below
+            // the finalized size, which must be refused).
+            let now = m.now().clone();
+            let size = (now.leaves.len() as u64).saturating_sub(rng.below(61));
+            match block_on(tree.rewind(size)) {
+                Ok(r) => {
+                    if size < now.finalized {
+                        return Err(format!("{ctx}: rewound to {size} below {}", now.finalized));
+                    }
+                    let mut st = now;
+                    st.leaves.truncate(size as usize);
+                    if r.size != size || r.root != naive_root(4, &st.leaves) {
+                        return Err(format!("{ctx}: rewind to {size} returned a wrong root"));
+                    }
+                    pending.push((m.push(st), r.durable));
+                    format!("rewind {size}")
+                }
+                Err(Error::Finalized {
+                    requested,
+                    finalized,
+                }) if requested == size && finalized == now.finalized && size < finalized => {
+                    format!("rewind {size} refused")
+                }
+                Err(e) => return fail("rewind", e),
+            }
+        }
+        13 => {
+            let now = m.now().clone();
+            let size = (now.leaves.len() as u64).saturating_sub(rng.below(80));
+            match block_on(tree.finalize(size)) {
+                Ok(d) => {
+                    let mut st = now;
+                    st.finalized = st.finalized.max(size);
+                    pending.push((m.push(st), d));
+                    format!("finalize {size}")
+                }
+                Err(e) => return fail("finalize", e),
+            }
+        }
+        14 => {
+            // The durable view is a state from the last acknowledged one on.
+            // (Each read on its own: the durable state may move between.)
+            let size = tree.durable_size();
+            if !(m.acked..m.states.len()).any(|i| m.states[i].leaves.len() as u64 == size) {
+                return Err(format!(
+                    "{ctx}: durable size {size} is no state since the last acknowledged"
+                ));
+            }
+            let root = tree.durable_root();
+            if !(m.acked..m.states.len()).any(|i| naive_root(4, &m.states[i].leaves) == root) {
+                return Err(format!(
+                    "{ctx}: durable root is no state's since the last acknowledged"
+                ));
+            }
+            let snap = tree.durable_snapshot();
+            if m.find(snap.size(), snap.root(), None).is_none() {
+                return Err(format!(
+                    "{ctx}: durable view of {} leaves is no state since the last acknowledged",
+                    snap.size()
+                ));
+            }
+            format!("durable view {}", snap.size())
+        }
         _ => {
             // Time passes (the committer's interval, background work).
             ringtree::sim::block_on(async {});
@@ -360,25 +469,22 @@ fn step(
     })
 }
 
-/// The durable-prefix bound after a reopen, and a proof from the result.
+/// The durable-prefix bound after a reopen: the tree is one of the states
+/// from the last acknowledged operation to the last issued one (leaves,
+/// root and finality); then a proof from it.
 fn check_recovered(tree: &T, m: &mut Model, rng: &mut Rng, ctx: &str) -> Result<(), String> {
     let size = tree.size();
-    if size < m.acked {
+    let Some(i) = m.find(size, tree.root(), Some(tree.finalized())) else {
         return Err(format!(
-            "{ctx}: acknowledged leaves lost: {size} < {}",
-            m.acked
+            "{ctx}: the recovered tree ({size} leaves, {} final) is no state from the last acknowledged ({} leaves) to the last issued ({} leaves)",
+            tree.finalized(),
+            m.states[m.acked].leaves.len(),
+            m.now().leaves.len(),
         ));
-    }
-    if size > m.leaves.len() as u64 {
-        return Err(format!("{ctx}: {size} leaves, {} inserted", m.leaves.len()));
-    }
-    m.leaves.truncate(size as usize);
-    m.acked = size;
-    if tree.root() != naive_root(4, &m.leaves) {
-        return Err(format!(
-            "{ctx}: the recovered tree is not the tree of its prefix"
-        ));
-    }
+    };
+    let st = m.states.swap_remove(i);
+    m.states = vec![st];
+    m.acked = 0;
     if size > 0 {
         let i = rng.below(size);
         let root = tree.root().expect("non-empty");

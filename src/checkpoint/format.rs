@@ -16,8 +16,9 @@ pub(super) const SHARD_MAGIC: [u8; 8] = *b"RTSHARD1";
 pub(super) const SUMS_MAGIC: [u8; 8] = *b"RTSUMS01";
 /// Version of the shard, sums and tail file headers.
 pub(super) const VERSION: u32 = 1;
-/// Version of the manifest.
-pub(super) const MANIFEST_VERSION: u32 = 2;
+/// Version of the manifest (3 adds the finalized size; 2 is read as 0
+/// finalized).
+pub(super) const MANIFEST_VERSION: u32 = 3;
 /// Shard header size; chunk `i` is at `SHARD_HEADER + i * CHUNK_BYTES`, so
 /// chunks are page-aligned.
 pub(super) const SHARD_HEADER: u64 = 4096;
@@ -59,12 +60,15 @@ pub(crate) struct Manifest {
     /// refused.
     pub tree_id: [u8; 16],
     pub levels: Vec<LevelMeta>,
+    /// Leaves below this cannot be rewound (see `Tree::finalize`).
+    pub finalized: u64,
 }
 
 impl Manifest {
     /// `"RTMANIFS" | version u32 | arity u32 | leaves u64 | WAL position u64
     /// | root [32] | tree id [16] | level count u32 | per level: nodes u64,
-    /// sums crc u32, tail slot u32, tail crc u32 | crc32c of all before u32`.
+    /// sums crc u32, tail slot u32, tail crc u32 | finalized u64 | crc32c of
+    /// all before u32`.
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(88 + LEVEL_META * self.levels.len());
         b.extend_from_slice(&MANIFEST_MAGIC);
@@ -81,6 +85,7 @@ impl Manifest {
             b.extend_from_slice(&l.tail_slot.to_le_bytes());
             b.extend_from_slice(&l.tail_crc.to_le_bytes());
         }
+        b.extend_from_slice(&self.finalized.to_le_bytes());
         let crc = crc32c::crc32c(&b);
         b.extend_from_slice(&crc.to_le_bytes());
         b
@@ -113,18 +118,19 @@ impl Manifest {
         }
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
-        if u32_at(8) != MANIFEST_VERSION {
+        let version = u32_at(8);
+        if version != MANIFEST_VERSION && version != 2 {
             return Err(corruption(
                 path,
                 8,
                 format!(
-                    "unsupported manifest version {}, this build reads {MANIFEST_VERSION}",
-                    u32_at(8)
+                    "unsupported manifest version {version}, this build reads 2 and {MANIFEST_VERSION}"
                 ),
             ));
         }
         let count = u32_at(80) as usize;
-        if body.len() != FIXED + LEVEL_META * count {
+        let extra = if version == 2 { 0 } else { 8 };
+        if body.len() != FIXED + LEVEL_META * count + extra {
             return Err(corruption(
                 path,
                 80,
@@ -145,6 +151,18 @@ impl Manifest {
                 }
             })
             .collect();
+        let finalized = if version == 2 {
+            0
+        } else {
+            u64_at(FIXED + LEVEL_META * count)
+        };
+        if finalized > u64_at(16) {
+            return Err(corruption(
+                path,
+                (FIXED + LEVEL_META * count) as u64,
+                format!("manifest finalizes {finalized} leaves of {}", u64_at(16)),
+            ));
+        }
         Ok(Self {
             arity: u32_at(12),
             leaves: u64_at(16),
@@ -152,6 +170,7 @@ impl Manifest {
             root: b[32..64].try_into().expect("32 bytes"),
             tree_id: b[64..80].try_into().expect("16 bytes"),
             levels,
+            finalized,
         })
     }
 }
@@ -234,6 +253,7 @@ pub(super) fn sample_manifest(leaves: u64, nodes: &[u64]) -> Manifest {
         leaves,
         root: [7; 32],
         wal_position: 96,
+        finalized: 0,
         levels: nodes
             .iter()
             .map(|&n| LevelMeta {

@@ -26,6 +26,6 @@ mod loader;
 mod verifier;
 mod writer;
 
-pub(crate) use format::MANIFEST;
+pub(crate) use format::{MANIFEST, Manifest};
 pub(crate) use loader::{load, map_shard, salvage_leaves};
 pub(crate) use writer::{Checkpointer, Failpoint};

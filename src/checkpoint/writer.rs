@@ -94,6 +94,11 @@ impl Checkpointer {
         }
     }
 
+    /// The leaves of the last checkpoint.
+    pub(crate) fn leaves(&self) -> u64 {
+        self.nodes.first().copied().unwrap_or(0)
+    }
+
     /// The checksums of level `d`'s sealed chunks as of the last
     /// checkpoint.
     pub(crate) fn level_sums(&self, d: usize) -> &[u32] {
@@ -141,7 +146,9 @@ impl Checkpointer {
         for stored in buf[..got - got % 4].chunks_exact(4) {
             let stored = u32::from_le_bytes(stored.try_into().expect("4 bytes"));
             let sum = crc32c::crc32c(snap.checked_chunk(d, c)?.as_flattened());
-            if sum != stored {
+            // Zero: an entry `clear_stale` erased (a chunk whose checksum is
+            // zero is only written again).
+            if sum != stored || stored == 0 {
                 break;
             }
             sums.push(sum);
@@ -217,6 +224,7 @@ impl Checkpointer {
         &mut self,
         snap: &Snapshot,
         wal_position: u64,
+        finalized: u64,
         abort: &dyn Fn() -> Option<Error>,
     ) -> Result<Manifest> {
         self.refuse_if_broken()?;
@@ -244,6 +252,7 @@ impl Checkpointer {
             root: snap.root().unwrap_or([0; 32]),
             wal_position,
             levels: metas,
+            finalized,
         };
         if let Some(e) = abort() {
             return Err(e);
@@ -285,6 +294,7 @@ impl Checkpointer {
                 root: [0; 32],
                 wal_position: 0,
                 levels: Vec::new(),
+                finalized: 0,
             };
             self.write_manifest(&empty, false)?;
         }
@@ -305,10 +315,13 @@ impl Checkpointer {
         let level = snap.level(d);
         let nodes = level.len();
         let [shard, sumf, tail] = self.open_level_files(d)?;
-        // Sealed chunks not yet written, appended after those the
-        // current manifest names: nothing it refers to is touched.
-        let first = sealed_chunks(self.nodes.get(d).copied().unwrap_or(0)) as usize;
+        // Sealed chunks not yet written, after those the current manifest
+        // names: nothing it refers to is touched. (After a rewind the
+        // level may have fewer sealed chunks than the manifest names; the
+        // manifest the checkpoint writes first names no more than it has:
+        // see `Inner::checkpoint_at`.)
         let sealed = sealed_chunks(nodes) as usize;
+        let first = (sealed_chunks(self.nodes.get(d).copied().unwrap_or(0)) as usize).min(sealed);
         level_sums.truncate(first);
         self.rewrite_repaired(&*shard, level, d, first)?;
         if sealed > first {
@@ -320,6 +333,9 @@ impl Checkpointer {
         // entry there that matches the chunk in memory names a chunk
         // already durable. Those are not written again.
         let resumed = self.resume(&*shard, &*sumf, snap, d, first, sealed, level_sums)?;
+        if resumed < sealed {
+            self.clear_stale(&*sumf, d, resumed)?;
+        }
         self.append_sealed(&*shard, &*sumf, snap, d, resumed..sealed, level_sums)?;
         if sealed > first {
             self.rewrite_sums(&*sumf, d, first, level_sums)?;
@@ -332,6 +348,33 @@ impl Checkpointer {
             tail_crc,
         };
         Ok((meta, [shard, sumf, tail]))
+    }
+
+    /// Before level `d`'s chunks from `from` on are written: a rewind may
+    /// have cut them off a tree an earlier checkpoint wrote, so they are
+    /// written over. Not while a live mapping still shows them to a
+    /// snapshot taken before the rewind (`CheckpointDeferred`); and the
+    /// sums-file entries from `from` on, which name the old chunks, are
+    /// zeroed and synced first, so an entry past the manifest's count
+    /// always names a durable chunk (see `resume`).
+    fn clear_stale(&self, sumf: &dyn StorageFile, d: usize, from: usize) -> Result<()> {
+        let shard = shard_path(&self.dir, d);
+        if crate::imt::MappedShard::views_cover(&shard, from) {
+            return Err(Error::CheckpointDeferred(format!(
+                "a snapshot taken before a rewind still reads {} from chunk {from} on",
+                shard.display()
+            )));
+        }
+        let path = sums_path(&self.dir, d);
+        let len = sumf.len().map_err(|e| io_err(&path, e))?;
+        let entries = (len.saturating_sub(SUMS_HEADER) / 4) as usize;
+        if entries > from {
+            let zeros = vec![0u8; 4 * (entries - from)];
+            sumf.write_at(SUMS_HEADER + 4 * from as u64, &[&zeros])
+                .map_err(|e| io_err(&path, e))?;
+            sumf.sync_data().map_err(|e| io_err(&path, e))?;
+        }
+        Ok(())
     }
 
     /// Writes the chunks of `level` before `first` that were recomputed

@@ -75,6 +75,53 @@ pub(crate) struct MappedShard {
     /// checkpoint writes them back.
     repaired: Mutex<std::collections::BTreeMap<usize, Arc<Chunk>>>,
     stats: Arc<ChunkStats>,
+    /// Where this view is counted in [`VIEWS`] (mappings that alias the
+    /// file only).
+    registered: Option<PathBuf>,
+}
+
+/// Live views of mapped shard files that alias the file (a memory
+/// mapping): per file, how many views cover how many chunks. A checkpoint
+/// rewrites a chunk that a rewind cut off only once no view covers it
+/// ([`MappedShard::views_cover`]): a mapping shows the file's bytes as
+/// they are now, and a snapshot taken before the rewind still reads it.
+static VIEWS: Mutex<std::collections::BTreeMap<PathBuf, std::collections::BTreeMap<usize, usize>>> =
+    Mutex::new(std::collections::BTreeMap::new());
+
+/// The key of `path` in [`VIEWS`]: one file however its path is spelled.
+fn view_key(path: &std::path::Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn register_view(path: &std::path::Path, chunks: usize) -> PathBuf {
+    let key = view_key(path);
+    *crate::rt::lock(&VIEWS)
+        .entry(key.clone())
+        .or_default()
+        .entry(chunks)
+        .or_insert(0) += 1;
+    key
+}
+
+impl Drop for MappedShard {
+    fn drop(&mut self) {
+        let Some(key) = &self.registered else {
+            return;
+        };
+        let mut views = crate::rt::lock(&VIEWS);
+        if let Some(by_count) = views.get_mut(key) {
+            let n = self.sums.len();
+            if let Some(c) = by_count.get_mut(&n) {
+                *c -= 1;
+                if *c == 0 {
+                    by_count.remove(&n);
+                }
+            }
+            if by_count.is_empty() {
+                views.remove(key);
+            }
+        }
+    }
 }
 
 impl MappedShard {
@@ -102,6 +149,7 @@ impl MappedShard {
             });
         }
         let words = sums.len().div_ceil(64);
+        let registered = map.aliases_file().then(|| register_view(&path, sums.len()));
         Ok(Self {
             map,
             base,
@@ -110,7 +158,56 @@ impl MappedShard {
             passed: (0..words).map(|_| AtomicU64::new(0)).collect(),
             repaired: Mutex::new(Default::default()),
             stats,
+            registered,
         })
+    }
+
+    /// A view of this shard's first `count` chunks (`count <= chunks()`),
+    /// sharing the mapping and what was checked: a rewound level holds
+    /// one, so the chunks past it can be rewritten once older views are
+    /// gone.
+    pub(crate) fn restrict(&self, count: usize) -> Self {
+        let count = count.min(self.sums.len());
+        let words = count.div_ceil(64);
+        let passed = (0..words)
+            .map(|w| {
+                let bits = self.passed[w].load(Ordering::Acquire);
+                let keep = count - w * 64;
+                let mask = if keep >= 64 {
+                    u64::MAX
+                } else {
+                    (1u64 << keep) - 1
+                };
+                AtomicU64::new(bits & mask)
+            })
+            .collect();
+        let repaired = crate::rt::lock(&self.repaired)
+            .range(..count)
+            .map(|(k, c)| (*k, c.clone()))
+            .collect();
+        let registered = self
+            .registered
+            .as_ref()
+            .map(|_| register_view(&self.path, count));
+        Self {
+            map: self.map.clone(),
+            base: self.base,
+            path: self.path.clone(),
+            sums: self.sums[..count].into(),
+            passed,
+            repaired: Mutex::new(repaired),
+            stats: self.stats.clone(),
+            registered,
+        }
+    }
+
+    /// Whether a live view of the shard file at `path` (of any tree handle
+    /// of this process) covers chunk `k`: its bytes must not be rewritten.
+    pub(crate) fn views_cover(path: &std::path::Path, k: usize) -> bool {
+        crate::rt::lock(&VIEWS)
+            .get(&view_key(path))
+            .and_then(|by_count| by_count.keys().next_back())
+            .is_some_and(|&max| max > k)
     }
 
     /// Chunks in the shard.
@@ -345,9 +442,23 @@ impl ChunkDir {
 
     /// A copy of the first `count` entries, sharing every chunk and mapping.
     fn fork(&self, count: usize) -> Self {
+        self.fork_with(count, self.shard.clone())
+    }
+
+    /// [`fork`](Self::fork) whose shard view covers no chunk past `count`
+    /// (see [`MappedShard::restrict`]).
+    fn fork_restricted(&self, count: usize) -> Self {
+        let shard = match &self.shard {
+            Some(s) if s.chunks() > count => Some(Arc::new(s.restrict(count))),
+            other => other.clone(),
+        };
+        self.fork_with(count, shard)
+    }
+
+    fn fork_with(&self, count: usize, shard: Option<Arc<MappedShard>>) -> Self {
         let dir = ChunkDir {
             segments: std::array::from_fn(|_| OnceLock::new()),
-            shard: self.shard.clone(),
+            shard,
         };
         for i in 0..count {
             let p = self.raw(i);
@@ -694,6 +805,44 @@ impl Level {
             tail_shared: AtomicBool::new(true),
             len: self.len,
         }
+    }
+}
+
+impl Level {
+    /// The level's first `len` nodes (`len <= self.len()`) as a level of
+    /// their own, its last node as it is here (the caller sets it). The
+    /// node's chunk is read checked (`Corruption` if it fails and was not
+    /// repaired). `for_writer`: the result can be written to (its own
+    /// directory when it has fewer sealed chunks, whose shard view covers
+    /// none past them); else it is a read-only view sharing this one's.
+    pub(crate) fn prefix(&self, len: u64, for_writer: bool) -> Result<Level> {
+        debug_assert!(len <= self.len);
+        if len == 0 {
+            return Ok(Level::new());
+        }
+        let sealed = ((len - 1) / CHUNK_LEN as u64) as usize;
+        let mut tail = [[0u8; 32]; CHUNK_LEN];
+        let n = (len - (sealed * CHUNK_LEN) as u64) as usize;
+        if sealed < self.sealed {
+            match self.dir.get_checked(sealed)? {
+                Checked::Here(c) => tail[..n].copy_from_slice(&c[..n]),
+                Checked::Repaired(c) => tail[..n].copy_from_slice(&c[..n]),
+            }
+        } else {
+            tail[..n].copy_from_slice(&self.tail[..n]);
+        }
+        let dir = if for_writer && sealed < self.sealed {
+            Arc::new(self.dir.fork_restricted(sealed))
+        } else {
+            self.dir.clone()
+        };
+        Ok(Level {
+            dir,
+            sealed,
+            tail: Arc::new(tail),
+            tail_shared: AtomicBool::new(false),
+            len,
+        })
     }
 }
 

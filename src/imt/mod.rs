@@ -530,6 +530,53 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
         });
     }
 
+    /// Rewinds the tree to its first `size` leaves (`size <= self.size()`)
+    /// and returns the root then (`None` for 0 leaves). O(depth × N)
+    /// hashes (the last node of each level is recomputed) and, where a
+    /// level loses sealed chunks, a copy of its chunk directory (O(size /
+    /// 128) pointers). Snapshots taken before keep their leaves.
+    ///
+    /// Fails with [`Error::InvalidOldSize`] when `size` exceeds the tree's
+    /// size, or [`Error::Corruption`] when a chunk it reads from a shard is
+    /// damaged; the tree is then unchanged.
+    ///
+    /// ```
+    /// use ringtree::{Blake3, LeanImt};
+    ///
+    /// let mut tree = LeanImt::<Blake3, 4, 32>::new(Blake3);
+    /// let then = tree.insert_many(&[[1; 32], [2; 32], [3; 32]])?;
+    /// tree.insert_many(&[[4; 32], [5; 32]])?;
+    /// assert_eq!(tree.rewind(3)?, Some(then));
+    /// assert_eq!(tree.size(), 3);
+    /// # Ok::<(), ringtree::Error>(())
+    /// ```
+    pub fn rewind(&mut self, size: u64) -> Result<Option<Hash>> {
+        if size > self.size() {
+            return Err(Error::InvalidOldSize {
+                old_size: size,
+                size: self.size(),
+            });
+        }
+        if size == self.size() {
+            return Ok(self.root());
+        }
+        let mut levels = self.snapshot().prefix_levels(size, true)?;
+        // The writer reads its frontier from memory only.
+        for d in 0..levels.len() {
+            let len = levels[d].len();
+            let sealed = levels[d].sealed();
+            let from = if len == 0 {
+                0
+            } else {
+                (((len - 1) / N as u64 * N as u64) / CHUNK_LEN as u64) as usize
+            };
+            levels[d].own_from(from.min(sealed))?;
+        }
+        self.levels = levels;
+        self.resume.clear();
+        Ok(self.root())
+    }
+
     /// An immutable view of the tree as it is now; O(depth), shares every
     /// chunk with the tree.
     pub fn snapshot(&self) -> Snapshot {
@@ -646,6 +693,58 @@ impl Snapshot {
     #[inline]
     pub(crate) fn level(&self, level: usize) -> &Level {
         &self.0.levels[level]
+    }
+
+    /// The tree of this snapshot's first `size` leaves (`size <=
+    /// self.size()`) as a snapshot of its own: O(depth × N) hashes,
+    /// sharing every chunk.
+    ///
+    /// ```
+    /// use ringtree::{Blake3, LeanImt};
+    ///
+    /// let mut tree = LeanImt::<Blake3, 4, 32>::new(Blake3);
+    /// let then = tree.insert_many(&[[1; 32], [2; 32], [3; 32]])?;
+    /// tree.insert_many(&[[4; 32], [5; 32]])?;
+    /// let old = tree.snapshot().prefix(3)?;
+    /// assert_eq!((old.size(), old.root()), (3, Some(then)));
+    /// # Ok::<(), ringtree::Error>(())
+    /// ```
+    pub fn prefix(&self, size: u64) -> Result<Snapshot> {
+        if size > self.size() {
+            return Err(Error::InvalidOldSize {
+                old_size: size,
+                size: self.size(),
+            });
+        }
+        if size == self.size() {
+            return Ok(self.clone());
+        }
+        Ok(Snapshot(Arc::new(SnapshotInner {
+            arity: self.0.arity,
+            levels: self.prefix_levels(size, false)?,
+            hash: self.0.hash.clone(),
+        })))
+    }
+
+    /// The levels of the tree of the first `size` leaves: each level's
+    /// prefix with its last node recomputed (see [`Level::prefix`]).
+    pub(crate) fn prefix_levels(&self, size: u64, for_writer: bool) -> Result<Vec<Level>> {
+        if size == 0 {
+            return Ok(vec![Level::new()]);
+        }
+        let frontier = self.frontier_at(size)?;
+        let n = self.0.arity as u64;
+        let mut len = size;
+        let mut levels = Vec::with_capacity(frontier.len());
+        for (d, last) in frontier.iter().enumerate() {
+            // Checked (and repaired where it can be) before it is copied.
+            self.checked(d, len - 1)?;
+            let mut level = self.0.levels[d].prefix(len, for_writer)?;
+            level.set_last(*last);
+            levels.push(level);
+            len = len.div_ceil(n);
+        }
+        Ok(levels)
     }
 }
 

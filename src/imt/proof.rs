@@ -654,7 +654,7 @@ impl Snapshot {
     /// `size` leaves (`1 <= size <= self.size()`), from the leaves up to its
     /// root. Every other node of that tree is a node of this one (its
     /// group was already whole), so only these are hashed: O(depth × N).
-    fn frontier_at(&self, size: u64) -> Result<Vec<Hash>> {
+    pub(crate) fn frontier_at(&self, size: u64) -> Result<Vec<Hash>> {
         let n = self.arity() as u64;
         let mut frontier = vec![self.checked(0, size - 1)?];
         let mut children = Vec::with_capacity(self.arity());

@@ -99,6 +99,11 @@ pub const DIRECT_ALIGN: usize = 4096;
 pub trait Mapped: Send + Sync {
     /// The file's bytes (as of the mapping).
     fn bytes(&self) -> &[u8];
+    /// Whether later writes to the file show through these bytes (a
+    /// memory mapping does; a copy does not).
+    fn aliases_file(&self) -> bool {
+        false
+    }
 }
 
 impl Mapped for Vec<u8> {
@@ -110,6 +115,9 @@ impl Mapped for Vec<u8> {
 impl Mapped for memmap2::Mmap {
     fn bytes(&self) -> &[u8] {
         self
+    }
+    fn aliases_file(&self) -> bool {
+        true
     }
 }
 

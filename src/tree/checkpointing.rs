@@ -10,6 +10,7 @@ use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::hash::Hasher;
 
+use super::rewind::LowWater;
 use super::{CheckpointPolicy, Inner, Tree};
 
 impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
@@ -108,6 +109,13 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
             }
             // A closed tree has nothing to report.
             Err(Error::Closed) => {}
+            // Not a failure: tried again after a second.
+            Err(Error::CheckpointDeferred(why)) => {
+                tracing::info!(reason = %why, "background checkpoint deferred");
+                let at = (crate::rt::elapsed(self.epoch) + std::time::Duration::from_secs(1))
+                    .as_nanos() as u64;
+                self.retry_at.store(at.max(1), Ordering::Relaxed);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "background checkpoint failed");
                 *failures += 1;
@@ -146,25 +154,26 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         }
         // Index assignment and log reservation share the writer lock, so
         // every record below `position` is for a leaf in `snap`.
-        let (snap, position, inserts) = {
-            let t = crate::rt::lock_pl(&self.tree);
+        let (snap, position, inserts, finalized, low_water) = {
+            let mut t = crate::rt::lock_pl(&self.tree);
+            t.settle(self.wal.durable());
             (
                 t.snapshot(),
                 self.wal.end(),
                 self.inserts.load(Ordering::Relaxed),
+                t.finalized,
+                t.low_water.take(),
             )
         };
-        let started = crate::rt::now();
-        // Just before the manifest, the log below `position` is made
-        // durable: then no insert the checkpoint holds can still be reported
-        // failed (a log failing first stops the checkpoint instead). One
-        // group commit per checkpoint.
-        let log_failed = || match self.wal.flush().wait() {
-            Ok(()) | Err(Error::Closed) => None,
-            Err(e) => Some(e),
-        };
-        let manifest = cp.write(&snap, position, &log_failed)?;
+        let written = self.write_checkpoint(&mut cp, &snap, position, finalized, low_water);
+        if written.is_err() {
+            // The next attempt starts from the same low-water mark.
+            let mut t = crate::rt::lock_pl(&self.tree);
+            t.low_water = LowWater::min(t.low_water, low_water);
+        }
+        let (manifest, started) = written?;
         self.last_checkpoint.store(position, Ordering::Relaxed);
+
         // Serve what the checkpoint wrote from the shards: map them (outside
         // the writer lock), then swap the directories (O(chunks) pointer
         // copies under it); memory the snapshot alone holds goes with it.
@@ -185,8 +194,13 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         }
         if !maps.is_empty() {
             let mut t = crate::rt::lock_pl(&self.tree);
-            for (d, shard) in &maps {
-                t.remap_level(*d, shard);
+            // The shards hold the tree of the snapshot: a rewind since may
+            // have changed chunks they hold. The levels then stay as they
+            // are until the next checkpoint.
+            if t.low_water.is_none() {
+                for (d, shard) in &maps {
+                    t.remap_level(*d, shard);
+                }
             }
         }
         drop(snap);
@@ -212,6 +226,53 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
             "checkpoint written"
         );
         Ok(())
+    }
+
+    /// Writes the checkpoint of `snap` (the tree at log position
+    /// `position`). When a rewind since the last checkpoint went below it
+    /// (`low_water`), the tree at that rewind is made the durable
+    /// checkpoint first: its sealed chunks are all in the shards already,
+    /// under the last checkpoint's checksums, so from then on no durable
+    /// manifest names a chunk the rewind cut off, and the second
+    /// checkpoint may write over those. Returns the manifest and when the
+    /// work started.
+    fn write_checkpoint(
+        &self,
+        cp: &mut crate::checkpoint::Checkpointer,
+        snap: &crate::imt::Snapshot,
+        position: u64,
+        finalized: u64,
+        low_water: Option<LowWater>,
+    ) -> Result<(crate::checkpoint::Manifest, std::time::Instant)> {
+        let started = crate::rt::now();
+        // Just before the manifest, the log below `position` is made
+        // durable: then no insert the checkpoint holds can still be reported
+        // failed (a log failing first stops the checkpoint instead). One
+        // group commit per checkpoint.
+        let log_failed = || match self.wal.flush().wait() {
+            Ok(()) | Err(Error::Closed) => None,
+            Err(e) => Some(e),
+        };
+        if let Some(lw) = low_water {
+            // The rewind's record durable before a manifest names a
+            // position past it; then the trees kept for durable reads
+            // across it (which may still map chunks it cut off) go.
+            if let Some(e) = log_failed() {
+                return Err(e);
+            }
+            crate::rt::lock_pl(&self.tree).settle(self.wal.durable());
+            if lw.size < cp.leaves() {
+                let mid = snap.prefix(lw.size)?;
+                cp.write(&mid, lw.position, lw.finalized, &|| None)?;
+                tracing::info!(
+                    leaves = lw.size,
+                    wal_position = lw.position,
+                    "checkpoint of the tree a rewind left, before the one that writes past it"
+                );
+            }
+        }
+        let manifest = cp.write(snap, position, finalized, &log_failed)?;
+        Ok((manifest, started))
     }
 
     /// The failure of the last background checkpoint, once, as

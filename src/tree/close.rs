@@ -67,6 +67,14 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
                     }
                     _ => Ok(()),
                 };
+                // The log holds everything; the next open checkpoints.
+                let checkpointed = match checkpointed {
+                    Err(Error::CheckpointDeferred(why)) => {
+                        tracing::info!(reason = %why, "close-time checkpoint deferred");
+                        Ok(())
+                    }
+                    other => other,
+                };
                 // Background checkpoints and the background check run on
                 // this same worker, one job at a time: none is running now,
                 // and one queued behind this close finds the tree closed.

@@ -59,6 +59,11 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             } else {
                 t.insert_many(leaves)?
             };
+            t.logged(
+                r.end(),
+                size + leaves.len() as u64,
+                self.inner.wal.durable(),
+            );
             (r, size, root)
         };
         let durable = reservation.write(&[&index.to_le_bytes(), leaves.as_flattened()]);

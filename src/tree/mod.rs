@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use crate::checkpoint::Checkpointer;
 use crate::error::Error;
 use crate::hash::{Hash, Hasher};
-use crate::imt::{ChunkStats, LeanImt, Snapshot};
+use crate::imt::{ChunkStats, Snapshot};
 use crate::io::{IoBackend, LockGuard, Storage};
 use crate::wal::{Cause, Durable, Log};
 
@@ -37,6 +37,8 @@ mod config;
 mod identity;
 mod insert;
 mod open;
+mod records;
+mod rewind;
 pub(crate) mod salvage;
 mod verify;
 mod worker;
@@ -47,8 +49,9 @@ pub use config::{CheckpointPolicy, Config, Tiering};
 use verify::Verifying;
 use worker::Worker;
 
-/// Bytes of a record before its leaves: the index of its first leaf (u64).
-const RECORD_HEADER: u64 = 8;
+use records::LEAVES_HEADER as RECORD_HEADER;
+pub use rewind::Rewound;
+use rewind::Writer;
 
 /// What an insert returns: where the leaf went, the root it made, and the
 /// future of its durability.
@@ -63,8 +66,9 @@ pub struct Inserted {
 }
 
 pub(crate) struct Inner<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
-    /// The writer critical section (see the module doc).
-    tree: parking_lot::Mutex<LeanImt<H, N, MAX_DEPTH>>,
+    /// The writer critical section (see the module doc): the tree and
+    /// what durable reads, finality and rewinds keep beside it.
+    tree: parking_lot::Mutex<Writer<H, N, MAX_DEPTH>>,
     /// `None` once closed.
     log: Mutex<Option<Arc<Log>>>,
     /// A clone of the log for the insert path (no lock needed to reach it).
@@ -185,7 +189,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     /// The writer lock. Held for a microsecond or two (the in-memory
     /// update and a log reservation); `parking_lot`'s mutex spins briefly
     /// before it parks.
-    fn tree(&self) -> parking_lot::MutexGuard<'_, LeanImt<H, N, MAX_DEPTH>> {
+    fn tree(&self) -> parking_lot::MutexGuard<'_, Writer<H, N, MAX_DEPTH>> {
         crate::rt::lock_pl(&self.inner.tree)
     }
 

@@ -16,9 +16,11 @@ use crate::io::{LockGuard, Storage};
 use crate::wal::{Log, LogConfig};
 
 use super::identity::{self, Established, Identity};
+use super::records::{self, Record};
+use super::rewind::{LowWater, Writer};
 use super::verify::{Verifying, check_shards, start_background_check, verify_levels};
 use super::worker::{self, Worker};
-use super::{Config, Inner, RECORD_HEADER, Tree};
+use super::{Config, Inner, Tree};
 
 impl<H: Hasher + Default, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     /// Opens (creating or recovering) the tree in `config.dir`, without
@@ -87,11 +89,18 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         let Loaded {
             mut tree,
             start,
+            finalized,
             checkpointer,
             unverified,
         } = loaded;
-        let (log, replayed_records) =
-            replay_log(&config, storage.clone(), &established, start, &mut tree)?;
+        let (log, replayed) = replay_log(
+            &config,
+            storage.clone(),
+            &established,
+            start,
+            finalized,
+            &mut tree,
+        )?;
         tracing::info!(leaves = tree.size(), "tree recovered");
         let wal = Arc::new(log);
         let replayed_at_open = wal.end().saturating_sub(start);
@@ -110,7 +119,11 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         };
         let release_key = worker::release_key(&dir);
         let this = Self::from_inner(Inner {
-            tree: parking_lot::Mutex::new(tree),
+            tree: parking_lot::Mutex::new(Writer::new(
+                tree,
+                replayed.finalized,
+                replayed.low_water,
+            )),
             log: Mutex::new(Some(wal.clone())),
             wal,
             lock: Mutex::new(Some(lock)),
@@ -129,7 +142,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             checkpointing: AtomicBool::new(false),
             verifying,
             thread_yield_every: config.thread_yield_every,
-            inserts: AtomicU64::new(replayed_records),
+            inserts: AtomicU64::new(replayed.records),
             inserts_at_checkpoint: AtomicU64::new(0),
             last_checkpoint: AtomicU64::new(start),
             loaded_at: start,
@@ -179,6 +192,8 @@ struct Loaded<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     tree: LeanImt<H, N, MAX_DEPTH>,
     /// The log position the checkpoint covers (0: none).
     start: u64,
+    /// Its finalized size.
+    finalized: u64,
     checkpointer: Checkpointer,
     /// Mapped shards whose chunks are still to be checked.
     unverified: Vec<Arc<MappedShard>>,
@@ -212,6 +227,7 @@ fn load_checkpoint<H: Hasher, const N: usize, const MAX_DEPTH: usize>(
                 Loaded {
                     tree,
                     start: l.manifest.wal_position,
+                    finalized: l.manifest.finalized,
                     checkpointer: cp,
                     unverified,
                 }
@@ -219,6 +235,7 @@ fn load_checkpoint<H: Hasher, const N: usize, const MAX_DEPTH: usize>(
             None => Loaded {
                 tree: LeanImt::new(hasher),
                 start: 0,
+                finalized: 0,
                 checkpointer: Checkpointer::new(storage.clone(), dir, tree_id, None),
                 unverified: Vec::new(),
             },
@@ -232,21 +249,36 @@ fn load_checkpoint<H: Hasher, const N: usize, const MAX_DEPTH: usize>(
     Ok(loaded)
 }
 
-/// Opens the log and replays its records past `start` into `tree`; a new
-/// tree's identity is recorded once its log exists, before any leaf can be
-/// acknowledged. Returns the log and the records replayed.
+/// What replaying the log gave.
+struct Replayed {
+    /// Records replayed.
+    records: u64,
+    /// The finalized size.
+    finalized: u64,
+    /// The lowest rewind below the checkpoint.
+    low_water: Option<LowWater>,
+}
+
+/// Opens the log and replays its records past `start` into `tree` (the
+/// checkpoint's, `finalized` of it final); a new tree's identity is
+/// recorded once its log exists, before any leaf can be acknowledged.
 fn replay_log<H: Hasher, const N: usize, const MAX_DEPTH: usize>(
     config: &Config,
     storage: Arc<dyn Storage>,
     established: &Established,
     start: u64,
+    finalized: u64,
     tree: &mut LeanImt<H, N, MAX_DEPTH>,
-) -> Result<(Log, u64)> {
+) -> Result<(Log, Replayed)> {
     let dir = &config.dir;
+    let checkpointed = tree.size();
     let mut replay = Replayer {
         tree,
         pending: Vec::new(),
         records: 0,
+        finalized,
+        checkpointed,
+        low_water: None,
     };
     let log_config = LogConfig {
         tree_id: established.identity.tree_id,
@@ -258,7 +290,7 @@ fn replay_log<H: Hasher, const N: usize, const MAX_DEPTH: usize>(
         &dir.join("wal"),
         &log_config,
         start,
-        &mut |_, rec| replay.record(rec),
+        &mut |lsn, rec| replay.record(lsn, rec),
     )?;
     let records = replay.records;
     let replayed = replay.finish().map_err(|reason| Error::Corruption {
@@ -266,18 +298,29 @@ fn replay_log<H: Hasher, const N: usize, const MAX_DEPTH: usize>(
         offset: 0,
         reason: format!("replay: {reason}"),
     });
-    let recorded = replayed.and_then(|()| {
+    let recorded = replayed.and_then(|(finalized, low_water)| {
         if established.new {
-            identity::record(&*storage, dir, &established.identity)
-        } else {
-            Ok(())
+            identity::record(&*storage, dir, &established.identity)?;
         }
+        Ok(Replayed {
+            records: 0,
+            finalized,
+            low_water,
+        })
     });
-    if let Err(e) = recorded {
-        let _ = log.close();
-        return Err(e);
+    match recorded {
+        Ok(replayed) => Ok((
+            log,
+            Replayed {
+                records,
+                ..replayed
+            },
+        )),
+        Err(e) => {
+            let _ = log.close();
+            Err(e)
+        }
     }
-    Ok((log, records))
 }
 
 /// Retires the log segments wholly below the loaded checkpoint at open, so
@@ -302,39 +345,86 @@ pub(super) fn retire_on_open(storage: &dyn Storage, dir: &Path, wal: &Log, start
     }
 }
 
-/// Replays log records into the tree, batching consecutive records so a log
-/// of single inserts replays at batch speed.
+/// Replays log records into the tree, batching consecutive leaves records
+/// so a log of single inserts replays at batch speed; rewinds and
+/// finality records are checked against the tree they apply to.
 struct Replayer<'a, H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     tree: &'a mut LeanImt<H, N, MAX_DEPTH>,
     pending: Vec<Hash>,
     /// Records replayed.
     records: u64,
+    /// The finalized size (the checkpoint's, then the records').
+    finalized: u64,
+    /// The checkpoint's size: a rewind below it is the next checkpoint's
+    /// low-water mark.
+    checkpointed: u64,
+    low_water: Option<LowWater>,
 }
 
 impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Replayer<'_, H, N, MAX_DEPTH> {
     const BATCH: usize = 1 << 16;
 
-    fn record(&mut self, rec: &[u8]) -> std::result::Result<(), String> {
-        if rec.len() < RECORD_HEADER as usize + 32
-            || !(rec.len() - RECORD_HEADER as usize).is_multiple_of(32)
-        {
-            return Err(format!(
-                "tree record of {} bytes: expected 8 + 32 * k (k >= 1)",
-                rec.len()
-            ));
+    fn record(&mut self, lsn: u64, rec: &[u8]) -> std::result::Result<(), String> {
+        let size = self.tree.size() + self.pending.len() as u64;
+        match records::decode(rec)? {
+            Record::Leaves { first, leaves } => {
+                if first != size {
+                    return Err(format!(
+                        "record starts at leaf {first}, the tree has {size} leaves"
+                    ));
+                }
+                self.pending.extend_from_slice(leaves);
+                if self.pending.len() >= Self::BATCH {
+                    self.flush()?;
+                }
+            }
+            Record::Rewind { from, to, root } => {
+                if from != size {
+                    return Err(format!(
+                        "rewind record from {from} leaves, the tree has {size}"
+                    ));
+                }
+                if to < self.finalized {
+                    return Err(format!(
+                        "rewind record to {to} leaves below the {} finalized",
+                        self.finalized
+                    ));
+                }
+                self.flush()?;
+                let got = self.tree.rewind(to).map_err(|e| e.to_string())?;
+                if got != root {
+                    return Err(format!(
+                        "rewind record to {to} leaves names another root than the tree's"
+                    ));
+                }
+                if to < self.checkpointed {
+                    let mark = LowWater {
+                        size: to,
+                        position: lsn + crate::wal::frame_len(rec.len() as u64),
+                        finalized: self.finalized,
+                    };
+                    self.low_water = LowWater::min(self.low_water, Some(mark));
+                }
+            }
+            Record::Final {
+                finalized,
+                size: then,
+            } => {
+                if then != size {
+                    return Err(format!(
+                        "finality record for a tree of {then} leaves, the tree has {size}"
+                    ));
+                }
+                if finalized < self.finalized {
+                    return Err(format!(
+                        "finality record of {finalized} leaves, {} were final already",
+                        self.finalized
+                    ));
+                }
+                self.finalized = finalized;
+            }
         }
-        let first = u64::from_le_bytes(rec[..8].try_into().expect("8 bytes"));
-        let expect = self.tree.size() + self.pending.len() as u64;
-        if first != expect {
-            return Err(format!(
-                "record starts at leaf {first}, the tree has {expect} leaves"
-            ));
-        }
-        self.pending.extend_from_slice(rec[8..].as_chunks::<32>().0);
         self.records += 1;
-        if self.pending.len() >= Self::BATCH {
-            self.flush()?;
-        }
         Ok(())
     }
 
@@ -348,7 +438,8 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Replayer<'_, H, N, MAX_D
         Ok(())
     }
 
-    fn finish(mut self) -> std::result::Result<(), String> {
-        self.flush()
+    fn finish(mut self) -> std::result::Result<(u64, Option<LowWater>), String> {
+        self.flush()?;
+        Ok((self.finalized, self.low_water))
     }
 }

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::hash::{Hash, Hasher};
 use crate::io::Storage;
 
+use super::records::Record;
 use super::{Config, Tree};
 
 /// What [`Tree::salvage`](crate::Tree::salvage) recovered.
@@ -82,24 +83,32 @@ pub(crate) fn salvage_leaves<H: Hasher>(
     if stopped.is_none() {
         let start = manifest.as_ref().map_or(0, |m| m.wal_position);
         let tree_id = tree_id.or(manifest.as_ref().map(|m| m.tree_id));
+        let mut rewound = false;
         stopped = crate::wal::salvage_records(
             storage,
             &dir.join("wal"),
             start,
             tree_id,
-            &mut |rec: &[u8]| {
-                if rec.len() < 40 || !(rec.len() - 8).is_multiple_of(32) {
-                    return false;
+            &mut |rec: &[u8]| match super::records::decode(rec) {
+                Ok(Record::Leaves { first, leaves: new }) if first == leaves.len() as u64 => {
+                    leaves.extend_from_slice(new);
+                    true
                 }
-                let first = u64::from_le_bytes(rec[..8].try_into().expect("8 bytes"));
-                if first != leaves.len() as u64 {
-                    return false;
+                Ok(Record::Rewind { from, to, .. }) if from == leaves.len() as u64 => {
+                    leaves.truncate(to as usize);
+                    rewound = true;
+                    true
                 }
-                leaves.extend_from_slice(rec[8..].as_chunks::<32>().0);
-                true
+                Ok(Record::Final { size, .. }) => size == leaves.len() as u64,
+                _ => false,
             },
         );
-        known = known.max(leaves.len() as u64);
+        // A rewind past the checkpoint removed leaves: not lost.
+        known = if rewound {
+            leaves.len() as u64
+        } else {
+            known.max(leaves.len() as u64)
+        };
     }
     let kept = leaves.len() as u64;
     (

@@ -51,6 +51,7 @@ use std::task::Waker;
 pub use config::{FlushPolicy, LogConfig};
 pub use durable::Durable;
 pub(crate) use durable::{Cause, Failure, Watermark, park_on, reset_thread};
+pub(crate) use format::frame_len;
 use format::{FRAME_HEADER, MAX_PAYLOAD};
 pub(crate) use recovery::salvage_records;
 use reserve::{COMMITTER_ROOM, Claims};

@@ -157,6 +157,12 @@ pub(crate) struct Reservation<'a> {
 }
 
 impl Reservation<'_> {
+    /// The log position just past the reserved frame: the record is
+    /// durable once the log's durable position reaches it.
+    pub(crate) fn end(&self) -> u64 {
+        self.lsn + frame_len(self.payload)
+    }
+
     /// Copies the payload (the concatenation of `parts`, exactly the reserved
     /// length) into the log buffer, publishes the frame, and returns the
     /// future of its durability.
