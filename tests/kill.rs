@@ -2,6 +2,9 @@
 //! each acknowledged (durable) insert; the parent kills it with SIGKILL at a
 //! random moment, reopens the tree and checks the durable-prefix bound.
 //!
+//! A second campaign kills a child that rewinds and finalizes as it appends
+//! (`kill_reorgs_and_recover`).
+//!
 //! `RINGTREE_KILL_ROUNDS` sets the rounds (default 24; thousands for the
 //! long campaign), `RINGTREE_KILL_IO=uring|threaded` the backend.
 
@@ -336,4 +339,149 @@ fn a_crash_loop_keeps_recovery_bounded() {
         );
     }
     assert!(last_size > 0);
+}
+
+/// The reorg child: one writer that appends blocks, rewinds and finalizes,
+/// a few operations in flight at a time. Prints `P op kind arg` before it
+/// issues an operation (`kind`: `i` blocks of `arg` leaves, `r` rewind to
+/// `arg`, `f` finalize `arg`) and `A op` once it is durable.
+#[test]
+#[ignore = "run by kill_reorgs_and_recover in a child process"]
+fn kill_reorg_child() {
+    let dir = std::env::var("RINGTREE_KILL_DIR").expect("child needs RINGTREE_KILL_DIR");
+    let round: u32 = std::env::var("RINGTREE_KILL_ROUND")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tree = T4::open(config(&dir)).await.unwrap();
+        // Past the test harness's `test ... ` on the same line.
+        println!();
+        let mut rng = Rng(u64::from(round) + 1);
+        let mut in_flight = std::collections::VecDeque::new();
+        for op in 0u32.. {
+            let size = tree.size();
+            let d = match rng.below(10) {
+                0 | 1 => {
+                    let to = size.saturating_sub(rng.below(300)).max(tree.finalized());
+                    println!("P {op} r {to}");
+                    tree.rewind(to).await.unwrap().durable
+                }
+                2 => {
+                    let f = size.saturating_sub(400);
+                    println!("P {op} f {f}");
+                    tree.finalize(f).await.unwrap()
+                }
+                _ => {
+                    let k = 1 + rng.below(40) as u32;
+                    println!("P {op} i {k}");
+                    let batch: Vec<Hash> = (0..k).map(|j| leaf(round, op, j)).collect();
+                    tree.insert_many(&batch).await.unwrap().durable
+                }
+            };
+            in_flight.push_back((op, d));
+            if in_flight.len() > 6 {
+                let (op, d) = in_flight.pop_front().unwrap();
+                d.await.unwrap();
+                println!("A {op}");
+            }
+        }
+    });
+}
+
+/// SIGKILL during rewinds and finalizes: after each kill the reopened tree
+/// (leaves, root and finalized size) is the child's tree after some
+/// operation from the last acknowledged one to the last issued one.
+#[test]
+fn kill_reorgs_and_recover() {
+    let rounds: u32 = std::env::var("RINGTREE_KILL_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(24);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tree");
+    let dir_s = dir.to_str().unwrap().to_owned();
+    let mut rng = Rng(0x7e07);
+    // The tree as recovered after the last round.
+    let mut leaves: Vec<Hash> = Vec::new();
+    let mut finalized = 0u64;
+    let mut rewinds = 0;
+    for round in 0..rounds {
+        let mut child = spawn_child("kill_reorg_child", &dir_s, round);
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let first = rx.recv_timeout(Duration::from_secs(30));
+        assert!(first.is_ok(), "round {round}: the child issued nothing");
+        let until = Instant::now() + Duration::from_micros(20_000 + rng.below(100_000));
+        while Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reader.join().unwrap();
+        let lines: Vec<String> = first.into_iter().chain(rx.try_iter()).collect();
+        // The states after each issued operation, from the recovered one.
+        let mut states: Vec<(Vec<Hash>, u64)> = vec![(leaves.clone(), finalized)];
+        let mut acked = 0usize;
+        for line in &lines {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            match f[..] {
+                ["P", op, kind, arg] => {
+                    let op: u32 = op.parse().unwrap();
+                    let arg: u64 = arg.parse().unwrap();
+                    assert_eq!(states.len() - 1, op as usize, "round {round}: ops in order");
+                    let (mut l, mut fin) = states.last().unwrap().clone();
+                    match kind {
+                        "i" => l.extend((0..arg as u32).map(|j| leaf(round, op, j))),
+                        "r" => {
+                            l.truncate(arg as usize);
+                            rewinds += 1;
+                        }
+                        _ => fin = fin.max(arg),
+                    }
+                    states.push((l, fin));
+                }
+                ["A", op] => acked = acked.max(op.parse::<usize>().unwrap() + 1),
+                _ => {}
+            }
+        }
+        let tree = T4::open_blocking(config(&dir_s)).unwrap();
+        let (size, root, fin) = (tree.size(), tree.root(), tree.finalized());
+        let found = (acked..states.len()).rev().find(|&i| {
+            let (l, f) = &states[i];
+            l.len() as u64 == size && *f == fin && {
+                let mut m = LeanImt::<Blake3, 4, 32>::new(Blake3);
+                let r = if l.is_empty() {
+                    None
+                } else {
+                    Some(m.insert_many(l).unwrap())
+                };
+                r == root
+            }
+        });
+        let Some(i) = found else {
+            panic!(
+                "round {round}: recovered {size} leaves ({fin} final) is no state from op {acked} to op {}",
+                states.len() - 1
+            );
+        };
+        (leaves, finalized) = states.swap_remove(i);
+        if size > 0 {
+            let snap = tree.snapshot();
+            let p = snap.proof(size - 1).unwrap();
+            p.verify_at(&Blake3, &root.unwrap(), size).unwrap();
+        }
+        futures::executor::block_on(tree.close()).unwrap();
+    }
+    assert!(rewinds > 0);
 }

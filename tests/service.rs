@@ -303,7 +303,8 @@ async fn service_over_http() {
 }
 
 /// With a manual flush policy nothing syncs unless asked: a POST must wait
-/// for its durability, and a read (which flushes) releases it.
+/// for its durability, and a read shows only the durable tree (without
+/// the leaf, until a flush makes it durable) and waits for nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_only_durable_state() {
     let dir = tempfile::tempdir().unwrap();
@@ -327,7 +328,15 @@ async fn answers_only_durable_state() {
     );
     assert!(tree.metrics().durable_lag_bytes > 0);
 
-    // A read publishes only durable state: it flushes, which releases the POST.
+    // A read publishes only durable state, at once: not the leaf yet.
+    assert_eq!(
+        get(addr, "/root").await,
+        (200, json!({"size": 0, "root": null}))
+    );
+    assert_eq!(get(addr, "/proof/0").await.0, 404);
+    assert!(!pending.is_finished());
+    // A flush makes it durable: the POST is answered, reads show it.
+    tree.flush().await.unwrap();
     assert_eq!(
         get(addr, "/root").await,
         (200, json!({"size": 1, "root": hex(&leaf(7))}))
