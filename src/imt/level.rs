@@ -28,10 +28,14 @@ pub(crate) const CHUNK_LEN: usize = 128;
 /// A full chunk of node values.
 pub(crate) type Chunk = [Hash; CHUNK_LEN];
 
-/// Slots in the directory's first segment; segment `k` holds `FIRST << k`.
+/// Entries per page of a chunk directory.
+const PAGE: usize = 256;
+/// Page slots in the directory's first segment; segment `k` holds
+/// `FIRST << k`.
 const FIRST: usize = 32;
-/// Segments: `FIRST * (2^SEGMENTS - 1)` chunks, far beyond any real tree.
-const SEGMENTS: usize = 48;
+/// Segments: `PAGE * FIRST * (2^SEGMENTS - 1)` chunks, far beyond any real
+/// tree.
+const SEGMENTS: usize = 40;
 
 /// A sealed chunk as handed to a directory: owned in memory, or chunk `k`
 /// of a mapped shard file (the mapping stays alive as long as any
@@ -69,11 +73,16 @@ pub(crate) struct MappedShard {
     map: Mapping,
     base: usize,
     path: PathBuf,
-    sums: Box<[u32]>,
-    passed: Box<[AtomicU64]>,
+    /// Checksums of the file's chunks (shared by the views of one mapping).
+    sums: Arc<[u32]>,
+    /// Chunks this view covers: `0..count`.
+    count: usize,
+    /// Which chunks passed their check (shared by the views of one
+    /// mapping: the same bytes).
+    passed: Arc<[AtomicU64]>,
     /// Chunks recomputed after failing their check, by index; the next
     /// checkpoint writes them back.
-    repaired: Mutex<std::collections::BTreeMap<usize, Arc<Chunk>>>,
+    repaired: Arc<Mutex<std::collections::BTreeMap<usize, Arc<Chunk>>>>,
     stats: Arc<ChunkStats>,
     /// Where this view is counted in [`VIEWS`] (mappings that alias the
     /// file only).
@@ -110,7 +119,7 @@ impl Drop for MappedShard {
         };
         let mut views = crate::rt::lock(&VIEWS);
         if let Some(by_count) = views.get_mut(key) {
-            let n = self.sums.len();
+            let n = self.count;
             if let Some(c) = by_count.get_mut(&n) {
                 *c -= 1;
                 if *c == 0 {
@@ -154,9 +163,10 @@ impl MappedShard {
             map,
             base,
             path,
-            sums: sums.into_boxed_slice(),
+            count: sums.len(),
+            sums: sums.into(),
             passed: (0..words).map(|_| AtomicU64::new(0)).collect(),
-            repaired: Mutex::new(Default::default()),
+            repaired: Default::default(),
             stats,
             registered,
         })
@@ -167,35 +177,22 @@ impl MappedShard {
     /// one, so the chunks past it can be rewritten once older views are
     /// gone.
     pub(crate) fn restrict(&self, count: usize) -> Self {
-        let count = count.min(self.sums.len());
-        let words = count.div_ceil(64);
-        let passed = (0..words)
-            .map(|w| {
-                let bits = self.passed[w].load(Ordering::Acquire);
-                let keep = count - w * 64;
-                let mask = if keep >= 64 {
-                    u64::MAX
-                } else {
-                    (1u64 << keep) - 1
-                };
-                AtomicU64::new(bits & mask)
-            })
-            .collect();
-        let repaired = crate::rt::lock(&self.repaired)
-            .range(..count)
-            .map(|(k, c)| (*k, c.clone()))
-            .collect();
-        let registered = self
-            .registered
-            .as_ref()
-            .map(|_| register_view(&self.path, count));
+        let count = count.min(self.count);
+        let registered = self.registered.clone().inspect(|key| {
+            *crate::rt::lock(&VIEWS)
+                .entry(key.clone())
+                .or_default()
+                .entry(count)
+                .or_insert(0) += 1;
+        });
         Self {
             map: self.map.clone(),
             base: self.base,
             path: self.path.clone(),
-            sums: self.sums[..count].into(),
-            passed,
-            repaired: Mutex::new(repaired),
+            sums: self.sums.clone(),
+            count,
+            passed: self.passed.clone(),
+            repaired: self.repaired.clone(),
             stats: self.stats.clone(),
             registered,
         }
@@ -212,7 +209,7 @@ impl MappedShard {
 
     /// Chunks in the shard.
     pub(crate) fn chunks(&self) -> usize {
-        self.sums.len()
+        self.count
     }
 
     /// The file.
@@ -272,7 +269,7 @@ impl MappedShard {
     pub(crate) fn check_all(&self, stop: &dyn Fn() -> bool) -> (Vec<usize>, Option<Error>) {
         let mut failed = Vec::new();
         let mut first = None;
-        for k in 0..self.sums.len() {
+        for k in 0..self.count {
             // Every 256 chunks, and not before the first 256: a caller
             // that stops whenever others wait still makes progress.
             if k > 0 && k % 256 == 0 && stop() {
@@ -316,16 +313,46 @@ impl MappedShard {
 /// Low bit of a directory entry: the chunk is in a mapping, not an `Arc`.
 const MAPPED: usize = 1;
 
+/// `PAGE` entries of a directory. An entry is null, an owned chunk (the
+/// page holds one strong count of its `Arc`) or, tagged with [`MAPPED`], a
+/// pointer into a mapping that every directory holding the page keeps
+/// alive. A full page is shared by the directories forked from one
+/// another (each entry is set once, so a full page is never written again).
+struct Page([AtomicPtr<Chunk>; PAGE]);
+
+impl Page {
+    fn new() -> Arc<Self> {
+        Arc::new(Page(std::array::from_fn(|_| {
+            AtomicPtr::new(std::ptr::null_mut())
+        })))
+    }
+}
+
+impl Drop for Page {
+    fn drop(&mut self) {
+        for slot in &mut self.0 {
+            let p = *slot.get_mut();
+            if !p.is_null() && p.addr() & MAPPED == 0 {
+                // SAFETY: `p` came from `Arc::into_raw` in `ChunkDir::set`
+                // (or had its count raised when it was copied into this
+                // page) and this is the one place that gives that strong
+                // count back.
+                drop(unsafe { Arc::from_raw(p) });
+            }
+        }
+    }
+}
+
 /// Append-only, lock-free directory of sealed chunks.
 ///
 /// One writer appends (through `&self`); any number of readers read entries
 /// below a count they got from the writer (through a clone of the level, so
-/// the entry was stored before they saw the count). Segments double in size
-/// and never move, so an entry's address is stable for the directory's life.
-/// An entry is either an owned chunk (it holds one strong count of its
-/// `Arc`) or, tagged with [`MAPPED`], a pointer into `shard`'s mapping.
+/// the entry was stored before they saw the count). Entries live in pages
+/// of `PAGE`; the page table's segments double in size and never move, so
+/// an entry's address is stable for the page's life, which is at least the
+/// directory's. A fork shares the full pages (O(count / PAGE)).
 pub(crate) struct ChunkDir {
-    segments: [OnceLock<Box<[AtomicPtr<Chunk>]>>; SEGMENTS],
+    segments: [OnceLock<Box<[OnceLock<Arc<Page>>]>>; SEGMENTS],
     /// The shard that mapped entries point into: entry `i`, if mapped, is
     /// its chunk `i`.
     shard: Option<Arc<MappedShard>>,
@@ -339,33 +366,44 @@ impl ChunkDir {
         }
     }
 
-    /// (segment, offset) of entry `i`.
+    /// (segment, offset) of page `p` in the page table.
     #[inline]
-    fn locate(i: usize) -> (usize, usize) {
-        let k = (i / FIRST + 1).ilog2() as usize;
-        (k, i - FIRST * ((1 << k) - 1))
+    fn locate(p: usize) -> (usize, usize) {
+        let k = (p / FIRST + 1).ilog2() as usize;
+        (k, p - FIRST * ((1 << k) - 1))
+    }
+
+    /// The page-table slot of page `p`, made if `make`.
+    #[inline]
+    fn page_slot(&self, p: usize, make: bool) -> Option<&OnceLock<Arc<Page>>> {
+        let (k, off) = Self::locate(p);
+        let seg = if make {
+            self.segments[k].get_or_init(|| (0..FIRST << k).map(|_| OnceLock::new()).collect())
+        } else {
+            self.segments[k].get()?
+        };
+        Some(&seg[off])
     }
 
     #[inline]
     fn slot(&self, i: usize) -> Option<&AtomicPtr<Chunk>> {
-        let (k, off) = Self::locate(i);
-        self.segments[k].get().map(|seg| &seg[off])
+        let page = self.page_slot(i / PAGE, false)?.get()?;
+        Some(&page.0[i % PAGE])
     }
 
     fn store(&self, i: usize, tagged: *mut Chunk) {
-        let (k, off) = Self::locate(i);
-        let seg = self.segments[k].get_or_init(|| {
-            (0..FIRST << k)
-                .map(|_| AtomicPtr::new(std::ptr::null_mut()))
-                .collect()
-        });
+        let page = self
+            .page_slot(i / PAGE, true)
+            .expect("made")
+            .get_or_init(Page::new);
+        let slot = &page.0[i % PAGE];
         debug_assert!(
-            seg[off].load(Ordering::Relaxed).is_null(),
+            slot.load(Ordering::Relaxed).is_null(),
             "chunk {i} sealed twice"
         );
         // A plain release store: a locked swap would stall on the chunk's
         // just-written bytes.
-        seg[off].store(tagged, Ordering::Release);
+        slot.store(tagged, Ordering::Release);
     }
 
     /// Sets entry `i` to an owned chunk. Each entry is set once, by the
@@ -429,8 +467,8 @@ impl ChunkDir {
     fn get(&self, i: usize) -> &Chunk {
         let p = self.raw(i).map_addr(|a| a & !MAPPED);
         // SAFETY: the entry is set (checked by `raw`). An owned entry came
-        // from `Arc::into_raw` and the directory holds that strong count until
-        // it drops; a mapped one points at 4 KiB inside a mapping in
+        // from `Arc::into_raw` and its page holds that strong count until it
+        // drops, and the directory holds the page; a mapped one points at 4 KiB inside a mapping in
         // `self.shard`, alive as long as `self`; entries are never replaced.
         // The bytes are never written while a reference to them lives: the
         // only in-place write to a shard is a checkpoint writing back a
@@ -460,7 +498,17 @@ impl ChunkDir {
             segments: std::array::from_fn(|_| OnceLock::new()),
             shard,
         };
-        for i in 0..count {
+        // Full pages below `count` are shared: never written again.
+        let full = count / PAGE;
+        for p in 0..full {
+            let page = self
+                .page_slot(p, false)
+                .and_then(OnceLock::get)
+                .expect("a page below the count is full")
+                .clone();
+            let _ = dir.page_slot(p, true).expect("made").set(page);
+        }
+        for i in full * PAGE..count {
             let p = self.raw(i);
             if p.addr() & MAPPED == 0 {
                 // SAFETY: an owned entry came from `Arc::into_raw` and this
@@ -470,22 +518,6 @@ impl ChunkDir {
             dir.store(i, p);
         }
         dir
-    }
-}
-
-impl Drop for ChunkDir {
-    fn drop(&mut self) {
-        for seg in self.segments.iter_mut().filter_map(OnceLock::get_mut) {
-            for slot in seg.iter_mut() {
-                let p = *slot.get_mut();
-                if !p.is_null() && p.addr() & MAPPED == 0 {
-                    // SAFETY: `p` came from `Arc::into_raw` in `set` (or had
-                    // its count raised in `fork`) and this is the one place
-                    // that gives that strong count back.
-                    drop(unsafe { Arc::from_raw(p) });
-                }
-            }
-        }
     }
 }
 
@@ -608,7 +640,7 @@ impl Level {
             let p = self.dir.raw(i);
             debug_assert!(p.addr() & MAPPED == 0, "chunks past a remap are owned");
             if p.addr() & MAPPED == 0 {
-                // SAFETY: as in `ChunkDir::fork`.
+                // SAFETY: as in `ChunkDir::fork_with`.
                 unsafe { Arc::increment_strong_count(p.cast_const()) };
             }
             dir.store(i, p);
@@ -660,13 +692,11 @@ impl Level {
         if (from..self.sealed).all(|c| self.is_owned(c)) {
             return Ok(());
         }
-        let dir = ChunkDir {
-            segments: std::array::from_fn(|_| OnceLock::new()),
-            shard: self.dir.shard.clone(),
-        };
-        for i in 0..self.sealed {
+        // The entries below `from` as they are (full pages shared).
+        let dir = self.dir.fork_with(from, self.dir.shard.clone());
+        for i in from..self.sealed {
             let p = self.dir.raw(i);
-            if i >= from && p.addr() & MAPPED != 0 {
+            if p.addr() & MAPPED != 0 {
                 let copy = match self.dir.get_checked(i)? {
                     Checked::Here(c) => Arc::new(*c),
                     Checked::Repaired(r) => r,
@@ -674,10 +704,8 @@ impl Level {
                 dir.set(i, copy);
                 continue;
             }
-            if p.addr() & MAPPED == 0 {
-                // SAFETY: as in `ChunkDir::fork`.
-                unsafe { Arc::increment_strong_count(p.cast_const()) };
-            }
+            // SAFETY: as in `ChunkDir::fork_with`.
+            unsafe { Arc::increment_strong_count(p.cast_const()) };
             dir.store(i, p);
         }
         self.dir = Arc::new(dir);

@@ -154,17 +154,19 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         }
         // Index assignment and log reservation share the writer lock, so
         // every record below `position` is for a leaf in `snap`.
-        let (snap, position, inserts, finalized, low_water) = {
+        let (snap, position, inserts, finalized, low_water, gone) = {
             let mut t = crate::rt::lock_pl(&self.tree);
-            t.settle(self.wal.durable());
+            let gone = t.settle(self.wal.durable());
             (
                 t.snapshot(),
                 self.wal.end(),
                 self.inserts.load(Ordering::Relaxed),
                 t.finalized,
                 t.low_water.take(),
+                gone,
             )
         };
+        drop(gone);
         let written = self.write_checkpoint(&mut cp, &snap, position, finalized, low_water);
         if written.is_err() {
             // The next attempt starts from the same low-water mark.
@@ -260,7 +262,8 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
             if let Some(e) = log_failed() {
                 return Err(e);
             }
-            crate::rt::lock_pl(&self.tree).settle(self.wal.durable());
+            let gone = crate::rt::lock_pl(&self.tree).settle(self.wal.durable());
+            drop(gone);
             if lw.size < cp.leaves() {
                 let mid = snap.prefix(lw.size)?;
                 cp.write(&mid, lw.position, lw.finalized, &|| None)?;

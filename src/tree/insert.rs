@@ -31,7 +31,7 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         claim: Option<&crate::wal::SpaceClaim<'_>>,
     ) -> Result<Option<Inserted>> {
         let payload = RECORD_HEADER + 32 * leaves.len() as u64;
-        let (reservation, index, root) = {
+        let (reservation, index, root, gone) = {
             let mut t = self.tree();
             self.check_open()?;
             let size = t.size();
@@ -59,13 +59,14 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
             } else {
                 t.insert_many(leaves)?
             };
-            t.logged(
+            let gone = t.logged(
                 r.end(),
                 size + leaves.len() as u64,
                 self.inner.wal.durable(),
             );
-            (r, size, root)
+            (r, size, root, gone)
         };
+        drop(gone);
         let durable = reservation.write(&[&index.to_le_bytes(), leaves.as_flattened()]);
         // After the record is in the log (the recorder is the application's
         // code); a racing insert may set it a moment out of order.

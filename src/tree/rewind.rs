@@ -102,28 +102,37 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Writer<H, N, MAX_DEPTH> 
     }
 
     /// Notes a record ending at `end` that left the tree at `size`, and
-    /// forgets those below `durable`.
+    /// forgets those below `durable` (see [`settle`](Self::settle)).
     #[inline]
-    pub fn logged(&mut self, end: u64, size: u64, durable: u64) {
+    #[must_use = "dropped outside the writer lock"]
+    pub fn logged(&mut self, end: u64, size: u64, durable: u64) -> Vec<Snapshot> {
         self.pending.push_back(Pending {
             end,
             size,
             before: None,
         });
-        self.settle(durable);
+        self.settle(durable)
     }
 
     /// Forgets the records below `durable`: the durable size is the size
-    /// after the last of them.
+    /// after the last of them. Returns the trees kept for rewinds that are
+    /// durable now (usually none: no allocation), for the caller to drop
+    /// once it released the writer lock (freeing a cut-off tree's chunks
+    /// can take a while).
     #[inline]
-    pub fn settle(&mut self, durable: u64) {
+    #[must_use = "dropped outside the writer lock"]
+    pub fn settle(&mut self, durable: u64) -> Vec<Snapshot> {
+        let mut gone = Vec::new();
         while let Some(p) = self.pending.front() {
             if p.end > durable {
                 break;
             }
             self.durable_size = p.size;
-            self.pending.pop_front();
+            if let Some(before) = self.pending.pop_front().and_then(|p| p.before) {
+                gone.push(before);
+            }
         }
+        gone
     }
 
     /// The tree the durable prefix is a prefix of, and that prefix's size.
@@ -203,15 +212,15 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
                             finalized: t.finalized,
                         };
                         t.low_water = LowWater::min(t.low_water, Some(mark));
-                        t.settle(self.inner.wal.durable());
-                        Some((r, records::rewind(from, size, root), root))
+                        let gone = t.settle(self.inner.wal.durable());
+                        Some((r, records::rewind(from, size, root), root, gone))
                     }
                     Err(ReserveError::Full) => None,
                     Err(ReserveError::Fatal(e)) => return Err(e),
                 }
             };
-            if let Some((r, record, root)) = done {
-                drop(claim);
+            if let Some((r, record, root, gone)) = done {
+                drop((claim, gone));
                 let durable = r.write(&[&record]);
                 #[cfg(feature = "metrics")]
                 self.inner.export.leaves(size);
@@ -304,8 +313,11 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     /// ```
     pub fn durable_size(&self) -> u64 {
         let mut t = self.tree();
-        t.settle(self.inner.wal.durable());
-        t.durable_size
+        let gone = t.settle(self.inner.wal.durable());
+        let size = t.durable_size;
+        drop(t);
+        drop(gone);
+        size
     }
 
     /// The root of the durable tree ([`durable_size`](Self::durable_size)
@@ -313,13 +325,18 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     /// O(depth × N) hashes when inserts or a rewind are in flight, none
     /// otherwise.
     pub fn durable_root(&self) -> Option<Hash> {
-        let (base, size) = {
+        let (base, size, _gone) = {
             let mut t = self.tree();
-            t.settle(self.inner.wal.durable());
+            let gone = t.settle(self.inner.wal.durable());
             match t.durable_base() {
-                (None, size) if size == t.size() => return t.root(),
-                (None, size) => (t.snapshot(), size),
-                (Some(before), size) => (before, size),
+                (None, size) if size == t.size() => {
+                    let root = t.root();
+                    drop(t);
+                    drop(gone);
+                    return root;
+                }
+                (None, size) => (t.snapshot(), size, gone),
+                (Some(before), size) => (before, size, gone),
             }
         };
         if size == 0 {
@@ -354,13 +371,18 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     /// [`durable_snapshot`](Self::durable_snapshot), or the error met
     /// reading a chunk of it from a shard (damage).
     pub fn try_durable_snapshot(&self) -> Result<Snapshot> {
-        let (base, size) = {
+        let (base, size, _gone) = {
             let mut t = self.tree();
-            t.settle(self.inner.wal.durable());
+            let gone = t.settle(self.inner.wal.durable());
             match t.durable_base() {
-                (None, size) if size == t.size() => return Ok(t.snapshot()),
-                (None, size) => (t.snapshot(), size),
-                (Some(before), size) => (before, size),
+                (None, size) if size == t.size() => {
+                    let snap = t.snapshot();
+                    drop(t);
+                    drop(gone);
+                    return Ok(snap);
+                }
+                (None, size) => (t.snapshot(), size, gone),
+                (Some(before), size) => (before, size, gone),
             }
         };
         base.prefix(size)

@@ -1,8 +1,10 @@
 //! The whole comparison with rotortree 0.20 in one run, on one machine:
 //! every workload of `tree_latency` (one task, 1,000 tasks, fire-and-forget,
-//! `insert_many` batches; on each I/O backend) and of `checkpoint`; then a
-//! table of figures, ratios and targets (printed, and written as CSV and
-//! Markdown) and the latency distributions drawn as an SVG.
+//! `insert_many` batches; on each I/O backend) and of `checkpoint`, and
+//! (ringtree alone: rotortree has none) of `rewind`: rewinds, history and
+//! durable reads; then a table of figures, ratios and targets (printed, and
+//! written as CSV and Markdown) and the latency distributions drawn as an
+//! SVG.
 //!
 //! `cargo bench --bench compare` (about three minutes). Writes to
 //! `RINGTREE_BENCH_OUT` (default `target/compare`): `results.csv`,
@@ -21,6 +23,8 @@ use plotters::prelude::*;
 
 #[path = "checkpoint.rs"]
 mod checkpoint;
+#[path = "rewind.rs"]
+mod rewind;
 #[path = "tree_latency.rs"]
 mod tree_latency;
 
@@ -112,7 +116,10 @@ impl Table {
 }
 
 fn fmt(v: f64) -> String {
-    if v >= 100.0 {
+    if v.is_nan() {
+        // rotortree has no such operation.
+        "—".into()
+    } else if v >= 100.0 {
         format!("{v:.0}")
     } else {
         format!("{v:.2}")
@@ -449,6 +456,63 @@ fn main() {
         println!("{metric:40} ringtree {o:>10.2} rotortree {r:>10.2}");
         t.add(&wl, metric, *o, *r, None, o / r, "", None);
     }
+
+    // On the last backend listed (io_uring by default).
+    let io = *ios.last().expect("one backend");
+    println!("== rewinds, history and durable reads at {leaves} leaves ({io}); rotortree has none");
+    let f = rewind::run(&rt, &base, io, leaves, secs);
+    for (depth, p50, runs) in &f.rewinds {
+        let x = p50 / f.insert_p50;
+        t.add(
+            format!(
+                "rewind {depth} of {count} checkpointed leaves, to durable ({io}, {runs} runs)"
+            ),
+            "p50 µs (raw: one durable insert, same tree)",
+            *p50,
+            f64::NAN,
+            Some(f.insert_p50),
+            x,
+            "≤ 1.2× a durable insert",
+            Some(x <= 1.2),
+        );
+    }
+    let (proof, proof_at, update) = f.proof_ns;
+    for (metric, v) in [
+        ("proof_at ns (raw: proof)", proof_at),
+        ("update_proof ns (raw: proof)", update),
+    ] {
+        t.add(
+            format!("history at {count} leaves"),
+            metric,
+            v,
+            f64::NAN,
+            Some(proof),
+            v / proof,
+            "≤ 2× proof",
+            Some(v / proof <= 2.0),
+        );
+    }
+    let (alone, sized, with, reads) = f.load;
+    t.add(
+        format!("1000 tasks insert + await, durable_root() {reads:.0}/s ({io})"),
+        "durable inserts/s (raw: a size() reader as often)",
+        with,
+        f64::NAN,
+        Some(sized),
+        with / sized,
+        "no effect beyond noise",
+        None,
+    );
+    t.add(
+        format!("1000 tasks insert + await, durable_root() {reads:.0}/s ({io})"),
+        "durable inserts/s (raw: no reader)",
+        with,
+        f64::NAN,
+        Some(alone),
+        with / alone,
+        "",
+        None,
+    );
 
     let csv = out.join("results.csv");
     let md = out.join("results.md");
