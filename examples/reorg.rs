@@ -107,7 +107,7 @@ async fn main() -> ringtree::Result<()> {
         if chain.len() > FINALITY + final_blocks {
             final_blocks = chain.len() - FINALITY;
             // Durable with the next block's deposits; not awaited here.
-            let _ = tree.finalize(sizes[final_blocks - 1]).await?;
+            drop(tree.finalize(sizes[final_blocks - 1]).await?);
         }
     }
     let took = started.elapsed();

@@ -326,7 +326,7 @@ fn bad_rewinds_and_finalizes_are_refused_and_change_nothing() {
 #[test]
 fn a_flip_flop_reorganisation_survives_a_crash_at_every_step_of_a_checkpoint() {
     use ringtree::io::SimStorage;
-    let a: Vec<Hash> = (0..400u64).map(|i| common::leaf(i)).collect();
+    let a: Vec<Hash> = (0..400u64).map(common::leaf).collect();
     let b: Vec<Hash> = (0..390u64).map(|i| common::leaf(1_000_000 + i)).collect();
     let mut b_tree = a[..10].to_vec();
     b_tree.extend_from_slice(&b);

@@ -343,6 +343,9 @@ impl Drop for Page {
     }
 }
 
+/// A segment of a directory's page table.
+type PageTable = Box<[OnceLock<Arc<Page>>]>;
+
 /// Append-only, lock-free directory of sealed chunks.
 ///
 /// One writer appends (through `&self`); any number of readers read entries
@@ -352,7 +355,7 @@ impl Drop for Page {
 /// an entry's address is stable for the page's life, which is at least the
 /// directory's. A fork shares the full pages (O(count / PAGE)).
 pub(crate) struct ChunkDir {
-    segments: [OnceLock<Box<[OnceLock<Arc<Page>>]>>; SEGMENTS],
+    segments: [OnceLock<PageTable>; SEGMENTS],
     /// The shard that mapped entries point into: entry `i`, if mapped, is
     /// its chunk `i`.
     shard: Option<Arc<MappedShard>>,

@@ -562,15 +562,14 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
         }
         let mut levels = self.snapshot().prefix_levels(size, true)?;
         // The writer reads its frontier from memory only.
-        for d in 0..levels.len() {
-            let len = levels[d].len();
-            let sealed = levels[d].sealed();
+        for level in &mut levels {
+            let len = level.len();
             let from = if len == 0 {
                 0
             } else {
                 (((len - 1) / N as u64 * N as u64) / CHUNK_LEN as u64) as usize
             };
-            levels[d].own_from(from.min(sealed))?;
+            level.own_from(from.min(level.sealed()))?;
         }
         self.levels = levels;
         self.resume.clear();
