@@ -926,6 +926,52 @@ mod tests {
         }
     }
 
+    /// Prefixes for the writer share the full pages of the directory; both
+    /// sides then append, and every view keeps its values whatever order
+    /// they are dropped in (also run under ASan: see the README).
+    #[test]
+    fn prefixes_share_full_pages_and_keep_their_values() {
+        let n = (3 * PAGE * CHUNK_LEN + 1000) as u64;
+        let mut level = Level::new();
+        for i in 0..n {
+            level.push(h(i));
+        }
+        let cuts = [
+            n - 1,
+            n - 500,
+            (PAGE * CHUNK_LEN) as u64 + 7,
+            (2 * PAGE * CHUNK_LEN) as u64,
+            (PAGE * CHUNK_LEN) as u64 - 3,
+            5,
+        ];
+        let mut views: Vec<(Level, Vec<Hash>)> = Vec::new();
+        for (k, &len) in cuts.iter().enumerate() {
+            let mut p = level.prefix(len, true).unwrap();
+            let mut want: Vec<Hash> = (0..len).map(h).collect();
+            // The writer side goes on with other values.
+            for j in 0..(CHUNK_LEN as u64 * 3 + 11) {
+                let v = h(1_000_000_000 * (k as u64 + 1) + j);
+                p.push(v);
+                want.push(v);
+            }
+            views.push((p, want));
+        }
+        let snap = level.clone();
+        drop(level);
+        for (i, (view, want)) in views.iter().enumerate().rev() {
+            assert_eq!(view.len(), want.len() as u64);
+            for (j, w) in want.iter().enumerate() {
+                assert_eq!(view.try_get(j as u64).unwrap(), *w, "view {i} node {j}");
+            }
+        }
+        views.swap_remove(1);
+        assert_eq!(snap.get(n - 1), h(n - 1));
+        drop(snap);
+        for (view, want) in &views {
+            assert_eq!(view.try_get(want.len() as u64 - 1).unwrap(), *want.last().unwrap());
+        }
+    }
+
     #[test]
     fn write_from_appends_and_rewrites_the_last_node() {
         let mut level = Level::new();
