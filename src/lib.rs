@@ -11,6 +11,11 @@
 //! - Checkpoints ([`Tree::checkpoint`], [`CheckpointPolicy`]) stream the
 //!   tree's levels to shard files in the background and recycle the log;
 //!   checkpointed levels are served from memory-mapped shards ([`Tiering`]).
+//! - Reorganisations: [`Tree::rewind`] undoes a tail as one durable log
+//!   record, [`Tree::finalize`] bounds it; [`Tree::durable_snapshot`] and
+//!   [`Tree::durable_root`] read what is on disk now, without a flush;
+//!   [`Snapshot::root_at`], [`Snapshot::proof_at`] and
+//!   [`Snapshot::update_proof`] prove against older roots.
 //! - [`LeanImt`]: the in-memory core, with copy-on-write [`Snapshot`]s.
 //! - [`Proof`] and [`ConsistencyProof`]: strictly verified proofs.
 //! - [`io`]: the storage backends (io_uring, threaded, simulated).

@@ -968,7 +968,10 @@ mod tests {
         assert_eq!(snap.get(n - 1), h(n - 1));
         drop(snap);
         for (view, want) in &views {
-            assert_eq!(view.try_get(want.len() as u64 - 1).unwrap(), *want.last().unwrap());
+            assert_eq!(
+                view.try_get(want.len() as u64 - 1).unwrap(),
+                *want.last().unwrap()
+            );
         }
     }
 

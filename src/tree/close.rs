@@ -84,6 +84,11 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
                 let cp = crate::rt::lock(&self.checkpointer);
                 let closed = l.close();
                 drop(cp);
+                // What the log made durable is final: the trees kept for
+                // durable reads across rewinds go (they may map shard
+                // chunks a later owner's checkpoint must write over).
+                let gone = crate::rt::lock_pl(&self.tree).settle(self.wal.durable());
+                drop(gone);
                 // Later closes report a failure of the log itself (the
                 // checkpoint's was reported by this one).
                 *crate::rt::lock(&self.close_failed) = closed.as_ref().err().map(Cause::of);
