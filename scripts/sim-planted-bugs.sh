@@ -69,6 +69,6 @@ want=${1:-all}
   $'            if false && lw.size < cp.leaves() {'
 # Levels served from shards a rewind changed since the checkpoint wrote them.
 [[ $want == all || $want == remapguard ]] && plant remapguard src/tree/checkpointing.rs \
-  $'            if t.low_water.is_none() {' \
-  $'            if t.low_water.is_none() || true {'
+  $'            let low = t.low_water.map(|lw| lw.size);' \
+  $'            let low: Option<u64> = None;'
 exit 0

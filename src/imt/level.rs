@@ -87,6 +87,9 @@ pub(crate) struct MappedShard {
     /// Where this view is counted in [`VIEWS`] (mappings that alias the
     /// file only).
     registered: Option<PathBuf>,
+    /// Not counted: a later owner of the directory may write over its
+    /// chunks, so each read copies the chunk and checks the copy.
+    detached: bool,
 }
 
 /// Live views of mapped shard files that alias the file (a memory
@@ -94,8 +97,17 @@ pub(crate) struct MappedShard {
 /// rewrites a chunk that a rewind cut off only once no view covers it
 /// ([`MappedShard::views_cover`]): a mapping shows the file's bytes as
 /// they are now, and a snapshot taken before the rewind still reads it.
-static VIEWS: Mutex<std::collections::BTreeMap<PathBuf, std::collections::BTreeMap<usize, usize>>> =
-    Mutex::new(std::collections::BTreeMap::new());
+static VIEWS: Mutex<Views> = Mutex::new(std::collections::BTreeMap::new());
+
+/// Per shard file, how many live views cover how many chunks.
+type Views = std::collections::BTreeMap<PathBuf, std::collections::BTreeMap<usize, usize>>;
+
+/// [`VIEWS`], locked. A plain lock, not the simulator's: it is shared by
+/// every tree of the process (simulations running side by side too), and
+/// held for a map update only, never across a scheduling point.
+fn views() -> std::sync::MutexGuard<'static, Views> {
+    VIEWS.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The key of `path` in [`VIEWS`]: one file however its path is spelled.
 fn view_key(path: &std::path::Path) -> PathBuf {
@@ -104,7 +116,7 @@ fn view_key(path: &std::path::Path) -> PathBuf {
 
 fn register_view(path: &std::path::Path, chunks: usize) -> PathBuf {
     let key = view_key(path);
-    *crate::rt::lock(&VIEWS)
+    *views()
         .entry(key.clone())
         .or_default()
         .entry(chunks)
@@ -117,7 +129,7 @@ impl Drop for MappedShard {
         let Some(key) = &self.registered else {
             return;
         };
-        let mut views = crate::rt::lock(&VIEWS);
+        let mut views = views();
         if let Some(by_count) = views.get_mut(key) {
             let n = self.count;
             if let Some(c) = by_count.get_mut(&n) {
@@ -169,6 +181,7 @@ impl MappedShard {
             repaired: Default::default(),
             stats,
             registered,
+            detached: false,
         })
     }
 
@@ -179,7 +192,7 @@ impl MappedShard {
     pub(crate) fn restrict(&self, count: usize) -> Self {
         let count = count.min(self.count);
         let registered = self.registered.clone().inspect(|key| {
-            *crate::rt::lock(&VIEWS)
+            *views()
                 .entry(key.clone())
                 .or_default()
                 .entry(count)
@@ -195,14 +208,61 @@ impl MappedShard {
             repaired: self.repaired.clone(),
             stats: self.stats.clone(),
             registered,
+            detached: self.detached,
         }
+    }
+
+    /// The same view, not counted in [`VIEWS`]: for a closed tree, whose
+    /// handle may live on while a later owner of the directory writes over
+    /// chunks it maps. Every read through it copies the chunk and checks
+    /// the copy (`Corruption` if it was written over), never a wrong node.
+    pub(crate) fn detach(&self) -> Self {
+        Self {
+            map: self.map.clone(),
+            base: self.base,
+            path: self.path.clone(),
+            sums: self.sums.clone(),
+            count: self.count,
+            // Its own: a chunk that passed once may be written over later.
+            passed: (0..self.passed.len()).map(|_| AtomicU64::new(0)).collect(),
+            repaired: Arc::new(Mutex::new(
+                crate::rt::lock(&self.repaired)
+                    .range(..self.count)
+                    .map(|(k, c)| (*k, c.clone()))
+                    .collect(),
+            )),
+            stats: self.stats.clone(),
+            registered: None,
+            detached: true,
+        }
+    }
+
+    /// A detached view's chunk `k`: a copy of its bytes, checked.
+    #[cold]
+    fn checked_copy(&self, k: usize) -> Result<Arc<Chunk>> {
+        if let Some(c) = self.repaired(k) {
+            return Ok(c);
+        }
+        let mut copy = [[0u8; 32]; CHUNK_LEN];
+        copy.as_flattened_mut().copy_from_slice(self.bytes(k));
+        if crc32c::crc32c(copy.as_flattened()) == self.sums[k] {
+            return Ok(Arc::new(copy));
+        }
+        Err(Error::Corruption {
+            file: self.path.clone(),
+            offset: self.offset(k),
+            reason: format!(
+                "chunk {k} checksum mismatch (a closed tree's view: the directory's later owner may have rewritten it)"
+            ),
+        })
     }
 
     /// Whether a live view of the shard file at `path` (of any tree handle
     /// of this process) covers chunk `k`: its bytes must not be rewritten.
     pub(crate) fn views_cover(path: &std::path::Path, k: usize) -> bool {
-        crate::rt::lock(&VIEWS)
-            .get(&view_key(path))
+        let key = view_key(path);
+        views()
+            .get(&key)
             .and_then(|by_count| by_count.keys().next_back())
             .is_some_and(|&max| max > k)
     }
@@ -301,10 +361,12 @@ impl MappedShard {
         }
     }
 
-    /// Every repaired chunk, by index.
+    /// Every repaired chunk this view covers, by index (a restricted view
+    /// shares the map with wider ones, whose chunks past its count a
+    /// checkpoint may have written over since).
     pub(crate) fn all_repaired(&self) -> Vec<(usize, Arc<Chunk>)> {
         crate::rt::lock(&self.repaired)
-            .iter()
+            .range(..self.count)
             .map(|(k, c)| (*k, c.clone()))
             .collect()
     }
@@ -438,6 +500,9 @@ impl ChunkDir {
             return Ok(Checked::Here(self.get(i)));
         }
         let shard = self.shard.as_ref().expect("mapped entries have a shard");
+        if shard.detached {
+            return shard.checked_copy(i).map(Checked::Repaired);
+        }
         if shard.passed(i) {
             return Ok(Checked::Here(self.get(i)));
         }
@@ -473,11 +538,14 @@ impl ChunkDir {
         // from `Arc::into_raw` and its page holds that strong count until it
         // drops, and the directory holds the page; a mapped one points at 4 KiB inside a mapping in
         // `self.shard`, alive as long as `self`; entries are never replaced.
-        // The bytes are never written while a reference to them lives: the
-        // only in-place write to a shard is a checkpoint writing back a
-        // chunk that failed its check, and such a chunk is reached only
-        // through its repaired copy (`get_checked`), never through here
-        // (the writer reads no mapped chunk: `Level::get`).
+        // The bytes are never written while a reference to them lives. A
+        // checkpoint writes in place (1) a chunk that failed its check,
+        // which is reached only through its repaired copy
+        // (`get_checked`), never through here (the writer reads no mapped
+        // chunk: `Level::get`); (2) a chunk a rewind cut off, only while no
+        // counted view covers it (`MappedShard::views_cover`): every view a
+        // directory reads through is counted, but a detached one, whose
+        // reads copy and check (`get_checked`) and never come here.
         unsafe { &*p }
     }
 
@@ -641,11 +709,21 @@ impl Level {
         }
         for i in count..self.sealed {
             let p = self.dir.raw(i);
-            debug_assert!(p.addr() & MAPPED == 0, "chunks past a remap are owned");
-            if p.addr() & MAPPED == 0 {
-                // SAFETY: as in `ChunkDir::fork_with`.
-                unsafe { Arc::increment_strong_count(p.cast_const()) };
+            if p.addr() & MAPPED != 0 {
+                // Past the new mapping (not expected: callers remap no less
+                // than was mapped), an entry of the old one would outlive
+                // it: held as a checked copy instead, or the level is left
+                // as it is.
+                let copy = match self.dir.get_checked(i) {
+                    Ok(Checked::Here(c)) => Arc::new(*c),
+                    Ok(Checked::Repaired(r)) => r,
+                    Err(_) => return,
+                };
+                dir.set(i, copy);
+                continue;
             }
+            // SAFETY: as in `ChunkDir::fork_with`.
+            unsafe { Arc::increment_strong_count(p.cast_const()) };
             dir.store(i, p);
         }
         self.dir = Arc::new(dir);
@@ -686,6 +764,16 @@ impl Level {
         } else {
             &self.tail[..(self.len - self.tail_start()) as usize]
         }
+    }
+
+    /// Reads its mapped chunks through a detached view from now on (see
+    /// [`MappedShard::detach`]); snapshots taken before keep theirs.
+    pub(crate) fn detach(&mut self) {
+        let Some(shard) = self.dir.shard.as_ref().filter(|s| !s.detached) else {
+            return;
+        };
+        let view = Arc::new(shard.detach());
+        self.dir = Arc::new(self.dir.fork_with(self.sealed, Some(view)));
     }
 
     /// Holds sealed chunks `from..` in memory: copies of their checked

@@ -221,17 +221,28 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> LeanImt<H, N, MAX_DEPTH>
     }
 
     /// Serves the sealed chunks of level `d` that `shard` holds from it
-    /// (see [`Level::remap`]), but for the writer's frontier, which stays
-    /// in memory: appends never read mapped bytes.
-    pub(crate) fn remap_level(&mut self, d: usize, shard: &Arc<MappedShard>) {
+    /// (see [`Level::remap`]), at most `limit` of them (those the tree
+    /// still has as the shard has them), but for the writer's frontier,
+    /// which stays in memory: appends never read mapped bytes.
+    pub(crate) fn remap_level(&mut self, d: usize, shard: &Arc<MappedShard>, limit: usize) {
         let Some(level) = self.levels.get(d) else {
             return;
         };
         let count = shard
             .chunks()
+            .min(limit)
             .min(level.sealed())
             .min(self.frontier(d, level.len()).start);
         self.levels[d].remap(shard, count);
+    }
+
+    /// Reads the levels' mapped chunks through detached views (each read
+    /// copied and checked): for a closed tree, whose directory a later
+    /// owner may rewrite.
+    pub(crate) fn detach_shards(&mut self) {
+        for level in &mut self.levels {
+            level.detach();
+        }
     }
 
     /// The hasher.

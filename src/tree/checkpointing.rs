@@ -197,12 +197,15 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
         if !maps.is_empty() {
             let mut t = crate::rt::lock_pl(&self.tree);
             // The shards hold the tree of the snapshot: a rewind since may
-            // have changed chunks they hold. The levels then stay as they
-            // are until the next checkpoint.
-            if t.low_water.is_none() {
-                for (d, shard) in &maps {
-                    t.remap_level(*d, shard);
-                }
+            // have changed their chunks past the sealed ones of the lowest
+            // tree it left.
+            let low = t.low_water.map(|lw| lw.size);
+            for (d, shard) in &maps {
+                let limit = low.map_or(usize::MAX, |size| {
+                    let len = size.div_ceil((N as u64).saturating_pow(*d as u32));
+                    (len.saturating_sub(1) / crate::imt::CHUNK_LEN as u64) as usize
+                });
+                t.remap_level(*d, shard, limit);
             }
         }
         drop(snap);

@@ -87,7 +87,14 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Inner<H, N, MAX_DEPTH> {
                 // What the log made durable is final: the trees kept for
                 // durable reads across rewinds go (they may map shard
                 // chunks a later owner's checkpoint must write over).
-                let gone = crate::rt::lock_pl(&self.tree).settle(self.wal.durable());
+                // The handle may live on: its reads copy and check the
+                // shard chunks they map, and hold back no later owner's
+                // checkpoint.
+                let gone = {
+                    let mut t = crate::rt::lock_pl(&self.tree);
+                    t.detach_shards();
+                    t.settle(self.wal.durable())
+                };
                 drop(gone);
                 // Later closes report a failure of the log itself (the
                 // checkpoint's was reported by this one).

@@ -388,16 +388,21 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
         base.prefix(size)
     }
 
-    /// The durable view could not be cut from the tree (a damaged chunk;
-    /// the durable view reads only chunks in memory, so this is not
-    /// expected): everything is made durable instead, so the current tree
-    /// is the durable one.
+    /// The durable view could not be cut from the tree (a damaged shard
+    /// chunk of its last groups, which the tree reads from the shard only
+    /// when the arity does not divide 128): the tree as it is now is made
+    /// durable instead. Should that flush fail too (the log failed), the
+    /// tree's leaves past the durable ones are not known durable; this
+    /// returns it all the same, with the error logged
+    /// ([`try_durable_snapshot`](Self::try_durable_snapshot) returns the
+    /// first error instead).
     #[cold]
     fn durable_fallback(&self, cause: Error) -> Snapshot {
         tracing::error!(error = %cause, "the durable view failed; flushing instead");
+        let snap = self.snapshot();
         if let Err(e) = self.inner.wal.flush().wait() {
             tracing::error!(error = %e, "flush for the durable view failed");
         }
-        self.snapshot()
+        snap
     }
 }
