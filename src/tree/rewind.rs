@@ -175,60 +175,85 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     /// # }).unwrap();
     /// ```
     pub async fn rewind(&self, size: u64) -> Result<Rewound> {
-        let payload = records::REWIND_LEN as u64;
+        let (durable, (root, gone)) = self
+            .log_control(
+                records::REWIND_LEN as u64,
+                |t| {
+                    if size > t.size() {
+                        return Err(Error::BeyondSize {
+                            requested: size,
+                            size: t.size(),
+                        });
+                    }
+                    if size < t.finalized {
+                        return Err(Error::Finalized {
+                            requested: size,
+                            finalized: t.finalized,
+                        });
+                    }
+                    Ok(())
+                },
+                |t, end| {
+                    let (from, before) = (t.size(), t.snapshot());
+                    // On failure the reservation drops as filler and the
+                    // tree is unchanged.
+                    let root = t.rewind(size)?;
+                    t.pending.push_back(Pending {
+                        end,
+                        size,
+                        before: Some(before),
+                    });
+                    let mark = LowWater {
+                        size,
+                        position: end,
+                        finalized: t.finalized,
+                    };
+                    t.low_water = LowWater::min(t.low_water, Some(mark));
+                    let gone = t.settle(self.inner.wal.durable());
+                    Ok((records::rewind(from, size, root).to_vec(), (root, gone)))
+                },
+            )
+            .await?;
+        drop(gone);
+        #[cfg(feature = "metrics")]
+        self.inner.export.leaves(size);
+        Ok(Rewound {
+            size,
+            root,
+            durable,
+        })
+    }
+
+    /// Logs a rewind or finality record: under the writer lock, `check`
+    /// (an error leaves everything as it was), a reservation of `payload`
+    /// bytes, then `apply` (given the record's end position), which
+    /// changes the writer's state and returns the record and what the
+    /// caller gets; the record is written after the lock is released.
+    /// Waits (as inserts do) while the log buffer is full.
+    async fn log_control<T>(
+        &self,
+        payload: u64,
+        check: impl Fn(&Writer<H, N, MAX_DEPTH>) -> Result<()>,
+        mut apply: impl FnMut(&mut Writer<H, N, MAX_DEPTH>, u64) -> Result<(Vec<u8>, T)>,
+    ) -> Result<(Durable, T)> {
         let mut claim = None;
         loop {
             let done = {
                 let mut t = self.tree();
                 self.check_open()?;
-                let from = t.size();
-                if size > from {
-                    return Err(Error::BeyondSize {
-                        requested: size,
-                        size: from,
-                    });
-                }
-                if size < t.finalized {
-                    return Err(Error::Finalized {
-                        requested: size,
-                        finalized: t.finalized,
-                    });
-                }
+                check(&t)?;
                 match self.inner.wal.try_reserve_as(payload, claim.as_ref()) {
                     Ok(r) => {
-                        let before = t.snapshot();
-                        // On failure the reservation drops as filler and the
-                        // tree is unchanged.
-                        let root = t.rewind(size)?;
-                        let end = r.end();
-                        t.pending.push_back(Pending {
-                            end,
-                            size,
-                            before: Some(before),
-                        });
-                        let mark = LowWater {
-                            size,
-                            position: end,
-                            finalized: t.finalized,
-                        };
-                        t.low_water = LowWater::min(t.low_water, Some(mark));
-                        let gone = t.settle(self.inner.wal.durable());
-                        Some((r, records::rewind(from, size, root), root, gone))
+                        let (record, out) = apply(&mut t, r.end())?;
+                        Some((r, record, out))
                     }
                     Err(ReserveError::Full) => None,
                     Err(ReserveError::Fatal(e)) => return Err(e),
                 }
             };
-            if let Some((r, record, root, gone)) = done {
-                drop((claim, gone));
-                let durable = r.write(&[&record]);
-                #[cfg(feature = "metrics")]
-                self.inner.export.leaves(size);
-                return Ok(Rewound {
-                    size,
-                    root,
-                    durable,
-                });
+            if let Some((r, record, out)) = done {
+                drop(claim);
+                return Ok((r.write(&[&record]), out));
             }
             let c = claim.get_or_insert_with(|| self.inner.wal.claim_space(payload));
             std::future::poll_fn(|cx| self.inner.wal.poll_space(payload, c, cx)).await;
@@ -258,35 +283,25 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Tree<H, N, MAX_DEPTH> {
     /// # }).unwrap();
     /// ```
     pub async fn finalize(&self, size: u64) -> Result<Durable> {
-        let payload = records::FINAL_LEN as u64;
-        let mut claim = None;
-        loop {
-            let done = {
-                let mut t = self.tree();
-                self.check_open()?;
-                let now = t.size();
-                if size > now {
-                    return Err(Error::BeyondSize {
-                        requested: size,
-                        size: now,
-                    });
-                }
-                match self.inner.wal.try_reserve_as(payload, claim.as_ref()) {
-                    Ok(r) => {
-                        t.finalized = t.finalized.max(size);
-                        Some((r, records::finality(t.finalized, now)))
+        let (durable, ()) = self
+            .log_control(
+                records::FINAL_LEN as u64,
+                |t| {
+                    if size > t.size() {
+                        return Err(Error::BeyondSize {
+                            requested: size,
+                            size: t.size(),
+                        });
                     }
-                    Err(ReserveError::Full) => None,
-                    Err(ReserveError::Fatal(e)) => return Err(e),
-                }
-            };
-            if let Some((r, record)) = done {
-                drop(claim);
-                return Ok(r.write(&[&record]));
-            }
-            let c = claim.get_or_insert_with(|| self.inner.wal.claim_space(payload));
-            std::future::poll_fn(|cx| self.inner.wal.poll_space(payload, c, cx)).await;
-        }
+                    Ok(())
+                },
+                |t, _| {
+                    t.finalized = t.finalized.max(size);
+                    Ok((records::finality(t.finalized, t.size()).to_vec(), ()))
+                },
+            )
+            .await?;
+        Ok(durable)
     }
 
     /// The finalized size: leaves below it cannot be rewound (0 until a
