@@ -158,6 +158,23 @@ pub enum Error {
     /// failure in a row, up to a minute).
     #[error("a background checkpoint failed (nothing was lost; the log keeps every insert): {0}")]
     CheckpointFailed(Box<Error>),
+    /// A replicated tree's node is not the leader: the write or the
+    /// linearizable read must go to `leader` (at `address`), where known.
+    #[error("not the leader; the leader is {}", match (leader, address) {
+        (Some(id), Some(a)) => format!("node {id} at {a}"),
+        (Some(id), None) => format!("node {id}"),
+        _ => "unknown (an election may be under way)".to_owned(),
+    })]
+    NotLeader {
+        /// The leader's node id, where this node knows it.
+        leader: Option<u64>,
+        /// The leader's address, where this node knows it.
+        address: Option<String>,
+    },
+    /// Replication failed: the consensus engine stopped, a membership change
+    /// was refused, or a peer sent data that failed its checks.
+    #[error("replication: {0}")]
+    Replication(String),
     /// The tree on disk was made with another arity, depth bound, hasher or
     /// format than the one opening it (or a file belongs to another tree).
     #[error("{file} records {field} = {on_disk}, but this tree is opened with {given}", file = file.display())]

@@ -68,6 +68,8 @@ mod hash;
 mod imt;
 pub mod io;
 mod metrics;
+#[cfg(all(feature = "raft", not(loom)))]
+pub mod raft;
 mod rt;
 pub mod sim;
 mod sync;

@@ -21,7 +21,7 @@
 //!   a salvage can still read of a damaged one.
 //! - [`verifier`]: the checks a checkpoint read back must pass.
 
-mod format;
+pub(crate) mod format;
 mod loader;
 mod verifier;
 mod writer;

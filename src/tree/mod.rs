@@ -36,7 +36,7 @@ mod close;
 mod config;
 mod identity;
 mod insert;
-mod open;
+pub(crate) mod open;
 mod records;
 mod rewind;
 pub(crate) mod salvage;

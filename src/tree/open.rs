@@ -443,3 +443,33 @@ impl<H: Hasher, const N: usize, const MAX_DEPTH: usize> Replayer<'_, H, N, MAX_D
         Ok((self.finalized, self.low_water))
     }
 }
+
+/// Gives a tree directory that holds a checkpoint copied from elsewhere
+/// (and so no log of its own) an empty log, as the checkpoint's manifest
+/// (WAL position 0) expects: without one, a missing log reads as damage.
+#[cfg(feature = "raft")]
+pub(crate) fn start_empty_log(config: &Config) -> Result<()> {
+    let storage = match &config.storage {
+        Some(s) => s.clone(),
+        None => crate::io::open_storage(config.io)?,
+    };
+    let path = config.dir.join("IDENTITY");
+    let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let identity = super::identity::Identity::decode(&path, &bytes)?;
+    let log_config = LogConfig {
+        tree_id: identity.tree_id,
+        must_exist: false,
+        ..config.log_config()
+    };
+    let log = Log::open(
+        storage,
+        &config.dir.join("wal"),
+        &log_config,
+        0,
+        &mut |_, _| Err("a copied checkpoint's new log holds a record".into()),
+    )?;
+    log.close()
+}

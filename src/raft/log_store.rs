@@ -1,0 +1,419 @@
+//! openraft's log storage on a ringtree [`Log`]: entries, votes, the
+//! committed id, truncations and purges are records of one durable log, so
+//! they share its group commit.
+//!
+//! Owns the node's `raft/` directory: the log's segments and `START`, the
+//! position replay begins at (segments below it were retired after a purge).
+//!
+//! Records (a tag byte, then postcard):
+//! - `ENTRY`: one `Entry` (the raft log entry, payload included);
+//! - `TRUNCATE`: an index; entries from it on are gone;
+//! - `VOTE`: the vote; `COMMITTED`: the committed log id;
+//! - `STATE`: vote, committed and the purged log id together, written at a
+//!   purge, so the records below the first kept entry can be retired
+//!   without losing the vote.
+//!
+//! Entries after the last purge are kept in memory as well (openraft purges
+//! behind every snapshot, so they stay bounded by its snapshot policy).
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{LogId, OptionalSend, RaftLogId, RaftLogReader, StorageError, StorageIOError, Vote};
+use serde::{Deserialize, Serialize};
+
+use super::TypeConfig;
+use crate::error::{Error, Result};
+use crate::io::Storage;
+use crate::wal::{Log, LogConfig};
+
+type Entry = openraft::Entry<TypeConfig>;
+
+const ENTRY: u8 = 1;
+const TRUNCATE: u8 = 2;
+const VOTE: u8 = 3;
+const COMMITTED: u8 = 4;
+const STATE: u8 = 5;
+
+#[derive(Serialize, Deserialize)]
+struct StateRecord {
+    vote: Option<Vote<u64>>,
+    committed: Option<LogId<u64>>,
+    purged: Option<LogId<u64>>,
+}
+
+/// What replay and the appends since keep of the log.
+#[derive(Default)]
+pub(crate) struct Kept {
+    /// Entries after the purged id: index → (record position, entry).
+    pub(crate) entries: BTreeMap<u64, (u64, Entry)>,
+    pub(crate) vote: Option<Vote<u64>>,
+    pub(crate) committed: Option<LogId<u64>>,
+    pub(crate) purged: Option<LogId<u64>>,
+    /// Where replay starts (`START`).
+    start: u64,
+}
+
+impl Kept {
+    fn apply(&mut self, lsn: u64, rec: &[u8]) -> std::result::Result<(), String> {
+        let (&tag, body) = rec.split_first().ok_or("empty raft record")?;
+        let bad = |what: &str, e: postcard::Error| format!("raft {what} record: {e}");
+        match tag {
+            ENTRY => {
+                let e: Entry = postcard::from_bytes(body).map_err(|e| bad("entry", e))?;
+                let index = e.log_id.index;
+                let expected = self.next_index();
+                if index != expected {
+                    return Err(format!(
+                        "raft entry {index} where entry {expected} is next (a gap or overlap)"
+                    ));
+                }
+                self.entries.insert(index, (lsn, e));
+            }
+            TRUNCATE => {
+                let index: u64 = postcard::from_bytes(body).map_err(|e| bad("truncate", e))?;
+                self.entries.split_off(&index);
+            }
+            VOTE => self.vote = Some(postcard::from_bytes(body).map_err(|e| bad("vote", e))?),
+            COMMITTED => {
+                self.committed = postcard::from_bytes(body).map_err(|e| bad("committed", e))?
+            }
+            STATE => {
+                let s: StateRecord = postcard::from_bytes(body).map_err(|e| bad("state", e))?;
+                self.vote = s.vote;
+                self.committed = s.committed;
+                self.set_purged(s.purged);
+            }
+            t => return Err(format!("unknown raft record tag {t}")),
+        }
+        Ok(())
+    }
+
+    fn set_purged(&mut self, purged: Option<LogId<u64>>) {
+        if let Some(p) = purged {
+            self.entries = self.entries.split_off(&(p.index + 1));
+            if self.purged.is_none_or(|q| q.index < p.index) {
+                self.purged = Some(p);
+            }
+        }
+    }
+
+    /// The index the next entry must have.
+    fn next_index(&self) -> u64 {
+        match (self.entries.last_key_value(), self.purged) {
+            (Some((&i, _)), _) => i + 1,
+            (None, Some(p)) => p.index + 1,
+            (None, None) => 0,
+        }
+    }
+
+    /// The last log id: the last entry's, else the purged one.
+    pub(crate) fn last(&self) -> Option<LogId<u64>> {
+        self.entries
+            .last_key_value()
+            .map(|(_, (_, e))| e.log_id)
+            .or(self.purged)
+    }
+}
+
+struct Inner {
+    log: Log,
+    dir: PathBuf,
+    kept: parking_lot::Mutex<Kept>,
+}
+
+/// The raft log of one node (openraft's `RaftLogStorage` and its reader).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("dir", &self.inner.dir)
+            .finish()
+    }
+}
+
+fn start_path(dir: &Path) -> PathBuf {
+    dir.join("START")
+}
+
+/// Reads `START`: the position replay starts at and the purged log id
+/// there (postcard), then a CRC-32C of them; missing: the beginning.
+fn read_start(dir: &Path) -> Result<(u64, Option<LogId<u64>>)> {
+    let path = start_path(dir);
+    let b = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, None)),
+        Err(e) => return Err(Error::Io { path, source: e }),
+    };
+    let corrupt = |reason: String| Error::Corruption {
+        file: path.clone(),
+        offset: 0,
+        reason,
+    };
+    if b.len() < 5 {
+        return Err(corrupt(format!("START is {} bytes", b.len())));
+    }
+    let (body, crc) = b.split_at(b.len() - 4);
+    if crc32c::crc32c(body).to_le_bytes() != crc {
+        return Err(corrupt("START fails its checksum".into()));
+    }
+    postcard::from_bytes(body).map_err(|e| corrupt(format!("START: {e}")))
+}
+
+/// Replaces a small file durably: a temporary, synced, renamed over the
+/// file, the directory synced.
+pub(crate) fn write_file_durable(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_data().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+fn write_start(dir: &Path, start: u64, purged: Option<LogId<u64>>) -> Result<()> {
+    let mut b = postcard::to_stdvec(&(start, purged)).map_err(|e| Error::Config(e.to_string()))?;
+    b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
+    write_file_durable(&start_path(dir), &b)
+}
+
+fn storage_err(e: impl std::fmt::Display) -> StorageError<u64> {
+    StorageIOError::write_logs(openraft::AnyError::error(e.to_string())).into()
+}
+
+impl LogStore {
+    /// Opens (or creates) the raft log in `dir` and replays it.
+    pub(crate) fn open(storage: Arc<dyn Storage>, dir: &Path, config: &LogConfig) -> Result<Self> {
+        crate::io::create_dir_durable(&*storage, dir)?;
+        let (start, purged) = read_start(dir)?;
+        let mut kept = Kept {
+            start,
+            ..Kept::default()
+        };
+        // The entries from `start` on follow the one purged there.
+        kept.set_purged(purged);
+        let log = Log::open(storage, dir, config, start, &mut |lsn, rec| {
+            kept.apply(lsn, rec)
+        })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                log,
+                dir: dir.to_path_buf(),
+                kept: parking_lot::Mutex::new(kept),
+            }),
+        })
+    }
+
+    /// Calls `f` with what the log keeps.
+    pub(crate) fn with_kept<T>(&self, f: impl FnOnce(&Kept) -> T) -> T {
+        f(&self.inner.kept.lock())
+    }
+
+    /// The largest entry payload one record takes, in bytes.
+    pub(crate) fn max_payload(&self) -> u64 {
+        self.inner.log.max_payload()
+    }
+
+    /// Syncs and stops the log.
+    pub(crate) fn close(&self) -> Result<()> {
+        self.inner.log.close()
+    }
+
+    /// Group commits of the raft log so far.
+    pub fn syncs(&self) -> u64 {
+        self.inner.log.syncs()
+    }
+
+    async fn put(&self, tag: u8, body: &[u8]) -> Result<crate::Durable> {
+        self.inner.log.append(&[&[tag], body]).await
+    }
+
+    async fn put_durable(
+        &self,
+        tag: u8,
+        body: &[u8],
+    ) -> std::result::Result<(), StorageError<u64>> {
+        self.put(tag, body)
+            .await
+            .map_err(storage_err)?
+            .await
+            .map_err(storage_err)
+    }
+
+    fn entries<RB: RangeBounds<u64>>(&self, range: RB) -> Vec<Entry> {
+        let kept = self.inner.kept.lock();
+        kept.entries
+            .range(range)
+            .map(|(_, (_, e))| e.clone())
+            .collect()
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> std::result::Result<Vec<Entry>, StorageError<u64>> {
+        Ok(self.entries(range))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(
+        &mut self,
+    ) -> std::result::Result<LogState<TypeConfig>, StorageError<u64>> {
+        let kept = self.inner.kept.lock();
+        Ok(LogState {
+            last_purged_log_id: kept.purged,
+            last_log_id: kept.last(),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> std::result::Result<(), StorageError<u64>> {
+        let body = postcard::to_stdvec(vote).map_err(storage_err)?;
+        self.put_durable(VOTE, &body).await?;
+        self.inner.kept.lock().vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> std::result::Result<Option<Vote<u64>>, StorageError<u64>> {
+        Ok(self.inner.kept.lock().vote)
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<u64>>,
+    ) -> std::result::Result<(), StorageError<u64>> {
+        // Need not be durable at once: a committed id lost in a crash is
+        // learnt again from the leader.
+        let body = postcard::to_stdvec(&committed).map_err(storage_err)?;
+        self.put(COMMITTED, &body).await.map_err(storage_err)?;
+        self.inner.kept.lock().committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(
+        &mut self,
+    ) -> std::result::Result<Option<LogId<u64>>, StorageError<u64>> {
+        Ok(self.inner.kept.lock().committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> std::result::Result<(), StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut last = None;
+        let mut buf = Vec::new();
+        for e in entries {
+            let next = self.inner.kept.lock().next_index();
+            if e.log_id.index != next {
+                return Err(storage_err(format!(
+                    "entry {} appended where entry {next} is next",
+                    e.log_id.index
+                )));
+            }
+            buf.clear();
+            buf.push(ENTRY);
+            let buf2 = postcard::to_extend(&e, std::mem::take(&mut buf)).map_err(storage_err)?;
+            buf = buf2;
+            // openraft calls the log store from one task: no other append
+            // runs between reading the end and reserving.
+            let lsn = self.inner.log.end();
+            let durable = self.inner.log.append(&[&buf]).await.map_err(storage_err)?;
+            self.inner
+                .kept
+                .lock()
+                .entries
+                .insert(e.get_log_id().index, (lsn, e));
+            last = Some(durable);
+        }
+        match last {
+            None => callback.log_io_completed(Ok(())),
+            Some(d) if d.is_durable() => callback.log_io_completed(Ok(())),
+            Some(d) => {
+                // The group commit resolves it; entries appended meanwhile
+                // (by the next call) share the same fdatasync.
+                tokio::spawn(async move {
+                    callback.log_io_completed(d.await.map_err(std::io::Error::other));
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> std::result::Result<(), StorageError<u64>> {
+        // Need not be durable at once: entries that come back after a crash
+        // are uncommitted ones the leader overwrites again; any entry
+        // appended after this record makes it durable first.
+        let body = postcard::to_stdvec(&log_id.index).map_err(storage_err)?;
+        self.put(TRUNCATE, &body).await.map_err(storage_err)?;
+        self.inner.kept.lock().entries.split_off(&log_id.index);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> std::result::Result<(), StorageError<u64>> {
+        let (state, first_kept) = {
+            let mut kept = self.inner.kept.lock();
+            kept.set_purged(Some(log_id));
+            let state = StateRecord {
+                vote: kept.vote,
+                committed: kept.committed,
+                purged: kept.purged,
+            };
+            (
+                state,
+                kept.entries.first_key_value().map(|(_, (lsn, _))| *lsn),
+            )
+        };
+        let body = postcard::to_stdvec(&state).map_err(storage_err)?;
+        let lsn = self.inner.log.end();
+        self.put_durable(STATE, &body).await?;
+        // Everything before the state record and the first kept entry is
+        // now redundant: replay starts there, and whole segments below go.
+        let keep = first_kept.map_or(lsn, |f| f.min(lsn));
+        let start = self.inner.kept.lock().start;
+        if keep > start {
+            write_start(&self.inner.dir, keep, state.purged).map_err(storage_err)?;
+            self.inner.kept.lock().start = keep;
+            self.inner
+                .log
+                .remove_segments_below(keep, None)
+                .map_err(storage_err)?;
+        }
+        Ok(())
+    }
+}

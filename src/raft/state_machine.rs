@@ -1,0 +1,594 @@
+//! openraft's state machine: a [`Tree`] that applies committed entries,
+//! and snapshots that are the tree's checkpoints.
+//!
+//! Owns the node's `tree/` directory (and `tree.next/`, `tree.old/` while a
+//! received snapshot is installed) and the `RAFT-SNAPSHOT` file in it: the
+//! last snapshot's metadata and package.
+//!
+//! The tree is not told which log entry it applied last: the raft log keeps
+//! every entry after the last snapshot, and each entry adds a known number
+//! of leaves, so at open the applied id is the entry after which the tree
+//! has its recovered size (see [`applied_at_open`]). A leaf batch is one
+//! tree record, so a crash never leaves half an entry.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+
+use super::log_store::{Kept, sync_dir, write_file_durable};
+use super::{Committed, Request, Response, TypeConfig};
+use crate::error::{Error, Result};
+use crate::{Config, Hash, Hasher, Tree};
+
+type Membership = StoredMembership<u64, openraft::BasicNode>;
+type Meta = SnapshotMeta<u64, openraft::BasicNode>;
+
+/// The file in the tree directory holding the last snapshot.
+const SNAPSHOT_FILE: &str = "RAFT-SNAPSHOT";
+const PACKAGE_MAGIC: &[u8; 8] = b"RTRAFTS1";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"RTRAFTM1";
+
+/// The current tree, swapped when a snapshot is installed, and the gate
+/// every change of it passes: shut (`true`) once the node shuts down, so
+/// no apply or install outlives it (openraft's state-machine task may).
+pub(crate) struct Cell<H: Hasher, const N: usize, const D: usize> {
+    tree: parking_lot::RwLock<Tree<H, N, D>>,
+    pub(crate) gate: tokio::sync::Mutex<bool>,
+}
+
+impl<H: Hasher, const N: usize, const D: usize> Cell<H, N, D> {
+    pub(crate) fn read(&self) -> parking_lot::RwLockReadGuard<'_, Tree<H, N, D>> {
+        self.tree.read()
+    }
+}
+
+pub(crate) type TreeCell<H, const N: usize, const D: usize> = Arc<Cell<H, N, D>>;
+
+fn shut() -> StorageError<u64> {
+    sm_err("the node is shut down")
+}
+
+fn sm_err(e: impl std::fmt::Display) -> StorageError<u64> {
+    StorageIOError::write_state_machine(openraft::AnyError::error(e.to_string())).into()
+}
+
+fn snap_err(meta: Option<&Meta>, e: impl std::fmt::Display) -> StorageError<u64> {
+    let sig = meta.map(|m| m.signature());
+    StorageIOError::write_snapshot(sig, openraft::AnyError::error(e.to_string())).into()
+}
+
+/// What the snapshot file records beside the package.
+#[derive(Serialize, Deserialize)]
+struct SnapshotFile {
+    meta: Meta,
+    /// Leaves in the tree at `meta.last_log_id`.
+    size: u64,
+}
+
+/// The state machine of one node.
+pub struct StateMachine<H: Hasher, const N: usize, const D: usize> {
+    pub(crate) tree: TreeCell<H, N, D>,
+    /// The directory holding `tree/`.
+    node_dir: PathBuf,
+    tree_config: Config,
+    hasher: H,
+    applied: Option<LogId<u64>>,
+    membership: Membership,
+    /// The last snapshot, built or installed.
+    current: Option<(Meta, u64)>,
+}
+
+/// `config` for the tree in `dir`.
+fn with_dir(config: &Config, dir: &Path) -> Config {
+    let mut c = config.clone();
+    c.dir = dir.to_path_buf();
+    c
+}
+
+/// The tree directory of a node.
+pub(crate) fn tree_dir(node_dir: &Path) -> PathBuf {
+    node_dir.join("tree")
+}
+
+/// Finishes or undoes an install a crash interrupted: `tree.next` complete
+/// and `tree` gone means the swap was under way.
+pub(crate) fn settle_install(node_dir: &Path) -> Result<()> {
+    let tree = tree_dir(node_dir);
+    let next = node_dir.join("tree.next");
+    let old = node_dir.join("tree.old");
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    if !tree.exists() && next.exists() {
+        std::fs::rename(&next, &tree).map_err(io(&next))?;
+        sync_dir(node_dir)?;
+    }
+    for stale in [&next, &old] {
+        if stale.exists() {
+            std::fs::remove_dir_all(stale).map_err(io(stale))?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the snapshot file of a tree directory, if there is one.
+fn read_snapshot_file(tree: &Path) -> Result<Option<(SnapshotFile, Vec<u8>)>> {
+    let path = tree.join(SNAPSHOT_FILE);
+    let b = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(Error::Io { path, source }),
+    };
+    let corrupt = |reason: String| Error::Corruption {
+        file: path.clone(),
+        offset: 0,
+        reason,
+    };
+    if b.len() < 20 || &b[..8] != SNAPSHOT_MAGIC {
+        return Err(corrupt("not a raft snapshot file".into()));
+    }
+    let (body, crc) = b.split_at(b.len() - 4);
+    if crc32c::crc32c(body).to_le_bytes() != crc {
+        return Err(corrupt("checksum mismatch".into()));
+    }
+    let meta_len = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes")) as usize;
+    let meta_bytes = body
+        .get(12..12 + meta_len)
+        .ok_or_else(|| corrupt(format!("metadata of {meta_len} bytes past the end")))?;
+    let file: SnapshotFile =
+        postcard::from_bytes(meta_bytes).map_err(|e| corrupt(format!("metadata: {e}")))?;
+    Ok(Some((file, body[12 + meta_len..].to_vec())))
+}
+
+fn write_snapshot_file(tree: &Path, file: &SnapshotFile, package: &[u8]) -> Result<()> {
+    let meta = postcard::to_stdvec(file).map_err(|e| Error::Config(e.to_string()))?;
+    let mut b = Vec::with_capacity(16 + meta.len() + package.len());
+    b.extend_from_slice(SNAPSHOT_MAGIC);
+    b.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    b.extend_from_slice(&meta);
+    b.extend_from_slice(package);
+    b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
+    write_file_durable(&tree.join(SNAPSHOT_FILE), &b)
+}
+
+/// The files of a checkpoint a package carries: the identity, the manifest
+/// and the shard family of each level.
+fn package_name_ok(name: &str) -> bool {
+    if name == "IDENTITY" || name == "MANIFEST" {
+        return true;
+    }
+    let Some(file) = name.strip_prefix("shards/level-") else {
+        return false;
+    };
+    let Some((level, ext)) = file.split_once('.') else {
+        return false;
+    };
+    level.len() == 2
+        && level.bytes().all(|b| b.is_ascii_digit())
+        && matches!(ext, "shard" | "sums" | "tail")
+}
+
+/// Packs the tree directory's checkpoint: `RTRAFTS1`, leaves (u64), root
+/// flag (u8) and root (32), file count (u32), then per file its name length
+/// (u16), name, length (u64) and bytes; a CRC-32C of all before.
+fn pack(tree: &Path, size: u64, root: Option<Hash>) -> Result<Vec<u8>> {
+    let mut names = vec!["IDENTITY".to_owned(), "MANIFEST".to_owned()];
+    let shards = tree.join("shards");
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    if shards.exists() {
+        let mut levels: Vec<String> = std::fs::read_dir(&shards)
+            .map_err(io(&shards))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .map(|n| format!("shards/{n}"))
+            .filter(|n| package_name_ok(n))
+            .collect();
+        levels.sort();
+        names.extend(levels);
+    }
+    let mut b = Vec::new();
+    b.extend_from_slice(PACKAGE_MAGIC);
+    b.extend_from_slice(&size.to_le_bytes());
+    b.push(root.is_some() as u8);
+    b.extend_from_slice(&root.unwrap_or_default());
+    b.extend_from_slice(&(names.len() as u32).to_le_bytes());
+    for name in names {
+        let path = tree.join(&name);
+        let mut data = std::fs::read(&path).map_err(io(&path))?;
+        if name == "MANIFEST" {
+            // The receiver has none of this tree's log.
+            data = crate::checkpoint::format::without_log(&path, &data)?;
+        }
+        b.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        b.extend_from_slice(&data);
+    }
+    b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
+    Ok(b)
+}
+
+/// A package taken apart: leaves, root, files.
+struct Unpacked<'a> {
+    size: u64,
+    root: Option<Hash>,
+    files: Vec<(&'a str, &'a [u8])>,
+}
+
+fn unpack(b: &[u8]) -> std::result::Result<Unpacked<'_>, String> {
+    if b.len() < 57 || &b[..8] != PACKAGE_MAGIC {
+        return Err(format!("not a snapshot package ({} bytes)", b.len()));
+    }
+    let (body, crc) = b.split_at(b.len() - 4);
+    if crc32c::crc32c(body).to_le_bytes() != crc {
+        return Err("snapshot package fails its checksum".into());
+    }
+    let mut at = 8;
+    let mut take = |n: usize| -> std::result::Result<&[u8], String> {
+        let s = body
+            .get(at..at + n)
+            .ok_or_else(|| format!("snapshot package ends at byte {at}, {n} more needed"))?;
+        at += n;
+        Ok(s)
+    };
+    let size = u64::from_le_bytes(take(8)?.try_into().expect("8"));
+    let has_root = take(1)?[0];
+    let root: Hash = take(32)?.try_into().expect("32");
+    let root = match has_root {
+        0 => None,
+        1 => Some(root),
+        f => return Err(format!("root flag {f}")),
+    };
+    let count = u32::from_le_bytes(take(4)?.try_into().expect("4"));
+    let mut files = Vec::new();
+    for _ in 0..count {
+        let len = u16::from_le_bytes(take(2)?.try_into().expect("2")) as usize;
+        let name = std::str::from_utf8(take(len)?).map_err(|e| format!("file name: {e}"))?;
+        if !package_name_ok(name) || files.iter().any(|(n, _)| *n == name) {
+            return Err(format!("unexpected file {name:?} in a snapshot package"));
+        }
+        let len = u64::from_le_bytes(take(8)?.try_into().expect("8"));
+        let data = take(usize::try_from(len).map_err(|_| "file too large")?)?;
+        files.push((name, data));
+    }
+    if at != body.len() {
+        return Err(format!("{} stray bytes after the files", body.len() - at));
+    }
+    Ok(Unpacked { size, root, files })
+}
+
+/// The last applied id and membership of a tree of `size` leaves, given
+/// the last snapshot and the raft log after it.
+pub(crate) fn applied_at_open(
+    size: u64,
+    snapshot: Option<(&Meta, u64)>,
+    kept: &Kept,
+) -> Result<(Option<LogId<u64>>, Membership)> {
+    let (mut applied, mut membership, mut at) = match snapshot {
+        Some((m, s)) => (m.last_log_id, m.last_membership.clone(), s),
+        None => (None, Membership::default(), 0),
+    };
+    let mismatch = |reason: String| Error::Corruption {
+        file: PathBuf::from("tree"),
+        offset: size,
+        reason,
+    };
+    if size < at {
+        return Err(mismatch(format!(
+            "the tree holds {size} leaves, fewer than its last snapshot's {at}"
+        )));
+    }
+    let mut next = applied.map_or(0, |l| l.index + 1);
+    for (&index, (_, e)) in kept.entries.range(next..) {
+        if at == size {
+            break;
+        }
+        if index != next {
+            return Err(mismatch(format!(
+                "raft entry {next}, which the tree's leaves need, is not in the log"
+            )));
+        }
+        match &e.payload {
+            EntryPayload::Normal(r) => at += r.leaves.len() as u64,
+            EntryPayload::Membership(m) => {
+                membership = StoredMembership::new(Some(e.log_id), m.clone())
+            }
+            EntryPayload::Blank => {}
+        }
+        applied = Some(e.log_id);
+        next += 1;
+        if at > size {
+            return Err(mismatch(format!(
+                "the tree's {size} leaves end inside raft entry {index}"
+            )));
+        }
+    }
+    if at != size {
+        return Err(mismatch(format!(
+            "the tree holds {size} leaves, the raft log accounts for {at}"
+        )));
+    }
+    Ok((applied, membership))
+}
+
+impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
+    /// Opens the tree of `node_dir` and finds what it applied.
+    pub(crate) async fn open(
+        node_dir: &Path,
+        tree_config: Config,
+        hasher: H,
+        kept: &super::log_store::LogStore,
+    ) -> Result<Self> {
+        settle_install(node_dir)?;
+        let dir = tree_dir(node_dir);
+        let tree = Tree::open_with(with_dir(&tree_config, &dir), hasher.clone()).await?;
+        let snap = read_snapshot_file(&dir)?;
+        let current = snap.map(|(f, _)| (f.meta, f.size));
+        let (applied, membership) = kept.with_kept(|k| {
+            applied_at_open(tree.size(), current.as_ref().map(|(m, s)| (m, *s)), k)
+        })?;
+        Ok(Self {
+            tree: Arc::new(Cell {
+                tree: parking_lot::RwLock::new(tree),
+                gate: tokio::sync::Mutex::new(false),
+            }),
+            node_dir: node_dir.to_path_buf(),
+            tree_config,
+            hasher,
+            applied,
+            membership,
+            current,
+        })
+    }
+
+    fn tree(&self) -> Tree<H, N, D> {
+        self.tree.read().clone()
+    }
+
+    /// Verifies a received package and installs it as the tree.
+    async fn install(&mut self, meta: &Meta, package: &[u8]) -> Result<u64> {
+        let bad =
+            |reason: String| Error::Replication(format!("snapshot {}: {reason}", meta.snapshot_id));
+        let unpacked = unpack(package).map_err(bad)?;
+        let next = self.node_dir.join("tree.next");
+        if next.exists() {
+            std::fs::remove_dir_all(&next).map_err(|source| Error::Io {
+                path: next.clone(),
+                source,
+            })?;
+        }
+        std::fs::create_dir_all(next.join("shards")).map_err(|source| Error::Io {
+            path: next.clone(),
+            source,
+        })?;
+        for (name, data) in &unpacked.files {
+            let path = next.join(name);
+            let io = |source| Error::Io {
+                path: path.clone(),
+                source,
+            };
+            let mut f = std::fs::File::create(&path).map_err(io)?;
+            std::io::Write::write_all(&mut f, data).map_err(io)?;
+            f.sync_data().map_err(io)?;
+        }
+        sync_dir(&next.join("shards"))?;
+        sync_dir(&next)?;
+        crate::tree::open::start_empty_log(&with_dir(&self.tree_config, &next))?;
+        // Every chunk against its checksum, every level recomputed from the
+        // leaves, the root against the manifest: then against the leader's.
+        let staged = Tree::<H, N, D>::open_with(
+            with_dir(&self.tree_config, &next).verify_on_open(true),
+            self.hasher.clone(),
+        )
+        .await?;
+        let (size, root) = (staged.size(), staged.root());
+        staged.close().await?;
+        if size != unpacked.size || root != unpacked.root {
+            return Err(bad(format!(
+                "the checkpoint holds {size} leaves with root {:?}, the leader declared {} with {:?}",
+                root.map(|r| crate::wal::format::hex(&r)),
+                unpacked.size,
+                unpacked.root.map(|r| crate::wal::format::hex(&r))
+            )));
+        }
+        write_snapshot_file(
+            &next,
+            &SnapshotFile {
+                meta: meta.clone(),
+                size,
+            },
+            package,
+        )?;
+        // The swap: `settle_install` finishes it after a crash.
+        let current = self.tree();
+        current.close().await?;
+        let dir = tree_dir(&self.node_dir);
+        let old = self.node_dir.join("tree.old");
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        std::fs::rename(&dir, &old).map_err(io(&dir))?;
+        std::fs::rename(&next, &dir).map_err(io(&next))?;
+        sync_dir(&self.node_dir)?;
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        let tree = Tree::open_with(with_dir(&self.tree_config, &dir), self.hasher.clone()).await?;
+        *self.tree.tree.write() = tree;
+        Ok(size)
+    }
+}
+
+/// Hands openraft a snapshot made when it asked for the builder.
+pub struct SnapshotBuilder {
+    made: Option<std::result::Result<(Meta, Vec<u8>), String>>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(
+        &mut self,
+    ) -> std::result::Result<Snapshot<TypeConfig>, StorageError<u64>> {
+        match self.made.take() {
+            Some(Ok((meta, package))) => Ok(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(package)),
+            }),
+            Some(Err(e)) => Err(snap_err(None, e)),
+            None => Err(snap_err(None, "snapshot already taken")),
+        }
+    }
+}
+
+impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
+    /// A checkpoint of the tree as it is (every applied entry, nothing
+    /// more), packed and recorded as the current snapshot. openraft builds
+    /// snapshots on a task of their own, beside later applies, so the
+    /// checkpoint is made here, between applies.
+    async fn make_snapshot(&mut self) -> Result<(Meta, Vec<u8>)> {
+        let cell = self.tree.clone();
+        let gate = cell.gate.lock().await;
+        if *gate {
+            return Err(Error::Closed);
+        }
+        let tree = self.tree();
+        tree.checkpoint().await?;
+        let (size, root) = (tree.size(), tree.root());
+        let dir = tree.dir().to_path_buf();
+        let meta = Meta {
+            last_log_id: self.applied,
+            last_membership: self.membership.clone(),
+            snapshot_id: format!(
+                "{}-{}",
+                self.applied.map_or(0, |l| l.leader_id.term),
+                self.applied.map_or(0, |l| l.index)
+            ),
+        };
+        let file = SnapshotFile {
+            meta: meta.clone(),
+            size,
+        };
+        let package = tokio::task::spawn_blocking(move || {
+            let package = pack(&dir, size, root)?;
+            write_snapshot_file(&dir, &file, &package)?;
+            Ok::<_, Error>(package)
+        })
+        .await
+        .map_err(|e| Error::Replication(format!("snapshot task: {e}")))??;
+        self.current = Some((meta.clone(), size));
+        Ok((meta, package))
+    }
+}
+
+impl<H: Hasher + Clone, const N: usize, const D: usize> RaftStateMachine<TypeConfig>
+    for StateMachine<H, N, D>
+{
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> std::result::Result<(Option<LogId<u64>>, Membership), StorageError<u64>> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(
+        &mut self,
+        entries: I,
+    ) -> std::result::Result<Vec<Response>, StorageError<u64>>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let cell = self.tree.clone();
+        let gate = cell.gate.lock().await;
+        if *gate {
+            return Err(shut());
+        }
+        let tree = self.tree();
+        let mut out = Vec::new();
+        for e in entries {
+            let r = match e.payload {
+                EntryPayload::Normal(Request { leaves }) => match tree.insert_many(&leaves).await {
+                    Ok(ins) => Response::Inserted(Committed {
+                        index: ins.index,
+                        size: ins.index + leaves.len() as u64,
+                        root: ins.root,
+                    }),
+                    // The same on every node: the tree is the same.
+                    Err(
+                        e @ (Error::Capacity { .. }
+                        | Error::InvalidLeaf { .. }
+                        | Error::EmptyBatch
+                        | Error::BatchTooLarge { .. }),
+                    ) => Response::Refused(e.to_string()),
+                    Err(e) => return Err(sm_err(e)),
+                },
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(e.log_id), m);
+                    Response::Noop
+                }
+                EntryPayload::Blank => Response::Noop,
+            };
+            self.applied = Some(e.log_id);
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let made = self.make_snapshot().await.map_err(|e| e.to_string());
+        if let Err(e) = &made {
+            tracing::error!(error = %e, "snapshot failed");
+        }
+        SnapshotBuilder { made: Some(made) }
+    }
+
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> std::result::Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> std::result::Result<(), StorageError<u64>> {
+        let cell = self.tree.clone();
+        let gate = cell.gate.lock().await;
+        if *gate {
+            return Err(shut());
+        }
+        let package = snapshot.into_inner();
+        let size = self
+            .install(meta, &package)
+            .await
+            .map_err(|e| snap_err(Some(meta), e))?;
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        self.current = Some((meta.clone(), size));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> std::result::Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+        let dir = tree_dir(&self.node_dir);
+        let read = tokio::task::spawn_blocking(move || read_snapshot_file(&dir))
+            .await
+            .map_err(|e| snap_err(None, e))?
+            .map_err(|e| snap_err(None, e))?;
+        Ok(read.map(|(f, package)| Snapshot {
+            meta: f.meta,
+            snapshot: Box::new(Cursor::new(package)),
+        }))
+    }
+}
