@@ -7,7 +7,8 @@
 //! - `POST /insert` (a batch of leaves) → [`Reply`] of [`Committed`];
 //! - `GET /read` → a linearizable `(size, root)` (leader only);
 //! - `GET /status` → [`Status`], this node's view, no consensus;
-//! - `GET /leaves/{from}/{to}` → the node's committed leaves in `from..to`.
+//! - `GET /leaves/{from}/{to}` → the node's committed leaves in `from..to`;
+//! - `POST /init` (members: id and address) → forms a new cluster.
 //!
 //! [`Network`] is openraft's network factory over these routes, with a
 //! timeout per call and an exponential back-off for unreachable peers;
@@ -35,7 +36,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{BasicNode, Committed, Node, TypeConfig};
+use super::{BasicNode, Committed, Node, NodeConfig, TypeConfig};
 use crate::error::{Error, Result};
 use crate::{Hash, Hasher};
 
@@ -140,6 +141,17 @@ async fn insert<H: Hasher, const N: usize, const D: usize>(
     encode(&Reply::of(r))
 }
 
+async fn init<H: Hasher, const N: usize, const D: usize>(
+    State(node): State<Node<H, N, D>>,
+    body: Bytes,
+) -> Vec<u8> {
+    let r = match postcard::from_bytes::<Vec<(u64, String)>>(&body) {
+        Ok(members) => node.initialize(members).await,
+        Err(e) => Err(Error::Replication(format!("undecodable members: {e}"))),
+    };
+    encode(&Reply::of(r))
+}
+
 async fn read<H: Hasher, const N: usize, const D: usize>(
     State(node): State<Node<H, N, D>>,
 ) -> Vec<u8> {
@@ -188,6 +200,7 @@ pub fn router<H: Hasher, const N: usize, const D: usize>(node: Node<H, N, D>) ->
         .route("/read", get(read::<H, N, D>))
         .route("/status", get(status::<H, N, D>))
         .route("/leaves/{from}/{to}", get(leaves::<H, N, D>))
+        .route("/init", post(init::<H, N, D>))
         .with_state(node)
 }
 
@@ -205,6 +218,20 @@ pub async fn serve<H: Hasher, const N: usize, const D: usize>(
             path: format!("http://{addr:?}").into(),
             source,
         })
+}
+
+/// Runs a node as a server: opens it on the HTTP network, serves its
+/// routes on `listener` until `stop` resolves, then shuts it down.
+pub async fn run_node<H: Hasher + Default, const N: usize, const D: usize>(
+    config: NodeConfig,
+    network: NetworkConfig,
+    listener: tokio::net::TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let node = Node::<H, N, D>::open(config, Network::new(network)).await?;
+    let served = serve(node.clone(), listener, stop).await;
+    let closed = node.shutdown().await;
+    served.and(closed)
 }
 
 /// Timeouts and back-off of the HTTP network.
@@ -241,8 +268,20 @@ fn http_client() -> Http {
 /// Why a call failed: the peer could not be reached (connect failed, or
 /// no answer in time), or it answered something undecodable.
 enum CallError {
+    /// Not delivered: the connection was refused.
+    NotSent(String),
+    /// Maybe delivered: no answer in time, or the connection broke.
     Unreachable(String),
+    /// An answer that is not one.
     Network(String),
+}
+
+impl CallError {
+    fn message(self) -> String {
+        match self {
+            CallError::NotSent(m) | CallError::Unreachable(m) | CallError::Network(m) => m,
+        }
+    }
 }
 
 async fn call<T: DeserializeOwned>(
@@ -259,7 +298,7 @@ async fn call<T: DeserializeOwned>(
     let work = async {
         let resp = http.request(req).await.map_err(|e| {
             if e.is_connect() {
-                CallError::Unreachable(format!("{url}: {e}"))
+                CallError::NotSent(format!("{url}: {e}"))
             } else {
                 CallError::Network(format!("{url}: {e}"))
             }
@@ -342,7 +381,9 @@ impl Peer {
         let r: Rpc<Resp, E> = call(&self.http, &url, Some(encode(req)), timeout)
             .await
             .map_err(|e| match e {
-                CallError::Unreachable(m) => RPCError::Unreachable(Unreachable::new(&Msg(m))),
+                CallError::NotSent(m) | CallError::Unreachable(m) => {
+                    RPCError::Unreachable(Unreachable::new(&Msg(m)))
+                }
                 CallError::Network(m) => RPCError::Network(NetworkError::new(&Msg(m))),
             })?;
         r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -424,10 +465,14 @@ impl Client {
         }
     }
 
+    /// Calls `path` on the leader. A call that may have reached a node is
+    /// tried again only when `retry_delivered` (reads): an insert sent
+    /// again could be committed twice.
     async fn leader_call<T: DeserializeOwned>(
         &self,
         path: &str,
         body: Option<Vec<u8>>,
+        retry_delivered: bool,
     ) -> Result<T> {
         use std::sync::atomic::Ordering;
         let start = tokio::time::Instant::now();
@@ -458,9 +503,19 @@ impl Client {
                     }
                 }
                 Ok(Reply::Err(e)) => return Err(Error::Replication(e)),
-                Err(CallError::Unreachable(m) | CallError::Network(m)) => {
+                Err(CallError::NotSent(m)) => {
                     last = m;
                     i = (i + 1) % self.nodes.len();
+                }
+                Err(e) if retry_delivered => {
+                    last = e.message();
+                    i = (i + 1) % self.nodes.len();
+                }
+                Err(e) => {
+                    return Err(Error::Replication(format!(
+                        "outcome unknown (the batch may or may not be committed): {}",
+                        e.message()
+                    )));
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -473,13 +528,25 @@ impl Client {
     /// whether the batch was committed (as with any replicated write):
     /// a batch that must go in once carries its own identity in its leaves.
     pub async fn insert_many(&self, leaves: &[Hash]) -> Result<Committed> {
-        self.leader_call("/insert", Some(encode(&leaves.to_vec())))
+        self.leader_call("/insert", Some(encode(&leaves.to_vec())), false)
             .await
     }
 
     /// A linearizable `(size, root)` from the leader.
     pub async fn read(&self) -> Result<(u64, Option<Hash>)> {
-        self.leader_call("/read", None).await
+        self.leader_call("/read", None, true).await
+    }
+
+    /// Forms a new cluster of `members` (id, address) through the node at
+    /// `address`.
+    pub async fn initialize(&self, address: &str, members: Vec<(u64, String)>) -> Result<()> {
+        let url = format!("http://{address}/init");
+        match call::<Reply<()>>(&self.http, &url, Some(encode(&members)), self.timeout).await {
+            Ok(Reply::Ok(())) => Ok(()),
+            Ok(Reply::Err(e)) => Err(Error::Replication(e)),
+            Ok(Reply::NotLeader { .. }) => Err(Error::Replication("unexpected answer".into())),
+            Err(e) => Err(Error::Replication(e.message())),
+        }
     }
 
     /// The status of the node at `address`.
@@ -491,7 +558,7 @@ impl Client {
             self.timeout,
         )
         .await
-        .map_err(|(CallError::Unreachable(m) | CallError::Network(m))| Error::Replication(m))
+        .map_err(|e| Error::Replication(e.message()))
     }
 
     /// The committed leaves `from..to` of the node at `address`.
@@ -501,7 +568,7 @@ impl Client {
             Ok(Reply::Ok(v)) => Ok(v),
             Ok(Reply::Err(e)) => Err(Error::Replication(e)),
             Ok(Reply::NotLeader { .. }) => Err(Error::Replication("unexpected answer".into())),
-            Err(CallError::Unreachable(m) | CallError::Network(m)) => Err(Error::Replication(m)),
+            Err(e) => Err(Error::Replication(e.message())),
         }
     }
 }
