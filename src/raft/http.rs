@@ -169,7 +169,8 @@ async fn leaves<H: Hasher, const N: usize, const D: usize>(
     Path((from, to)): Path<(u64, u64)>,
 ) -> Vec<u8> {
     let snap = node.snapshot();
-    let r = (from..to.min(snap.size()))
+    // At most a million leaves (32 MiB) an answer.
+    let r = (from..to.min(snap.size()).min(from.saturating_add(1 << 20)))
         .map(|i| snap.leaf(i))
         .collect::<Result<Vec<Hash>>>();
     encode(&Reply::of(r))
@@ -190,6 +191,9 @@ impl<H: Hasher, const N: usize, const D: usize> Node<H, N, D> {
     }
 }
 
+/// The largest request body a node takes.
+pub const MAX_BODY: usize = 256 << 20;
+
 /// The routes of a node (see the module docs).
 pub fn router<H: Hasher, const N: usize, const D: usize>(node: Node<H, N, D>) -> Router {
     Router::new()
@@ -201,6 +205,9 @@ pub fn router<H: Hasher, const N: usize, const D: usize>(node: Node<H, N, D>) ->
         .route("/status", get(status::<H, N, D>))
         .route("/leaves/{from}/{to}", get(leaves::<H, N, D>))
         .route("/init", post(init::<H, N, D>))
+        // Snapshot chunks and append batches run to megabytes (axum's
+        // default cap is 2 MiB).
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(node)
 }
 
@@ -381,10 +388,12 @@ impl Peer {
         let r: Rpc<Resp, E> = call(&self.http, &url, Some(encode(req)), timeout)
             .await
             .map_err(|e| match e {
-                CallError::NotSent(m) | CallError::Unreachable(m) => {
-                    RPCError::Unreachable(Unreachable::new(&Msg(m)))
+                // Refused: back off. No answer in time (a slow fsync on a
+                // big batch, a lost packet): try again at once.
+                CallError::NotSent(m) => RPCError::Unreachable(Unreachable::new(&Msg(m))),
+                CallError::Unreachable(m) | CallError::Network(m) => {
+                    RPCError::Network(NetworkError::new(&Msg(m)))
                 }
-                CallError::Network(m) => RPCError::Network(NetworkError::new(&Msg(m))),
             })?;
         r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }

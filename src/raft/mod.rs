@@ -127,6 +127,9 @@ impl NodeConfig {
                 election_timeout_max: 300,
                 snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(10_000),
                 max_in_snapshot_log_to_keep: 1_000,
+                // A snapshot's last chunk is answered once the receiver
+                // has verified and installed the whole checkpoint.
+                install_snapshot_timeout: 30_000,
                 ..Default::default()
             },
         }
@@ -140,6 +143,8 @@ pub struct Node<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     tree: state_machine::TreeCell<H, N, MAX_DEPTH>,
     log: LogStore,
     max_batch: u64,
+    hasher: H,
+    proposals: Arc<parking_lot::Mutex<Proposals>>,
 }
 
 impl<H: Hasher, const N: usize, const D: usize> Clone for Node<H, N, D> {
@@ -150,6 +155,8 @@ impl<H: Hasher, const N: usize, const D: usize> Clone for Node<H, N, D> {
             tree: self.tree.clone(),
             log: self.log.clone(),
             max_batch: self.max_batch,
+            hasher: self.hasher.clone(),
+            proposals: self.proposals.clone(),
         }
     }
 }
@@ -157,6 +164,86 @@ impl<H: Hasher, const N: usize, const D: usize> Clone for Node<H, N, D> {
 impl<H: Hasher, const N: usize, const D: usize> std::fmt::Debug for Node<H, N, D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node").field("id", &self.id).finish()
+    }
+}
+
+/// Inserts waiting to be proposed, and whether a proposer runs.
+#[derive(Default)]
+struct Proposals {
+    pending: std::collections::VecDeque<(Vec<Hash>, Waiter)>,
+    running: bool,
+}
+
+type Waiter = tokio::sync::oneshot::Sender<Result<Committed>>;
+
+/// Proposes what waits, one raft entry at a time (up to `max_batch`
+/// leaves, whole calls), until nothing does: what arrives while an entry
+/// is in flight goes in the next one.
+async fn propose(
+    raft: Raft<TypeConfig>,
+    proposals: Arc<parking_lot::Mutex<Proposals>>,
+    max_batch: u64,
+) {
+    loop {
+        let batch: Vec<(Vec<Hash>, Waiter)> = {
+            let mut q = proposals.lock();
+            let mut n = 0u64;
+            let mut batch = Vec::new();
+            while let Some((l, _)) = q.pending.front() {
+                if !batch.is_empty() && n + l.len() as u64 > max_batch {
+                    break;
+                }
+                n += l.len() as u64;
+                batch.push(q.pending.pop_front().expect("front"));
+            }
+            if batch.is_empty() {
+                q.running = false;
+                return;
+            }
+            batch
+        };
+        let leaves: Vec<Hash> = batch.iter().flat_map(|(l, _)| l.iter().copied()).collect();
+        let r = raft.client_write(Request { leaves }).await;
+        let fail = |e: &dyn Fn() -> Error, batch: Vec<(Vec<Hash>, Waiter)>| {
+            for (_, tx) in batch {
+                let _ = tx.send(Err(e()));
+            }
+        };
+        match r.map(|resp| resp.data) {
+            Ok(Response::Inserted(c)) => {
+                let mut index = c.index;
+                for (l, tx) in batch {
+                    let _ = tx.send(Ok(Committed {
+                        index,
+                        size: c.size,
+                        root: c.root,
+                    }));
+                    index += l.len() as u64;
+                }
+            }
+            Ok(Response::Refused(why)) => fail(
+                &|| Error::Replication(format!("batch refused: {why}")),
+                batch,
+            ),
+            Ok(Response::Noop) => fail(
+                &|| Error::Replication("a batch applied as no entry".into()),
+                batch,
+            ),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let address = f.leader_node.map(|n| n.addr);
+                fail(
+                    &|| Error::NotLeader {
+                        leader: f.leader_id,
+                        address: address.clone(),
+                    },
+                    batch,
+                )
+            }
+            Err(e) => {
+                let why = e.to_string();
+                fail(&|| Error::Replication(why.clone()), batch)
+            }
+        }
     }
 }
 
@@ -200,7 +287,8 @@ impl<H: Hasher, const N: usize, const D: usize> Node<H, N, D> {
         crate::io::create_dir_durable(&crate::io::ThreadedStorage, &config.dir)?;
         let storage = crate::io::open_storage(tree_config.io)?;
         let log = LogStore::open(storage, &config.dir.join("raft"), &config.log)?;
-        let sm = StateMachine::<H, N, D>::open(&config.dir, tree_config, hasher, &log).await?;
+        let sm =
+            StateMachine::<H, N, D>::open(&config.dir, tree_config, hasher.clone(), &log).await?;
         let tree = sm.tree.clone();
         let max_batch = tree
             .read()
@@ -222,6 +310,8 @@ impl<H: Hasher, const N: usize, const D: usize> Node<H, N, D> {
             tree,
             log,
             max_batch,
+            hasher,
+            proposals: Default::default(),
         })
     }
 
@@ -265,8 +355,13 @@ impl<H: Hasher, const N: usize, const D: usize> Node<H, N, D> {
         self.insert_many(&[leaf]).await
     }
 
-    /// Appends a batch (one raft entry) through the leader; `index` is its
-    /// first leaf's. At most [`max_batch`](Self::max_batch) leaves.
+    /// Appends a batch through the leader; resolves once a majority holds
+    /// it durable and it is applied. `index` is the batch's first leaf;
+    /// `size` and `root` are the tree's after the raft entry that carried
+    /// it: concurrent calls on a node are proposed together, as one entry
+    /// (group commit at the raft level), their leaves contiguous and in
+    /// call order. At most [`max_batch`](Self::max_batch) leaves; a leaf
+    /// the hasher refuses is refused here, alone.
     pub async fn insert_many(&self, leaves: &[Hash]) -> Result<Committed> {
         if leaves.is_empty() {
             return Err(Error::EmptyBatch);
@@ -277,18 +372,31 @@ impl<H: Hasher, const N: usize, const D: usize> Node<H, N, D> {
                 max: self.max_batch,
             });
         }
-        let resp = self
-            .raft
-            .client_write(Request {
-                leaves: leaves.to_vec(),
-            })
-            .await
-            .map_err(write_error)?;
-        match resp.data {
-            Response::Inserted(c) => Ok(c),
-            Response::Refused(why) => Err(Error::Replication(format!("batch refused: {why}"))),
-            Response::Noop => Err(Error::Replication("a batch applied as no entry".into())),
+        if let Some((i, why)) = leaves
+            .iter()
+            .enumerate()
+            .find_map(|(i, l)| self.hasher.check_leaf(l).err().map(|w| (i, w)))
+        {
+            return Err(Error::InvalidLeaf {
+                index: i as u64,
+                reason: why,
+            });
         }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut q = self.proposals.lock();
+            q.pending.push_back((leaves.to_vec(), tx));
+            !std::mem::replace(&mut q.running, true)
+        };
+        if start {
+            tokio::spawn(propose(
+                self.raft.clone(),
+                self.proposals.clone(),
+                self.max_batch,
+            ));
+        }
+        rx.await
+            .map_err(|_| Error::Replication("the node stopped proposing".into()))?
     }
 
     /// The leaves one [`insert_many`](Self::insert_many) takes.

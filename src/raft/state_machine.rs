@@ -267,12 +267,40 @@ fn unpack(b: &[u8]) -> std::result::Result<Unpacked<'_>, String> {
     Ok(Unpacked { size, root, files })
 }
 
+/// Why a tree of `size` leaves refuses `leaves`, if it does: full, or a
+/// leaf the hasher refuses. The same on every node (it depends on the
+/// tree's contents and type only), so a refused entry is refused
+/// everywhere and the walk at open can tell which entries added leaves.
+pub(crate) fn refusal<H: Hasher, const N: usize, const D: usize>(
+    hasher: &H,
+    size: u64,
+    leaves: &[Hash],
+) -> Option<String> {
+    let capacity = crate::imt::capacity_of(N, D);
+    if leaves.is_empty() {
+        return Some("empty batch".into());
+    }
+    if capacity - size.min(capacity) < leaves.len() as u64 {
+        return Some(format!(
+            "tree full: {size} leaves + {} exceeds the capacity of {capacity}",
+            leaves.len()
+        ));
+    }
+    leaves.iter().enumerate().find_map(|(i, l)| {
+        hasher
+            .check_leaf(l)
+            .err()
+            .map(|why| format!("leaf {} refused by the hasher: {why}", size + i as u64))
+    })
+}
+
 /// The last applied id and membership of a tree of `size` leaves, given
 /// the last snapshot and the raft log after it.
 pub(crate) fn applied_at_open(
     size: u64,
     snapshot: Option<(&Meta, u64)>,
     kept: &Kept,
+    refused: impl Fn(u64, &[Hash]) -> bool,
 ) -> Result<(Option<LogId<u64>>, Membership)> {
     let (mut applied, mut membership, mut at) = match snapshot {
         Some((m, s)) => (m.last_log_id, m.last_membership.clone(), s),
@@ -299,11 +327,11 @@ pub(crate) fn applied_at_open(
             )));
         }
         match &e.payload {
-            EntryPayload::Normal(r) => at += r.leaves.len() as u64,
+            EntryPayload::Normal(r) if !refused(at, &r.leaves) => at += r.leaves.len() as u64,
+            EntryPayload::Normal(_) | EntryPayload::Blank => {}
             EntryPayload::Membership(m) => {
                 membership = StoredMembership::new(Some(e.log_id), m.clone())
             }
-            EntryPayload::Blank => {}
         }
         applied = Some(e.log_id);
         next += 1;
@@ -335,7 +363,12 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
         let snap = read_snapshot_file(&dir)?;
         let current = snap.map(|(f, _)| (f.meta, f.size));
         let (applied, membership) = kept.with_kept(|k| {
-            applied_at_open(tree.size(), current.as_ref().map(|(m, s)| (m, *s)), k)
+            applied_at_open(
+                tree.size(),
+                current.as_ref().map(|(m, s)| (m, *s)),
+                k,
+                |size, leaves| refusal::<H, N, D>(&hasher, size, leaves).is_some(),
+            )
         })?;
         Ok(Self {
             tree: Arc::new(Cell {
@@ -466,10 +499,13 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
         let meta = Meta {
             last_log_id: self.applied,
             last_membership: self.membership.clone(),
+            // Unique per build: a receiver must never splice two packages
+            // made at the same log id.
             snapshot_id: format!(
-                "{}-{}",
+                "{}-{}-{}",
                 self.applied.map_or(0, |l| l.leader_id.term),
-                self.applied.map_or(0, |l| l.index)
+                self.applied.map_or(0, |l| l.index),
+                crate::wal::format::hex(&crate::tree::identity::random_id()[..8])
             ),
         };
         let file = SnapshotFile {
@@ -516,21 +552,21 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> RaftStateMachine<TypeCon
         let mut out = Vec::new();
         for e in entries {
             let r = match e.payload {
-                EntryPayload::Normal(Request { leaves }) => match tree.insert_many(&leaves).await {
-                    Ok(ins) => Response::Inserted(Committed {
-                        index: ins.index,
-                        size: ins.index + leaves.len() as u64,
-                        root: ins.root,
-                    }),
-                    // The same on every node: the tree is the same.
-                    Err(
-                        e @ (Error::Capacity { .. }
-                        | Error::InvalidLeaf { .. }
-                        | Error::EmptyBatch
-                        | Error::BatchTooLarge { .. }),
-                    ) => Response::Refused(e.to_string()),
-                    Err(e) => return Err(sm_err(e)),
-                },
+                EntryPayload::Normal(Request { leaves }) => {
+                    match refusal::<H, N, D>(&self.hasher, tree.size(), &leaves) {
+                        Some(why) => Response::Refused(why),
+                        // Any other failure stops the node: applying it on
+                        // some nodes only would make them differ.
+                        None => {
+                            let ins = tree.insert_many(&leaves).await.map_err(sm_err)?;
+                            Response::Inserted(Committed {
+                                index: ins.index,
+                                size: ins.index + leaves.len() as u64,
+                                root: ins.root,
+                            })
+                        }
+                    }
+                }
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(e.log_id), m);
                     Response::Noop

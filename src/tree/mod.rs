@@ -34,7 +34,7 @@ use crate::wal::{Cause, Durable, Log};
 mod checkpointing;
 mod close;
 mod config;
-mod identity;
+pub(crate) mod identity;
 mod insert;
 pub(crate) mod open;
 mod records;
