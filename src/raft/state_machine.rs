@@ -628,3 +628,104 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> RaftStateMachine<TypeCon
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, LogId};
+
+    use super::*;
+
+    fn entry(index: u64, leaves: usize) -> (u64, (u64, Entry<TypeConfig>)) {
+        let e = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request {
+                leaves: vec![[index as u8; 32]; leaves],
+            }),
+        };
+        (index, (index * 100, e))
+    }
+
+    fn kept(entries: &[(u64, usize)]) -> Kept {
+        let mut k = Kept::default();
+        for &(i, n) in entries {
+            let (i, e) = entry(i, n);
+            k.entries.insert(i, e);
+        }
+        k
+    }
+
+    /// The walk stops at the entry after which the tree has its size, and
+    /// counts no leaves for an entry the tree refused.
+    #[test]
+    fn applied_at_open_follows_the_leaves_and_skips_refusals() {
+        let k = kept(&[(0, 2), (1, 3), (2, 1), (3, 4)]);
+        let none = |_: u64, _: &[Hash]| false;
+        let at = |size| {
+            applied_at_open(size, None, &k, none)
+                .unwrap()
+                .0
+                .map(|l| l.index)
+        };
+        assert_eq!(at(0), None);
+        assert_eq!(at(2), Some(0));
+        assert_eq!(at(5), Some(1));
+        assert_eq!(at(6), Some(2));
+        assert_eq!(at(10), Some(3));
+        // Inside an entry, or beyond the log: the tree and log disagree.
+        assert!(applied_at_open(4, None, &k, none).is_err());
+        assert!(applied_at_open(11, None, &k, none).is_err());
+        // Entry 1 (3 leaves) refused: the tree of 3 leaves applied entry 2.
+        let refuse_1 = |_: u64, l: &[Hash]| l[0] == [1u8; 32];
+        let at = |size| {
+            applied_at_open(size, None, &k, refuse_1)
+                .unwrap()
+                .0
+                .map(|l| l.index)
+        };
+        assert_eq!(at(2), Some(0));
+        assert_eq!(at(3), Some(2));
+        assert_eq!(at(7), Some(3));
+    }
+
+    /// A missing entry the tree's leaves need is reported, not skipped.
+    #[test]
+    fn applied_at_open_reports_a_gap() {
+        let k = kept(&[(0, 2), (2, 1)]);
+        let e = applied_at_open(3, None, &k, |_, _| false).unwrap_err();
+        assert!(e.to_string().contains("raft entry 1"), "{e}");
+    }
+
+    /// A package's names are checked; a flipped byte fails its checksum.
+    #[test]
+    fn packages_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("shards")).unwrap();
+        std::fs::write(dir.path().join("IDENTITY"), b"id").unwrap();
+        let m = crate::checkpoint::format::Manifest {
+            arity: 4,
+            leaves: 0,
+            root: [0; 32],
+            wal_position: 77,
+            tree_id: [3; 16],
+            levels: vec![],
+            finalized: 0,
+        };
+        std::fs::write(dir.path().join("MANIFEST"), m.encode()).unwrap();
+        let p = pack(dir.path(), 0, None).unwrap();
+        let u = unpack(&p).unwrap();
+        assert_eq!(u.files.len(), 2);
+        let manifest =
+            crate::checkpoint::format::Manifest::decode(Path::new("m"), u.files[1].1).unwrap();
+        assert_eq!(manifest.wal_position, 0, "the receiver has no log");
+        for i in [0, 9, 20, p.len() - 1] {
+            let mut bad = p.clone();
+            bad[i] ^= 1;
+            assert!(unpack(&bad).is_err(), "byte {i} flipped went unnoticed");
+        }
+        assert!(unpack(&p[..p.len() - 5]).is_err());
+        for name in ["../x", "shards/level-1.shard", "LOCK", "wal/0.wal"] {
+            assert!(!package_name_ok(name), "{name}");
+        }
+        assert!(package_name_ok("shards/level-07.tail"));
+    }
+}
