@@ -66,14 +66,15 @@ fn leaf(t: u64, n: u64) -> [u8; 32] {
     *blake3::hash(&[t.to_le_bytes(), n.to_le_bytes()].concat()).as_bytes()
 }
 
+/// A node, the stop signal of its server and the server's task.
+type Running = (
+    N3,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+);
+
 struct Cluster {
-    nodes: Vec<
-        Option<(
-            N3,
-            tokio::sync::oneshot::Sender<()>,
-            tokio::task::JoinHandle<()>,
-        )>,
-    >,
+    nodes: Vec<Option<Running>>,
     addrs: Vec<String>,
     root: std::path::PathBuf,
 }

@@ -80,6 +80,7 @@ impl Net {
         !self.faults.lock().unwrap().cut.contains(&(from, to))
     }
 
+    #[allow(clippy::result_large_err)] // openraft's error type
     fn plan<E: std::error::Error>(
         &self,
         from: u64,

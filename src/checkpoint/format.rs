@@ -266,6 +266,15 @@ pub(super) fn sample_manifest(leaves: u64, nodes: &[u64]) -> Manifest {
     }
 }
 
+/// A manifest's bytes with its WAL position set to 0: the checkpoint as a
+/// tree with an empty log would record it (a copy of a checkpoint sent to
+/// another directory, which has none of this log).
+pub(crate) fn without_log(path: &Path, b: &[u8]) -> Result<Vec<u8>> {
+    let mut m = Manifest::decode(path, b)?;
+    m.wal_position = 0;
+    Ok(m.encode())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,13 +302,4 @@ mod tests {
         }
         assert!(Manifest::decode(Path::new("M"), &b[..b.len() - 1]).is_err());
     }
-}
-
-/// A manifest's bytes with its WAL position set to 0: the checkpoint as a
-/// tree with an empty log would record it (a copy of a checkpoint sent to
-/// another directory, which has none of this log).
-pub(crate) fn without_log(path: &Path, b: &[u8]) -> Result<Vec<u8>> {
-    let mut m = Manifest::decode(path, b)?;
-    m.wal_position = 0;
-    Ok(m.encode())
 }

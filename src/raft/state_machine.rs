@@ -316,8 +316,8 @@ pub(crate) fn applied_at_open(
             "the tree holds {size} leaves, fewer than its last snapshot's {at}"
         )));
     }
-    let mut next = applied.map_or(0, |l| l.index + 1);
-    for (&index, (_, e)) in kept.entries.range(next..) {
+    let first = applied.map_or(0, |l| l.index + 1);
+    for (next, (&index, (_, e))) in (first..).zip(kept.entries.range(first..)) {
         if at == size {
             break;
         }
@@ -334,7 +334,6 @@ pub(crate) fn applied_at_open(
             }
         }
         applied = Some(e.log_id);
-        next += 1;
         if at > size {
             return Err(mismatch(format!(
                 "the tree's {size} leaves end inside raft entry {index}"
