@@ -473,6 +473,9 @@ impl<H: Hasher, const N: usize, const D: usize> Node<H, N, D> {
     /// Stops the node: openraft first, then the tree and the raft log are
     /// closed (synced). Writes in flight fail; later calls fail.
     pub async fn shutdown(&self) -> Result<()> {
+        // A purge waiting for a snapshot install gives up, so openraft's
+        // task can stop.
+        self.log.mark().send_modify(|m| m.stopped = true);
         let stopped = self
             .raft
             .shutdown()

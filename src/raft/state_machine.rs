@@ -22,7 +22,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::log_store::{Kept, sync_dir, write_file_durable};
+use super::log_store::{Kept, Mark, sync_dir, write_file_durable};
 use super::{Committed, Request, Response, TypeConfig};
 use crate::error::{Error, Result};
 use crate::{Config, Hash, Hasher, Tree};
@@ -83,6 +83,8 @@ pub struct StateMachine<H: Hasher, const N: usize, const D: usize> {
     membership: Membership,
     /// The last snapshot, built or installed.
     current: Option<(Meta, u64)>,
+    /// Tells the raft log which snapshot is on disk (purges wait for it).
+    mark: Arc<tokio::sync::watch::Sender<Mark>>,
 }
 
 /// `config` for the tree in `dir`.
@@ -294,6 +296,11 @@ pub(crate) fn refusal<H: Hasher, const N: usize, const D: usize>(
     })
 }
 
+/// The last log index a snapshot covers.
+fn snapshot_index(current: Option<&(Meta, u64)>) -> Option<u64> {
+    current.and_then(|(m, _)| m.last_log_id.map(|l| l.index))
+}
+
 /// The last applied id and membership of a tree of `size` leaves, given
 /// the last snapshot and the raft log after it.
 pub(crate) fn applied_at_open(
@@ -369,6 +376,8 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
                 |size, leaves| refusal::<H, N, D>(&hasher, size, leaves).is_some(),
             )
         })?;
+        let mark = kept.mark();
+        mark.send_modify(|m| m.snapshot = snapshot_index(current.as_ref()));
         Ok(Self {
             tree: Arc::new(Cell {
                 tree: parking_lot::RwLock::new(tree),
@@ -380,11 +389,20 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
             applied,
             membership,
             current,
+            mark,
         })
     }
 
     fn tree(&self) -> Tree<H, N, D> {
         self.tree.read().clone()
+    }
+
+    /// Records `current` as the snapshot on disk (it is durable).
+    fn set_current(&mut self, current: (Meta, u64)) {
+        self.current = Some(current);
+        let index = snapshot_index(self.current.as_ref());
+        self.mark
+            .send_modify(|m| m.snapshot = m.snapshot.max(index));
     }
 
     /// Verifies a received package and installs it as the tree.
@@ -518,7 +536,7 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
         })
         .await
         .map_err(|e| Error::Replication(format!("snapshot task: {e}")))??;
-        self.current = Some((meta.clone(), size));
+        self.set_current((meta.clone(), size));
         Ok((meta, package))
     }
 }
@@ -603,13 +621,18 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> RaftStateMachine<TypeCon
             return Err(shut());
         }
         let package = snapshot.into_inner();
-        let size = self
-            .install(meta, &package)
-            .await
-            .map_err(|e| snap_err(Some(meta), e))?;
+        let size = match self.install(meta, &package).await {
+            Ok(size) => size,
+            Err(e) => {
+                // openraft stops on this error; the purge it queued behind
+                // the snapshot must not go ahead.
+                self.mark.send_modify(|m| m.stopped = true);
+                return Err(snap_err(Some(meta), e));
+            }
+        };
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        self.current = Some((meta.clone(), size));
+        self.set_current((meta.clone(), size));
         Ok(())
     }
 
