@@ -155,8 +155,12 @@ fn start_path(dir: &Path) -> PathBuf {
     dir.join("START")
 }
 
-/// Reads `START`: the position replay starts at and the purged log id
-/// there (postcard), then a CRC-32C of them; missing: the beginning.
+/// `START`'s first bytes (the `1` is its format version).
+const START_MAGIC: &[u8; 8] = b"RTRSTRT1";
+
+/// Reads `START`: its magic, the position replay starts at and the purged
+/// log id there (postcard), then a CRC-32C of all before; missing: the
+/// beginning.
 fn read_start(dir: &Path) -> Result<(u64, Option<LogId<u64>>)> {
     let path = start_path(dir);
     let b = match std::fs::read(&path) {
@@ -169,14 +173,22 @@ fn read_start(dir: &Path) -> Result<(u64, Option<LogId<u64>>)> {
         offset: 0,
         reason,
     };
-    if b.len() < 5 {
-        return Err(corrupt(format!("START is {} bytes", b.len())));
+    if b.len() < 13 || &b[..8] != START_MAGIC {
+        return Err(corrupt(format!(
+            "not a START file of this version ({} bytes)",
+            b.len()
+        )));
     }
     let (body, crc) = b.split_at(b.len() - 4);
     if crc32c::crc32c(body).to_le_bytes() != crc {
         return Err(corrupt("START fails its checksum".into()));
     }
-    postcard::from_bytes(body).map_err(|e| corrupt(format!("START: {e}")))
+    let (start, rest) =
+        postcard::take_from_bytes(&body[8..]).map_err(|e| corrupt(format!("START: {e}")))?;
+    if !rest.is_empty() {
+        return Err(corrupt(format!("{} stray bytes in START", rest.len())));
+    }
+    Ok(start)
 }
 
 /// Replaces a small file durably: a temporary, synced, renamed over the
@@ -206,7 +218,8 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 fn write_start(dir: &Path, start: u64, purged: Option<LogId<u64>>) -> Result<()> {
-    let mut b = postcard::to_stdvec(&(start, purged)).map_err(|e| Error::Config(e.to_string()))?;
+    let mut b = START_MAGIC.to_vec();
+    b = postcard::to_extend(&(start, purged), b).map_err(|e| Error::Config(e.to_string()))?;
     b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
     write_file_durable(&start_path(dir), &b)
 }
@@ -465,8 +478,26 @@ mod tests {
     type Sm = StateMachine<Blake3, 2, 32>;
 
     fn open(dir: &Path) -> LogStore {
+        open_with(dir, &LogConfig::default()).unwrap()
+    }
+
+    fn open_with(dir: &Path, config: &LogConfig) -> Result<LogStore> {
         let storage = crate::io::open_storage(Config::new(dir).io).unwrap();
-        LogStore::open(storage, &dir.join("raft"), &LogConfig::default()).unwrap()
+        LogStore::open(storage, &dir.join("raft"), config)
+    }
+
+    async fn put_entries(log: &LogStore, range: std::ops::Range<u64>, pad: usize) {
+        for i in range {
+            let mut e = entry(i);
+            e.payload = EntryPayload::Normal(crate::raft::Request {
+                leaves: vec![[i as u8; 32]; pad],
+            });
+            let mut body = vec![ENTRY];
+            body.extend(postcard::to_stdvec(&e).unwrap());
+            let lsn = log.inner.log.end();
+            log.inner.log.append(&[&body]).await.unwrap().await.unwrap();
+            log.inner.kept.lock().entries.insert(i, (lsn, e));
+        }
     }
 
     struct Builder;
@@ -565,15 +596,7 @@ mod tests {
     async fn purge_waits_for_the_snapshot_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = open(dir.path());
-        for i in 0..10 {
-            let body = {
-                let mut b = vec![ENTRY];
-                b.extend(postcard::to_stdvec(&entry(i)).unwrap());
-                b
-            };
-            log.inner.log.append(&[&body]).await.unwrap().await.unwrap();
-            log.inner.kept.lock().entries.insert(i, (0, entry(i)));
-        }
+        put_entries(&log, 0..10, 1).await;
         log.mark().send_modify(|m| m.snapshot = Some(3));
         // Covered: done at once.
         log.purge(entry(2).log_id).await.unwrap();
@@ -604,5 +627,56 @@ mod tests {
             assert_eq!(k.purged.map(|p| p.index), Some(6));
             assert_eq!(k.entries.keys().copied().collect::<Vec<_>>(), [7, 8, 9]);
         });
+    }
+
+    /// A purge retires whole segments below the first kept entry and moves
+    /// `START`; the reopened log has what was kept. With `START` lost, the
+    /// log refuses to open rather than replay a part of itself.
+    #[tokio::test]
+    async fn purge_retires_segments_and_start_is_needed_after() {
+        let dir = tempfile::tempdir().unwrap();
+        // No spares: retired segments are deleted.
+        let config = LogConfig {
+            segment_size: 64 << 10,
+            spare_segments: 0,
+            ..LogConfig::default()
+        };
+        let mut log = open_with(dir.path(), &config).unwrap();
+        // About 3 KiB each: several segments.
+        put_entries(&log, 0..100, 96).await;
+        log.mark().send_modify(|m| m.snapshot = Some(80));
+        log.purge(entry(80).log_id).await.unwrap();
+        log.close().unwrap();
+        drop(log);
+        let segments = || {
+            std::fs::read_dir(dir.path().join("raft"))
+                .unwrap()
+                .filter(|e| {
+                    let name = e.as_ref().unwrap().file_name();
+                    name.to_string_lossy().ends_with(".wal")
+                })
+                .count()
+        };
+        let log = open_with(dir.path(), &config).unwrap();
+        log.with_kept(|k| {
+            assert_eq!(k.purged.map(|p| p.index), Some(80));
+            assert_eq!(
+                k.entries.keys().copied().collect::<Vec<_>>(),
+                (81..100).collect::<Vec<_>>()
+            );
+        });
+        log.close().unwrap();
+        drop(log);
+        assert!(
+            !dir.path()
+                .join("raft")
+                .join(format!("{:020}.wal", 0))
+                .exists(),
+            "the first segment was not retired ({} left)",
+            segments()
+        );
+        std::fs::remove_file(dir.path().join("raft/START")).unwrap();
+        let e = open_with(dir.path(), &config).map(|_| ()).unwrap_err();
+        assert!(e.file().is_some_and(|f| f.starts_with(dir.path())), "{e}");
     }
 }

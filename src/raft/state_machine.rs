@@ -296,14 +296,57 @@ pub(crate) fn refusal<H: Hasher, const N: usize, const D: usize>(
     })
 }
 
+/// Checks that the snapshot file at `path` is one of `tree`'s: its package
+/// whole and declaring the leaves and root the tree had at that size (so a
+/// follower is never sent another tree's checkpoint).
+fn check_snapshot_of<H: Hasher, const N: usize, const D: usize>(
+    tree: &Tree<H, N, D>,
+    path: &Path,
+    file: &SnapshotFile,
+    package: &[u8],
+) -> Result<()> {
+    let corrupt = |reason: String| Error::Corruption {
+        file: path.to_path_buf(),
+        offset: 0,
+        reason,
+    };
+    let unpacked = unpack(package).map_err(corrupt)?;
+    if unpacked.size != file.size {
+        return Err(corrupt(format!(
+            "the package holds {} leaves, the metadata says {}",
+            unpacked.size, file.size
+        )));
+    }
+    if file.size > tree.size() {
+        return Err(corrupt(format!(
+            "a snapshot of {} leaves, the tree holds {}",
+            file.size,
+            tree.size()
+        )));
+    }
+    let root = match file.size {
+        0 => None,
+        n => Some(tree.snapshot().root_at(n)?),
+    };
+    if root != unpacked.root {
+        return Err(corrupt(format!(
+            "the snapshot's root at {} leaves is not the tree's",
+            file.size
+        )));
+    }
+    Ok(())
+}
+
 /// The last log index a snapshot covers.
 fn snapshot_index(current: Option<&(Meta, u64)>) -> Option<u64> {
     current.and_then(|(m, _)| m.last_log_id.map(|l| l.index))
 }
 
 /// The last applied id and membership of a tree of `size` leaves, given
-/// the last snapshot and the raft log after it.
+/// the last snapshot and the raft log after it; a disagreement is an error
+/// naming the tree directory `dir`.
 pub(crate) fn applied_at_open(
+    dir: &Path,
     size: u64,
     snapshot: Option<(&Meta, u64)>,
     kept: &Kept,
@@ -314,7 +357,7 @@ pub(crate) fn applied_at_open(
         None => (None, Membership::default(), 0),
     };
     let mismatch = |reason: String| Error::Corruption {
-        file: PathBuf::from("tree"),
+        file: dir.to_path_buf(),
         offset: size,
         reason,
     };
@@ -367,9 +410,13 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
         let dir = tree_dir(node_dir);
         let tree = Tree::open_with(with_dir(&tree_config, &dir), hasher.clone()).await?;
         let snap = read_snapshot_file(&dir)?;
+        if let Some((f, package)) = &snap {
+            check_snapshot_of(&tree, &dir.join(SNAPSHOT_FILE), f, package)?;
+        }
         let current = snap.map(|(f, _)| (f.meta, f.size));
         let (applied, membership) = kept.with_kept(|k| {
             applied_at_open(
+                &dir,
                 tree.size(),
                 current.as_ref().map(|(m, s)| (m, *s)),
                 k,
@@ -683,7 +730,7 @@ mod tests {
         let k = kept(&[(0, 2), (1, 3), (2, 1), (3, 4)]);
         let none = |_: u64, _: &[Hash]| false;
         let at = |size| {
-            applied_at_open(size, None, &k, none)
+            applied_at_open(Path::new("t"), size, None, &k, none)
                 .unwrap()
                 .0
                 .map(|l| l.index)
@@ -694,12 +741,12 @@ mod tests {
         assert_eq!(at(6), Some(2));
         assert_eq!(at(10), Some(3));
         // Inside an entry, or beyond the log: the tree and log disagree.
-        assert!(applied_at_open(4, None, &k, none).is_err());
-        assert!(applied_at_open(11, None, &k, none).is_err());
+        assert!(applied_at_open(Path::new("t"), 4, None, &k, none).is_err());
+        assert!(applied_at_open(Path::new("t"), 11, None, &k, none).is_err());
         // Entry 1 (3 leaves) refused: the tree of 3 leaves applied entry 2.
         let refuse_1 = |_: u64, l: &[Hash]| l[0] == [1u8; 32];
         let at = |size| {
-            applied_at_open(size, None, &k, refuse_1)
+            applied_at_open(Path::new("t"), size, None, &k, refuse_1)
                 .unwrap()
                 .0
                 .map(|l| l.index)
@@ -713,7 +760,7 @@ mod tests {
     #[test]
     fn applied_at_open_reports_a_gap() {
         let k = kept(&[(0, 2), (2, 1)]);
-        let e = applied_at_open(3, None, &k, |_, _| false).unwrap_err();
+        let e = applied_at_open(Path::new("t"), 3, None, &k, |_, _| false).unwrap_err();
         assert!(e.to_string().contains("raft entry 1"), "{e}");
     }
 
