@@ -797,4 +797,38 @@ mod tests {
         }
         assert!(package_name_ok("shards/level-07.tail"));
     }
+
+    /// A snapshot file is accepted only by the tree it was made of.
+    #[tokio::test]
+    async fn a_snapshot_file_belongs_to_its_tree() {
+        use crate::Blake3;
+        let meta = Meta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 9)),
+            last_membership: Membership::default(),
+            snapshot_id: "s".into(),
+        };
+        let make = async |first: u8| {
+            let dir = tempfile::tempdir().unwrap();
+            let tree = Tree::<Blake3, 4, 32>::open(Config::new(dir.path()))
+                .await
+                .unwrap();
+            let leaves: Vec<Hash> = (0..40u8).map(|i| [first.wrapping_add(i); 32]).collect();
+            tree.insert_many(&leaves).await.unwrap();
+            tree.checkpoint().await.unwrap();
+            let package = pack(dir.path(), tree.size(), tree.root()).unwrap();
+            tree.insert_many(&leaves[..5]).await.unwrap();
+            (dir, tree, package)
+        };
+        let (_a_dir, a, package) = make(0).await;
+        let (_b_dir, b, _) = make(100).await;
+        let file = SnapshotFile { meta, size: 40 };
+        let path = Path::new("RAFT-SNAPSHOT");
+        check_snapshot_of(&a, path, &file, &package).unwrap();
+        let e = check_snapshot_of(&b, path, &file, &package).unwrap_err();
+        assert!(e.to_string().contains("not the tree's"), "{e}");
+        let wrong_size = SnapshotFile { size: 41, ..file };
+        assert!(check_snapshot_of(&a, path, &wrong_size, &package).is_err());
+        a.close().await.unwrap();
+        b.close().await.unwrap();
+    }
 }
