@@ -313,8 +313,7 @@ async fn call<T: DeserializeOwned>(
         if !resp.status().is_success() {
             return Err(CallError::Network(format!("{url}: HTTP {}", resp.status())));
         }
-        let bytes = resp
-            .into_body()
+        let bytes = http_body_util::Limited::new(resp.into_body(), MAX_BODY)
             .collect()
             .await
             .map_err(|e| CallError::Network(format!("{url}: {e}")))?
@@ -463,7 +462,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// A client of the nodes at these addresses (`host:port`).
+    /// A client of the nodes at these addresses (`host:port`); with none,
+    /// every call is an `Error::Config`.
     pub fn new(nodes: impl IntoIterator<Item = String>) -> Self {
         Self {
             http: http_client(),
@@ -484,7 +484,13 @@ impl Client {
         retry_delivered: bool,
     ) -> Result<T> {
         use std::sync::atomic::Ordering;
+        if self.nodes.is_empty() {
+            return Err(Error::Config("a client of no nodes".into()));
+        }
         let start = tokio::time::Instant::now();
+        // A hint is followed at once, but not twice in a row: two nodes
+        // that name each other (a stale hint) are asked again after a wait.
+        let mut hopped = false;
         let mut last = String::from("no node answered");
         let mut i = self.leader.load(Ordering::Relaxed) % self.nodes.len().max(1);
         loop {
@@ -503,10 +509,12 @@ impl Client {
                 Ok(Reply::NotLeader { address, .. }) => {
                     last = format!("{} does not lead", self.nodes[i]);
                     match address.and_then(|a| self.nodes.iter().position(|n| *n == a)) {
-                        Some(j) if j != i => {
+                        Some(j) if j != i && !hopped => {
                             i = j;
+                            hopped = true;
                             continue;
                         }
+                        Some(j) if j != i => i = j,
                         // An election is under way: wait for it.
                         _ => i = (i + 1) % self.nodes.len(),
                     }
@@ -527,6 +535,7 @@ impl Client {
                     )));
                 }
             }
+            hopped = false;
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

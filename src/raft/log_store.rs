@@ -231,6 +231,12 @@ fn storage_err(e: impl std::fmt::Display) -> StorageError<u64> {
 impl LogStore {
     /// Opens (or creates) the raft log in `dir` and replays it.
     pub(crate) fn open(storage: Arc<dyn Storage>, dir: &Path, config: &LogConfig) -> Result<Self> {
+        if matches!(config.flush, crate::wal::FlushPolicy::Manual) {
+            // Nothing here calls `flush`: every append would wait for ever.
+            return Err(Error::Config(
+                "the raft log needs a flush policy that syncs by itself, not Manual".into(),
+            ));
+        }
         crate::io::create_dir_durable(&*storage, dir)?;
         let (start, purged) = read_start(dir)?;
         let mut kept = Kept {
@@ -302,12 +308,39 @@ impl LogStore {
     }
 }
 
+/// About the most bytes of entries one append request carries (at least
+/// one entry): a follower receives and syncs it within a heartbeat
+/// interval, the time openraft gives an append.
+const APPEND_BUDGET: u64 = 2 << 20;
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
     ) -> std::result::Result<Vec<Entry>, StorageError<u64>> {
         Ok(self.entries(range))
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> std::result::Result<Vec<Entry>, StorageError<u64>> {
+        let kept = self.inner.kept.lock();
+        let mut bytes = 0u64;
+        let mut out = Vec::new();
+        for (_, (_, e)) in kept.entries.range(start..end) {
+            let size = match &e.payload {
+                openraft::EntryPayload::Normal(r) => 32 * r.leaves.len() as u64,
+                _ => 0,
+            } + 64;
+            if !out.is_empty() && bytes + size > APPEND_BUDGET {
+                break;
+            }
+            bytes += size;
+            out.push(e.clone());
+        }
+        Ok(out)
     }
 }
 
@@ -406,11 +439,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> std::result::Result<(), StorageError<u64>> {
-        // Need not be durable at once: entries that come back after a crash
-        // are uncommitted ones the leader overwrites again; any entry
-        // appended after this record makes it durable first.
+        // Durable before it returns (truncations are rare): entries that
+        // came back after a crash could otherwise sit past a snapshot
+        // openraft installs next, where the log says nothing is.
         let body = postcard::to_stdvec(&log_id.index).map_err(storage_err)?;
-        self.put(TRUNCATE, &body).await.map_err(storage_err)?;
+        self.put_durable(TRUNCATE, &body).await?;
         self.inner.kept.lock().entries.split_off(&log_id.index);
         Ok(())
     }

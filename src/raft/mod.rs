@@ -30,7 +30,6 @@ mod log_store;
 mod state_machine;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Cursor;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -89,7 +88,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 
@@ -108,6 +107,17 @@ pub struct NodeConfig {
     pub log: LogConfig,
     /// openraft's configuration (timeouts, heartbeats, snapshot policy).
     pub raft: openraft::Config,
+    /// The most leaves one raft entry carries, and so one `insert_many`
+    /// (default 32,768: 1 MiB of leaves, which a follower receives and
+    /// syncs well within a heartbeat interval, the time openraft gives an
+    /// append). Every member must be able to take it: opening a node whose
+    /// tree or raft log cannot is an error.
+    pub max_batch: u64,
+    /// How long an insert waits to be committed and applied before it
+    /// fails with its outcome unknown (default 10 s): a leader cut off in a
+    /// minority, or one whose entry a later leader's snapshot covered,
+    /// never learns the outcome otherwise.
+    pub write_timeout: std::time::Duration,
 }
 
 impl NodeConfig {
@@ -132,6 +142,8 @@ impl NodeConfig {
                 install_snapshot_timeout: 30_000,
                 ..Default::default()
             },
+            max_batch: 32_768,
+            write_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -143,6 +155,7 @@ pub struct Node<H: Hasher, const N: usize, const MAX_DEPTH: usize> {
     tree: state_machine::TreeCell<H, N, MAX_DEPTH>,
     log: LogStore,
     max_batch: u64,
+    write_timeout: std::time::Duration,
     hasher: H,
     proposals: Arc<parking_lot::Mutex<Proposals>>,
 }
@@ -155,6 +168,7 @@ impl<H: Hasher, const N: usize, const D: usize> Clone for Node<H, N, D> {
             tree: self.tree.clone(),
             log: self.log.clone(),
             max_batch: self.max_batch,
+            write_timeout: self.write_timeout,
             hasher: self.hasher.clone(),
             proposals: self.proposals.clone(),
         }
@@ -183,6 +197,7 @@ async fn propose(
     raft: Raft<TypeConfig>,
     proposals: Arc<parking_lot::Mutex<Proposals>>,
     max_batch: u64,
+    write_timeout: std::time::Duration,
 ) {
     loop {
         let batch: Vec<(Vec<Hash>, Waiter)> = {
@@ -203,7 +218,19 @@ async fn propose(
             batch
         };
         let leaves: Vec<Hash> = batch.iter().flat_map(|(l, _)| l.iter().copied()).collect();
-        let r = raft.client_write(Request { leaves }).await;
+        let r = match tokio::time::timeout(write_timeout, raft.client_write(Request { leaves }))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                for (_, tx) in batch {
+                    let _ = tx.send(Err(Error::Replication(format!(
+                        "outcome unknown: not committed within {write_timeout:?} (it may still be)"
+                    ))));
+                }
+                continue;
+            }
+        };
         let fail = |e: &dyn Fn() -> Error, batch: Vec<(Vec<Hash>, Waiter)>| {
             for (_, tx) in batch {
                 let _ = tx.send(Err(e()));
@@ -290,10 +317,16 @@ impl<H: Hasher, const N: usize, const D: usize> Node<H, N, D> {
         let sm =
             StateMachine::<H, N, D>::open(&config.dir, tree_config, hasher.clone(), &log).await?;
         let tree = sm.tree.clone();
-        let max_batch = tree
+        let max_batch = config.max_batch;
+        let room = tree
             .read()
             .max_batch()
             .min((log.max_payload() - ENTRY_OVERHEAD) / 32);
+        if max_batch == 0 || max_batch > room {
+            return Err(Error::Config(format!(
+                "max_batch {max_batch}: this node's tree and raft log take 1 to {room} leaves an entry"
+            )));
+        }
         let raft_config = Arc::new(
             config
                 .raft
@@ -310,6 +343,7 @@ impl<H: Hasher, const N: usize, const D: usize> Node<H, N, D> {
             tree,
             log,
             max_batch,
+            write_timeout: config.write_timeout,
             hasher,
             proposals: Default::default(),
         })
@@ -393,6 +427,7 @@ impl<H: Hasher, const N: usize, const D: usize> Node<H, N, D> {
                 self.raft.clone(),
                 self.proposals.clone(),
                 self.max_batch,
+                self.write_timeout,
             ));
         }
         rx.await

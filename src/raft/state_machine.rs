@@ -11,7 +11,7 @@
 //! has its recovered size (see [`applied_at_open`]). A leaf batch is one
 //! tree record, so a crash never leaves half an entry.
 
-use std::io::Cursor;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -22,7 +22,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::log_store::{Kept, Mark, sync_dir, write_file_durable};
+use super::log_store::{Kept, Mark, sync_dir};
 use super::{Committed, Request, Response, TypeConfig};
 use crate::error::{Error, Result};
 use crate::{Config, Hash, Hasher, Tree};
@@ -99,6 +99,11 @@ pub(crate) fn tree_dir(node_dir: &Path) -> PathBuf {
     node_dir.join("tree")
 }
 
+/// Where a snapshot being received is written.
+fn incoming(node_dir: &Path) -> PathBuf {
+    node_dir.join("snapshot.incoming")
+}
+
 /// Finishes or undoes an install a crash interrupted: `tree.next` complete
 /// and `tree` gone means the swap was under way.
 pub(crate) fn settle_install(node_dir: &Path) -> Result<()> {
@@ -118,47 +123,90 @@ pub(crate) fn settle_install(node_dir: &Path) -> Result<()> {
             std::fs::remove_dir_all(stale).map_err(io(stale))?;
         }
     }
+    let received = incoming(node_dir);
+    if received.exists() {
+        std::fs::remove_file(&received).map_err(io(&received))?;
+    }
     Ok(())
 }
 
-/// Reads the snapshot file of a tree directory, if there is one.
-fn read_snapshot_file(tree: &Path) -> Result<Option<(SnapshotFile, Vec<u8>)>> {
-    let path = tree.join(SNAPSHOT_FILE);
-    let b = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(Error::Io { path, source }),
-    };
-    let corrupt = |reason: String| Error::Corruption {
-        file: path.clone(),
-        offset: 0,
-        reason,
-    };
-    if b.len() < 20 || &b[..8] != SNAPSHOT_MAGIC {
-        return Err(corrupt("not a raft snapshot file".into()));
-    }
-    let (body, crc) = b.split_at(b.len() - 4);
-    if crc32c::crc32c(body).to_le_bytes() != crc {
-        return Err(corrupt("checksum mismatch".into()));
-    }
-    let meta_len = u32::from_le_bytes(body[8..12].try_into().expect("4 bytes")) as usize;
-    let meta_bytes = body
-        .get(12..12 + meta_len)
-        .ok_or_else(|| corrupt(format!("metadata of {meta_len} bytes past the end")))?;
-    let file: SnapshotFile =
-        postcard::from_bytes(meta_bytes).map_err(|e| corrupt(format!("metadata: {e}")))?;
-    Ok(Some((file, body[12 + meta_len..].to_vec())))
+/// A writer that keeps the CRC-32C of what went through it.
+struct CrcWrite<W> {
+    inner: W,
+    crc: u32,
+    len: u64,
 }
 
-fn write_snapshot_file(tree: &Path, file: &SnapshotFile, package: &[u8]) -> Result<()> {
-    let meta = postcard::to_stdvec(file).map_err(|e| Error::Config(e.to_string()))?;
-    let mut b = Vec::with_capacity(16 + meta.len() + package.len());
-    b.extend_from_slice(SNAPSHOT_MAGIC);
-    b.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-    b.extend_from_slice(&meta);
-    b.extend_from_slice(package);
-    b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
-    write_file_durable(&tree.join(SNAPSHOT_FILE), &b)
+impl<W: Write> Write for CrcWrite<W> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(b)?;
+        self.crc = crc32c::crc32c_append(self.crc, &b[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A reader of a snapshot file that keeps two CRC-32Cs of what came
+/// through it (the whole file's, and the package's since `inner` was
+/// reset) and where it is; every length is checked against the file's.
+struct SnapReader<'a> {
+    inner: std::io::BufReader<std::fs::File>,
+    path: &'a Path,
+    total: u64,
+    at: u64,
+    outer: u32,
+    package: u32,
+}
+
+impl Read for SnapReader<'_> {
+    fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(b)?;
+        self.outer = crc32c::crc32c_append(self.outer, &b[..n]);
+        self.package = crc32c::crc32c_append(self.package, &b[..n]);
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+impl SnapReader<'_> {
+    fn corrupt(&self, at: u64, reason: String) -> Error {
+        Error::Corruption {
+            file: self.path.to_path_buf(),
+            offset: at,
+            reason,
+        }
+    }
+
+    /// Whether `n` more bytes leave `reserve` for what must follow.
+    fn fits(&self, n: u64, reserve: u64) -> Result<()> {
+        match self.at.checked_add(n).and_then(|e| e.checked_add(reserve)) {
+            Some(end) if end <= self.total => Ok(()),
+            _ => Err(self.corrupt(
+                self.at,
+                format!("{n} more bytes wanted, the file ends first"),
+            )),
+        }
+    }
+
+    /// The next `n` bytes, with `reserve` left after them.
+    fn next_bytes(&mut self, n: u64, reserve: u64) -> Result<Vec<u8>> {
+        self.fits(n, reserve)?;
+        let mut b = vec![0; n as usize];
+        let at = self.at;
+        self.read_exact(&mut b)
+            .map_err(|e| self.corrupt(at, format!("read: {e}")))?;
+        Ok(b)
+    }
+
+    fn u32(&mut self, reserve: u64) -> Result<u32> {
+        Ok(u32::from_le_bytes(
+            self.next_bytes(4, reserve)?.try_into().expect("4"),
+        ))
+    }
 }
 
 /// The files of a checkpoint a package carries: the identity, the manifest
@@ -178,10 +226,11 @@ fn package_name_ok(name: &str) -> bool {
         && matches!(ext, "shard" | "sums" | "tail")
 }
 
-/// Packs the tree directory's checkpoint: `RTRAFTS1`, leaves (u64), root
-/// flag (u8) and root (32), file count (u32), then per file its name length
-/// (u16), name, length (u64) and bytes; a CRC-32C of all before.
-fn pack(tree: &Path, size: u64, root: Option<Hash>) -> Result<Vec<u8>> {
+/// Packs the checkpoint of the tree directory `tree` into `out`, streamed:
+/// `RTRAFTS1`, leaves (u64), root flag (u8) and root (32), file count
+/// (u32), then per file its name length (u16), name, length (u64) and
+/// bytes; a CRC-32C of all before.
+fn pack(tree: &Path, size: u64, root: Option<Hash>, out: &mut impl Write) -> Result<()> {
     let mut names = vec!["IDENTITY".to_owned(), "MANIFEST".to_owned()];
     let shards = tree.join("shards");
     let io = |path: &Path| {
@@ -198,75 +247,178 @@ fn pack(tree: &Path, size: u64, root: Option<Hash>) -> Result<Vec<u8>> {
         levels.sort();
         names.extend(levels);
     }
-    let mut b = Vec::new();
-    b.extend_from_slice(PACKAGE_MAGIC);
-    b.extend_from_slice(&size.to_le_bytes());
-    b.push(root.is_some() as u8);
-    b.extend_from_slice(&root.unwrap_or_default());
-    b.extend_from_slice(&(names.len() as u32).to_le_bytes());
+    let mut w = CrcWrite {
+        inner: out,
+        crc: 0,
+        len: 0,
+    };
+    let mut head = Vec::with_capacity(53);
+    head.extend_from_slice(PACKAGE_MAGIC);
+    head.extend_from_slice(&size.to_le_bytes());
+    head.push(root.is_some() as u8);
+    head.extend_from_slice(&root.unwrap_or_default());
+    head.extend_from_slice(&(names.len() as u32).to_le_bytes());
+    w.write_all(&head).map_err(io(tree))?;
     for name in names {
         let path = tree.join(&name);
-        let mut data = std::fs::read(&path).map_err(io(&path))?;
+        let mut f = std::fs::File::open(&path).map_err(io(&path))?;
+        let len = f.metadata().map_err(io(&path))?.len();
+        w.write_all(&(name.len() as u16).to_le_bytes())
+            .and_then(|()| w.write_all(name.as_bytes()))
+            .map_err(io(&path))?;
         if name == "MANIFEST" {
             // The receiver has none of this tree's log.
-            data = crate::checkpoint::format::without_log(&path, &data)?;
+            let data = std::fs::read(&path).map_err(io(&path))?;
+            let data = crate::checkpoint::format::without_log(&path, &data)?;
+            w.write_all(&(data.len() as u64).to_le_bytes())
+                .and_then(|()| w.write_all(&data))
+                .map_err(io(&path))?;
+            continue;
         }
-        b.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        b.extend_from_slice(name.as_bytes());
-        b.extend_from_slice(&(data.len() as u64).to_le_bytes());
-        b.extend_from_slice(&data);
+        w.write_all(&len.to_le_bytes()).map_err(io(&path))?;
+        let copied = std::io::copy(&mut (&mut f).take(len), &mut w).map_err(io(&path))?;
+        if copied != len {
+            return Err(Error::Replication(format!(
+                "{} shrank while it was packed",
+                path.display()
+            )));
+        }
     }
-    b.extend_from_slice(&crc32c::crc32c(&b).to_le_bytes());
-    Ok(b)
+    let crc = w.crc;
+    w.write_all(&crc.to_le_bytes()).map_err(io(tree))?;
+    Ok(())
 }
 
-/// A package taken apart: leaves, root, files.
-struct Unpacked<'a> {
+/// Writes the snapshot file of the tree directory `tree` durably:
+/// `RTRAFTM1`, the metadata's length (u32) and postcard, the package of
+/// the tree's checkpoint, a CRC-32C of all before.
+fn write_snapshot_file(tree: &Path, file: &SnapshotFile, root: Option<Hash>) -> Result<()> {
+    let path = tree.join(SNAPSHOT_FILE);
+    let tmp = path.with_extension("tmp");
+    let io = |source| Error::Io {
+        path: tmp.clone(),
+        source,
+    };
+    let meta = postcard::to_stdvec(file).map_err(|e| Error::Config(e.to_string()))?;
+    let f = std::fs::File::create(&tmp).map_err(io)?;
+    let mut w = CrcWrite {
+        inner: std::io::BufWriter::with_capacity(1 << 20, f),
+        crc: 0,
+        len: 0,
+    };
+    w.write_all(SNAPSHOT_MAGIC)
+        .and_then(|()| w.write_all(&(meta.len() as u32).to_le_bytes()))
+        .and_then(|()| w.write_all(&meta))
+        .map_err(io)?;
+    pack(tree, file.size, root, &mut w)?;
+    let crc = w.crc;
+    let mut f = w.inner.into_inner().map_err(|e| io(e.into_error()))?;
+    f.write_all(&crc.to_le_bytes()).map_err(io)?;
+    f.sync_data().map_err(io)?;
+    drop(f);
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    sync_dir(tree)
+}
+
+/// What a snapshot file holds, read through.
+struct Parsed {
+    file: SnapshotFile,
+    /// The leaves and root its package declares.
     size: u64,
     root: Option<Hash>,
-    files: Vec<(&'a str, &'a [u8])>,
 }
 
-fn unpack(b: &[u8]) -> std::result::Result<Unpacked<'_>, String> {
-    if b.len() < 57 || &b[..8] != PACKAGE_MAGIC {
-        return Err(format!("not a snapshot package ({} bytes)", b.len()));
-    }
-    let (body, crc) = b.split_at(b.len() - 4);
-    if crc32c::crc32c(body).to_le_bytes() != crc {
-        return Err("snapshot package fails its checksum".into());
-    }
-    let mut at = 8;
-    let mut take = |n: usize| -> std::result::Result<&[u8], String> {
-        let s = body
-            .get(at..at + n)
-            .ok_or_else(|| format!("snapshot package ends at byte {at}, {n} more needed"))?;
-        at += n;
-        Ok(s)
+/// Reads the snapshot file at `path` through, checking its layout and both
+/// checksums; with `into`, writes the package's files there (a directory
+/// with `shards/`), each synced. Memory stays small whatever the size.
+fn read_snapshot_file(path: &Path, into: Option<&Path>) -> Result<Parsed> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
     };
-    let size = u64::from_le_bytes(take(8)?.try_into().expect("8"));
-    let has_root = take(1)?[0];
-    let root: Hash = take(32)?.try_into().expect("32");
-    let root = match has_root {
+    let f = std::fs::File::open(path).map_err(io)?;
+    let total = f.metadata().map_err(io)?.len();
+    let mut r = SnapReader {
+        inner: std::io::BufReader::with_capacity(1 << 20, f),
+        path,
+        total,
+        at: 0,
+        outer: 0,
+        package: 0,
+    };
+    // The package header, its checksum and the file's.
+    const TRAILER: u64 = 8;
+    if r.next_bytes(8, TRAILER)? != SNAPSHOT_MAGIC {
+        return Err(r.corrupt(0, "not a raft snapshot file".into()));
+    }
+    let meta_len = r.u32(TRAILER)?;
+    let meta = r.next_bytes(meta_len.into(), TRAILER)?;
+    let file: SnapshotFile =
+        postcard::from_bytes(&meta).map_err(|e| r.corrupt(12, format!("metadata: {e}")))?;
+    let start = r.at;
+    r.package = 0;
+    let head = r.next_bytes(53, TRAILER)?;
+    if &head[..8] != PACKAGE_MAGIC {
+        return Err(r.corrupt(start, "not a snapshot package".into()));
+    }
+    let size = u64::from_le_bytes(head[8..16].try_into().expect("8"));
+    let root: Hash = head[17..49].try_into().expect("32");
+    let root = match head[16] {
         0 => None,
         1 => Some(root),
-        f => return Err(format!("root flag {f}")),
+        f => return Err(r.corrupt(start + 16, format!("root flag {f}"))),
     };
-    let count = u32::from_le_bytes(take(4)?.try_into().expect("4"));
-    let mut files = Vec::new();
+    let count = u32::from_le_bytes(head[49..53].try_into().expect("4"));
+    let mut names: Vec<String> = Vec::new();
     for _ in 0..count {
-        let len = u16::from_le_bytes(take(2)?.try_into().expect("2")) as usize;
-        let name = std::str::from_utf8(take(len)?).map_err(|e| format!("file name: {e}"))?;
-        if !package_name_ok(name) || files.iter().any(|(n, _)| *n == name) {
-            return Err(format!("unexpected file {name:?} in a snapshot package"));
+        let at = r.at;
+        let n = u16::from_le_bytes(r.next_bytes(2, TRAILER)?.try_into().expect("2"));
+        let name = String::from_utf8(r.next_bytes(n.into(), TRAILER)?)
+            .map_err(|e| r.corrupt(at, format!("file name: {e}")))?;
+        if !package_name_ok(&name) || names.contains(&name) {
+            return Err(r.corrupt(
+                at,
+                format!("unexpected file {name:?} in a snapshot package"),
+            ));
         }
-        let len = u64::from_le_bytes(take(8)?.try_into().expect("8"));
-        let data = take(usize::try_from(len).map_err(|_| "file too large")?)?;
-        files.push((name, data));
+        let len = u64::from_le_bytes(r.next_bytes(8, TRAILER)?.try_into().expect("8"));
+        r.fits(len, TRAILER)?;
+        let at = r.at;
+        let copied = match into {
+            Some(dir) => {
+                let out = dir.join(&name);
+                let io = |source| Error::Io {
+                    path: out.clone(),
+                    source,
+                };
+                let mut o = std::fs::File::create(&out).map_err(io)?;
+                let copied = std::io::copy(&mut Read::take(&mut r, len), &mut o).map_err(io)?;
+                o.sync_data().map_err(io)?;
+                copied
+            }
+            None => std::io::copy(&mut Read::take(&mut r, len), &mut std::io::sink())
+                .map_err(|e| r.corrupt(at, format!("read: {e}")))?,
+        };
+        if copied != len {
+            return Err(r.corrupt(at, format!("{name} cut short")));
+        }
+        names.push(name);
     }
-    if at != body.len() {
-        return Err(format!("{} stray bytes after the files", body.len() - at));
+    if r.at + TRAILER != total {
+        return Err(r.corrupt(
+            r.at,
+            format!("{} stray bytes after the files", total - r.at - TRAILER),
+        ));
     }
-    Ok(Unpacked { size, root, files })
+    let want = r.package;
+    if r.u32(4)?.to_le_bytes() != want.to_le_bytes() {
+        return Err(r.corrupt(start, "the snapshot package fails its checksum".into()));
+    }
+    let want = r.outer;
+    if r.u32(0)? != want {
+        return Err(r.corrupt(0, "the snapshot file fails its checksum".into()));
+    }
+    Ok(Parsed { file, size, root })
 }
 
 /// Why a tree of `size` leaves refuses `leaves`, if it does: full, or a
@@ -296,42 +448,39 @@ pub(crate) fn refusal<H: Hasher, const N: usize, const D: usize>(
     })
 }
 
-/// Checks that the snapshot file at `path` is one of `tree`'s: its package
-/// whole and declaring the leaves and root the tree had at that size (so a
-/// follower is never sent another tree's checkpoint).
+/// Checks that a snapshot file read through (`parsed`, from `path`) is one
+/// of `tree`'s: declaring the leaves and root the tree had at that size, so
+/// a follower is never sent another tree's checkpoint.
 fn check_snapshot_of<H: Hasher, const N: usize, const D: usize>(
     tree: &Tree<H, N, D>,
     path: &Path,
-    file: &SnapshotFile,
-    package: &[u8],
+    parsed: &Parsed,
 ) -> Result<()> {
     let corrupt = |reason: String| Error::Corruption {
         file: path.to_path_buf(),
         offset: 0,
         reason,
     };
-    let unpacked = unpack(package).map_err(corrupt)?;
-    if unpacked.size != file.size {
+    let size = parsed.file.size;
+    if parsed.size != size {
         return Err(corrupt(format!(
-            "the package holds {} leaves, the metadata says {}",
-            unpacked.size, file.size
+            "the package holds {} leaves, the metadata says {size}",
+            parsed.size
         )));
     }
-    if file.size > tree.size() {
+    if size > tree.size() {
         return Err(corrupt(format!(
-            "a snapshot of {} leaves, the tree holds {}",
-            file.size,
+            "a snapshot of {size} leaves, the tree holds {}",
             tree.size()
         )));
     }
-    let root = match file.size {
+    let root = match size {
         0 => None,
         n => Some(tree.snapshot().root_at(n)?),
     };
-    if root != unpacked.root {
+    if root != parsed.root {
         return Err(corrupt(format!(
-            "the snapshot's root at {} leaves is not the tree's",
-            file.size
+            "the snapshot's root at {size} leaves is not the tree's"
         )));
     }
     Ok(())
@@ -409,11 +558,14 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
         settle_install(node_dir)?;
         let dir = tree_dir(node_dir);
         let tree = Tree::open_with(with_dir(&tree_config, &dir), hasher.clone()).await?;
-        let snap = read_snapshot_file(&dir)?;
-        if let Some((f, package)) = &snap {
-            check_snapshot_of(&tree, &dir.join(SNAPSHOT_FILE), f, package)?;
-        }
-        let current = snap.map(|(f, _)| (f.meta, f.size));
+        let path = dir.join(SNAPSHOT_FILE);
+        let current = if path.exists() {
+            let parsed = read_snapshot_file(&path, None)?;
+            check_snapshot_of(&tree, &path, &parsed)?;
+            Some((parsed.file.meta, parsed.file.size))
+        } else {
+            None
+        };
         let (applied, membership) = kept.with_kept(|k| {
             applied_at_open(
                 &dir,
@@ -452,11 +604,11 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
             .send_modify(|m| m.snapshot = m.snapshot.max(index));
     }
 
-    /// Verifies a received package and installs it as the tree.
-    async fn install(&mut self, meta: &Meta, package: &[u8]) -> Result<u64> {
+    /// Verifies a received snapshot file (at `received`) and installs it
+    /// as the tree.
+    async fn install(&mut self, meta: &Meta, received: &Path) -> Result<u64> {
         let bad =
             |reason: String| Error::Replication(format!("snapshot {}: {reason}", meta.snapshot_id));
-        let unpacked = unpack(package).map_err(bad)?;
         let next = self.node_dir.join("tree.next");
         if next.exists() {
             std::fs::remove_dir_all(&next).map_err(|source| Error::Io {
@@ -468,15 +620,17 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
             path: next.clone(),
             source,
         })?;
-        for (name, data) in &unpacked.files {
-            let path = next.join(name);
-            let io = |source| Error::Io {
-                path: path.clone(),
-                source,
-            };
-            let mut f = std::fs::File::create(&path).map_err(io)?;
-            std::io::Write::write_all(&mut f, data).map_err(io)?;
-            f.sync_data().map_err(io)?;
+        let parsed = {
+            let (received, next) = (received.to_path_buf(), next.clone());
+            tokio::task::spawn_blocking(move || read_snapshot_file(&received, Some(&next)))
+                .await
+                .map_err(|e| bad(format!("unpacking: {e}")))??
+        };
+        if parsed.file.meta != *meta || parsed.file.size != parsed.size {
+            return Err(bad(format!(
+                "the file received is of snapshot {} ({} leaves, package {})",
+                parsed.file.meta.snapshot_id, parsed.file.size, parsed.size
+            )));
         }
         sync_dir(&next.join("shards"))?;
         sync_dir(&next)?;
@@ -490,22 +644,22 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
         .await?;
         let (size, root) = (staged.size(), staged.root());
         staged.close().await?;
-        if size != unpacked.size || root != unpacked.root {
+        if size != parsed.size || root != parsed.root {
             return Err(bad(format!(
                 "the checkpoint holds {size} leaves with root {:?}, the leader declared {} with {:?}",
                 root.map(|r| crate::wal::format::hex(&r)),
-                unpacked.size,
-                unpacked.root.map(|r| crate::wal::format::hex(&r))
+                parsed.size,
+                parsed.root.map(|r| crate::wal::format::hex(&r))
             )));
         }
-        write_snapshot_file(
-            &next,
-            &SnapshotFile {
-                meta: meta.clone(),
-                size,
-            },
-            package,
-        )?;
+        // The file received is this tree's snapshot file from now on.
+        let kept = next.join(SNAPSHOT_FILE);
+        std::fs::rename(received, &kept).map_err(|source| Error::Io {
+            path: received.to_path_buf(),
+            source,
+        })?;
+        sync_dir(&next)?;
+        sync_dir(&self.node_dir)?;
         // The swap: `settle_install` finishes it after a crash.
         let current = self.tree();
         current.close().await?;
@@ -527,7 +681,7 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
 
 /// Hands openraft a snapshot made when it asked for the builder.
 pub struct SnapshotBuilder {
-    made: Option<std::result::Result<(Meta, Vec<u8>), String>>,
+    made: Option<std::result::Result<(Meta, std::fs::File), String>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -535,9 +689,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         &mut self,
     ) -> std::result::Result<Snapshot<TypeConfig>, StorageError<u64>> {
         match self.made.take() {
-            Some(Ok((meta, package))) => Ok(Snapshot {
+            Some(Ok((meta, file))) => Ok(Snapshot {
                 meta,
-                snapshot: Box::new(Cursor::new(package)),
+                snapshot: Box::new(tokio::fs::File::from_std(file)),
             }),
             Some(Err(e)) => Err(snap_err(None, e)),
             None => Err(snap_err(None, "snapshot already taken")),
@@ -550,7 +704,7 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
     /// more), packed and recorded as the current snapshot. openraft builds
     /// snapshots on a task of their own, beside later applies, so the
     /// checkpoint is made here, between applies.
-    async fn make_snapshot(&mut self) -> Result<(Meta, Vec<u8>)> {
+    async fn make_snapshot(&mut self) -> Result<(Meta, std::fs::File)> {
         let cell = self.tree.clone();
         let gate = cell.gate.lock().await;
         if *gate {
@@ -576,15 +730,15 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
             meta: meta.clone(),
             size,
         };
-        let package = tokio::task::spawn_blocking(move || {
-            let package = pack(&dir, size, root)?;
-            write_snapshot_file(&dir, &file, &package)?;
-            Ok::<_, Error>(package)
+        let made = tokio::task::spawn_blocking(move || {
+            write_snapshot_file(&dir, &file, root)?;
+            let path = dir.join(SNAPSHOT_FILE);
+            std::fs::File::open(&path).map_err(|source| Error::Io { path, source })
         })
         .await
         .map_err(|e| Error::Replication(format!("snapshot task: {e}")))??;
         self.set_current((meta.clone(), size));
-        Ok((meta, package))
+        Ok((meta, made))
     }
 }
 
@@ -622,7 +776,12 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> RaftStateMachine<TypeCon
                         // Any other failure stops the node: applying it on
                         // some nodes only would make them differ.
                         None => {
-                            let ins = tree.insert_many(&leaves).await.map_err(sm_err)?;
+                            let ins = tree.insert_many(&leaves).await.map_err(|e| {
+                                // openraft stops; a purge waiting on this
+                                // state machine must not wait for ever.
+                                self.mark.send_modify(|m| m.stopped = true);
+                                sm_err(e)
+                            })?;
                             Response::Inserted(Committed {
                                 index: ins.index,
                                 size: ins.index + leaves.len() as u64,
@@ -646,6 +805,8 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> RaftStateMachine<TypeCon
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         let made = self.make_snapshot().await.map_err(|e| e.to_string());
         if let Err(e) = &made {
+            // openraft stops on the builder's error.
+            self.mark.send_modify(|m| m.stopped = true);
             tracing::error!(error = %e, "snapshot failed");
         }
         SnapshotBuilder { made: Some(made) }
@@ -653,22 +814,43 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> RaftStateMachine<TypeCon
 
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> std::result::Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    ) -> std::result::Result<Box<tokio::fs::File>, StorageError<u64>> {
+        // openraft writes the chunks at their offsets; the file is read
+        // through and checked at install.
+        let path = incoming(&self.node_dir);
+        let f = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| snap_err(None, format!("{}: {e}", path.display())))?;
+        Ok(Box::new(f))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &Meta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> std::result::Result<(), StorageError<u64>> {
         let cell = self.tree.clone();
         let gate = cell.gate.lock().await;
         if *gate {
             return Err(shut());
         }
-        let package = snapshot.into_inner();
-        let size = match self.install(meta, &package).await {
+        let received = incoming(&self.node_dir);
+        let installed = match snapshot.sync_data().await {
+            Ok(()) => {
+                drop(snapshot);
+                self.install(meta, &received).await
+            }
+            Err(source) => Err(Error::Io {
+                path: received,
+                source,
+            }),
+        };
+        let size = match installed {
             Ok(size) => size,
             Err(e) => {
                 // openraft stops on this error; the purge it queued behind
@@ -686,14 +868,23 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> RaftStateMachine<TypeCon
     async fn get_current_snapshot(
         &mut self,
     ) -> std::result::Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        let dir = tree_dir(&self.node_dir);
-        let read = tokio::task::spawn_blocking(move || read_snapshot_file(&dir))
-            .await
-            .map_err(|e| snap_err(None, e))?
-            .map_err(|e| snap_err(None, e))?;
-        Ok(read.map(|(f, package)| Snapshot {
-            meta: f.meta,
-            snapshot: Box::new(Cursor::new(package)),
+        // Read through first: a damaged file is reported here, not sent.
+        let path = tree_dir(&self.node_dir).join(SNAPSHOT_FILE);
+        let opened = tokio::task::spawn_blocking(move || {
+            let f = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(source) => return Err(Error::Io { path, source }),
+            };
+            let parsed = read_snapshot_file(&path, None)?;
+            Ok(Some((parsed.file.meta, f)))
+        })
+        .await
+        .map_err(|e| snap_err(None, e))?
+        .map_err(|e| snap_err(None, e))?;
+        Ok(opened.map(|(meta, f)| Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(f)),
         }))
     }
 }
@@ -764,15 +955,26 @@ mod tests {
         assert!(e.to_string().contains("raft entry 1"), "{e}");
     }
 
-    /// A package's names are checked; a flipped byte fails its checksum.
+    fn meta() -> Meta {
+        Meta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 9)),
+            last_membership: Membership::default(),
+            snapshot_id: "s".into(),
+        }
+    }
+
+    /// A snapshot file reads back what was written (the manifest without
+    /// the sender's log); a byte flipped anywhere, a cut or stray bytes are
+    /// refused; only checkpoint files may be named in it.
     #[test]
-    fn packages_are_checked() {
+    fn snapshot_files_are_checked() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("shards")).unwrap();
         std::fs::write(dir.path().join("IDENTITY"), b"id").unwrap();
+        std::fs::write(dir.path().join("shards/level-00.shard"), [7u8; 100]).unwrap();
         let m = crate::checkpoint::format::Manifest {
             arity: 4,
-            leaves: 0,
+            leaves: 3,
             root: [0; 32],
             wal_position: 77,
             tree_id: [3; 16],
@@ -780,18 +982,45 @@ mod tests {
             finalized: 0,
         };
         std::fs::write(dir.path().join("MANIFEST"), m.encode()).unwrap();
-        let p = pack(dir.path(), 0, None).unwrap();
-        let u = unpack(&p).unwrap();
-        assert_eq!(u.files.len(), 2);
-        let manifest =
-            crate::checkpoint::format::Manifest::decode(Path::new("m"), u.files[1].1).unwrap();
+        let file = SnapshotFile {
+            meta: meta(),
+            size: 3,
+        };
+        write_snapshot_file(dir.path(), &file, Some([5; 32])).unwrap();
+        let path = dir.path().join(SNAPSHOT_FILE);
+        let out = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(out.path().join("shards")).unwrap();
+        let parsed = read_snapshot_file(&path, Some(out.path())).unwrap();
+        assert_eq!((parsed.size, parsed.root), (3, Some([5; 32])));
+        assert_eq!(parsed.file.meta, meta());
+        assert_eq!(std::fs::read(out.path().join("IDENTITY")).unwrap(), b"id");
+        assert_eq!(
+            std::fs::read(out.path().join("shards/level-00.shard")).unwrap(),
+            [7u8; 100]
+        );
+        let manifest = crate::checkpoint::format::Manifest::decode(
+            Path::new("m"),
+            &std::fs::read(out.path().join("MANIFEST")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(manifest.wal_position, 0, "the receiver has no log");
-        for i in [0, 9, 20, p.len() - 1] {
-            let mut bad = p.clone();
-            bad[i] ^= 1;
-            assert!(unpack(&bad).is_err(), "byte {i} flipped went unnoticed");
+        let good = std::fs::read(&path).unwrap();
+        let bad = dir.path().join("bad");
+        for i in 0..good.len() {
+            let mut b = good.clone();
+            b[i] ^= 1 << (i % 8);
+            std::fs::write(&bad, &b).unwrap();
+            let e = read_snapshot_file(&bad, None).map(|_| ()).unwrap_err();
+            assert_eq!(e.file(), Some(bad.as_path()), "byte {i}: {e}");
         }
-        assert!(unpack(&p[..p.len() - 5]).is_err());
+        for cut in [0, 10, good.len() / 2, good.len() - 1] {
+            std::fs::write(&bad, &good[..cut]).unwrap();
+            assert!(read_snapshot_file(&bad, None).is_err(), "cut to {cut}");
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        std::fs::write(&bad, &longer).unwrap();
+        assert!(read_snapshot_file(&bad, None).is_err());
         for name in ["../x", "shards/level-1.shard", "LOCK", "wal/0.wal"] {
             assert!(!package_name_ok(name), "{name}");
         }
@@ -802,11 +1031,6 @@ mod tests {
     #[tokio::test]
     async fn a_snapshot_file_belongs_to_its_tree() {
         use crate::Blake3;
-        let meta = Meta {
-            last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 9)),
-            last_membership: Membership::default(),
-            snapshot_id: "s".into(),
-        };
         let make = async |first: u8| {
             let dir = tempfile::tempdir().unwrap();
             let tree = Tree::<Blake3, 4, 32>::open(Config::new(dir.path()))
@@ -815,19 +1039,23 @@ mod tests {
             let leaves: Vec<Hash> = (0..40u8).map(|i| [first.wrapping_add(i); 32]).collect();
             tree.insert_many(&leaves).await.unwrap();
             tree.checkpoint().await.unwrap();
-            let package = pack(dir.path(), tree.size(), tree.root()).unwrap();
+            let file = SnapshotFile {
+                meta: meta(),
+                size: 40,
+            };
+            write_snapshot_file(dir.path(), &file, tree.root()).unwrap();
+            let parsed = read_snapshot_file(&dir.path().join(SNAPSHOT_FILE), None).unwrap();
             tree.insert_many(&leaves[..5]).await.unwrap();
-            (dir, tree, package)
+            (dir, tree, parsed)
         };
-        let (_a_dir, a, package) = make(0).await;
+        let (_a_dir, a, mut parsed) = make(0).await;
         let (_b_dir, b, _) = make(100).await;
-        let file = SnapshotFile { meta, size: 40 };
         let path = Path::new("RAFT-SNAPSHOT");
-        check_snapshot_of(&a, path, &file, &package).unwrap();
-        let e = check_snapshot_of(&b, path, &file, &package).unwrap_err();
+        check_snapshot_of(&a, path, &parsed).unwrap();
+        let e = check_snapshot_of(&b, path, &parsed).unwrap_err();
         assert!(e.to_string().contains("not the tree's"), "{e}");
-        let wrong_size = SnapshotFile { size: 41, ..file };
-        assert!(check_snapshot_of(&a, path, &wrong_size, &package).is_err());
+        parsed.file.size = 41;
+        assert!(check_snapshot_of(&a, path, &parsed).is_err());
         a.close().await.unwrap();
         b.close().await.unwrap();
     }
