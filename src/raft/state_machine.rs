@@ -34,6 +34,9 @@ type Meta = SnapshotMeta<u64, openraft::BasicNode>;
 const SNAPSHOT_FILE: &str = "RAFT-SNAPSHOT";
 const PACKAGE_MAGIC: &[u8; 8] = b"RTRAFTS1";
 const SNAPSHOT_MAGIC: &[u8; 8] = b"RTRAFTM1";
+/// The largest metadata a snapshot file may have (a membership of a few
+/// nodes takes a few hundred bytes).
+const MAX_META: u32 = 1 << 20;
 
 /// The current tree, swapped when a snapshot is installed, and the gate
 /// every change of it passes: shut (`true`) once the node shuts down, so
@@ -85,6 +88,24 @@ pub struct StateMachine<H: Hasher, const N: usize, const D: usize> {
     current: Option<(Meta, u64)>,
     /// Tells the raft log which snapshot is on disk (purges wait for it).
     mark: Arc<tokio::sync::watch::Sender<Mark>>,
+    /// The snapshot file as it was when last read through or written:
+    /// while it is unchanged, a send need not read it through again.
+    checked: Option<Stamp>,
+}
+
+/// What identifies a file's contents cheaply: inode, length, change time.
+type Stamp = (u64, u64, i64, i64);
+
+fn stamp(m: &std::fs::Metadata) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    (m.ino(), m.len(), m.ctime(), m.ctime_nsec())
+}
+
+/// The stamp of the snapshot file in `tree`, if it can be had.
+fn stamp_of(tree: &Path) -> Option<Stamp> {
+    std::fs::metadata(tree.join(SNAPSHOT_FILE))
+        .ok()
+        .map(|m| stamp(&m))
 }
 
 /// `config` for the tree in `dir`.
@@ -320,6 +341,36 @@ fn write_snapshot_file(tree: &Path, file: &SnapshotFile, root: Option<Hash>) -> 
     sync_dir(tree)
 }
 
+/// The metadata of the snapshot file at `path` (its header only: the file
+/// was read through before).
+fn read_snapshot_meta(path: &Path) -> Result<Meta> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let total = f.metadata().map_err(io)?.len();
+    let mut r = SnapReader {
+        inner: std::io::BufReader::with_capacity(64 << 10, f),
+        path,
+        total,
+        at: 0,
+        outer: 0,
+        package: 0,
+    };
+    if r.next_bytes(8, 8)? != SNAPSHOT_MAGIC {
+        return Err(r.corrupt(0, "not a raft snapshot file".into()));
+    }
+    let meta_len = r.u32(8)?;
+    if meta_len > MAX_META {
+        return Err(r.corrupt(8, format!("metadata of {meta_len} bytes")));
+    }
+    let meta = r.next_bytes(meta_len.into(), 8)?;
+    postcard::from_bytes::<SnapshotFile>(&meta)
+        .map(|f| f.meta)
+        .map_err(|e| r.corrupt(12, format!("metadata: {e}")))
+}
+
 /// What a snapshot file holds, read through.
 struct Parsed {
     file: SnapshotFile,
@@ -352,9 +403,18 @@ fn read_snapshot_file(path: &Path, into: Option<&Path>) -> Result<Parsed> {
         return Err(r.corrupt(0, "not a raft snapshot file".into()));
     }
     let meta_len = r.u32(TRAILER)?;
+    if meta_len > MAX_META {
+        // Damage, found before the checksums can be: no allocation for it.
+        return Err(r.corrupt(8, format!("metadata of {meta_len} bytes")));
+    }
     let meta = r.next_bytes(meta_len.into(), TRAILER)?;
-    let file: SnapshotFile =
-        postcard::from_bytes(&meta).map_err(|e| r.corrupt(12, format!("metadata: {e}")))?;
+    let file: SnapshotFile = match postcard::take_from_bytes(&meta) {
+        Ok((file, [])) => file,
+        Ok((_, rest)) => {
+            return Err(r.corrupt(12, format!("{} stray bytes in the metadata", rest.len())));
+        }
+        Err(e) => return Err(r.corrupt(12, format!("metadata: {e}"))),
+    };
     let start = r.at;
     r.package = 0;
     let head = r.next_bytes(53, TRAILER)?;
@@ -589,6 +649,7 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
             membership,
             current,
             mark,
+            checked: stamp_of(&dir),
         })
     }
 
@@ -660,7 +721,8 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
         })?;
         sync_dir(&next)?;
         sync_dir(&self.node_dir)?;
-        // The swap: `settle_install` finishes it after a crash.
+        // The swap: `settle_install` finishes it after a crash. The cell
+        // holds the old, closed tree until the new one is open.
         let current = self.tree();
         current.close().await?;
         let dir = tree_dir(&self.node_dir);
@@ -672,9 +734,9 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
         std::fs::rename(&dir, &old).map_err(io(&dir))?;
         std::fs::rename(&next, &dir).map_err(io(&next))?;
         sync_dir(&self.node_dir)?;
-        std::fs::remove_dir_all(&old).map_err(io(&old))?;
         let tree = Tree::open_with(with_dir(&self.tree_config, &dir), self.hasher.clone()).await?;
         *self.tree.tree.write() = tree;
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
         Ok(size)
     }
 }
@@ -738,6 +800,7 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
         .await
         .map_err(|e| Error::Replication(format!("snapshot task: {e}")))??;
         self.set_current((meta.clone(), size));
+        self.checked = made.metadata().ok().map(|m| stamp(&m));
         Ok((meta, made))
     }
 }
@@ -817,15 +880,21 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> RaftStateMachine<TypeCon
     ) -> std::result::Result<Box<tokio::fs::File>, StorageError<u64>> {
         // openraft writes the chunks at their offsets; the file is read
         // through and checked at install.
+        // A new file each time: a write of an abandoned stream still under
+        // way lands in the old, unlinked one.
         let path = incoming(&self.node_dir);
+        let err = |e: std::io::Error| snap_err(None, format!("{}: {e}", path.display()));
+        match tokio::fs::remove_file(&path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+            _ => {}
+        }
         let f = tokio::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .open(&path)
             .await
-            .map_err(|e| snap_err(None, format!("{}: {e}", path.display())))?;
+            .map_err(err)?;
         Ok(Box::new(f))
     }
 
@@ -840,7 +909,12 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> RaftStateMachine<TypeCon
             return Err(shut());
         }
         let received = incoming(&self.node_dir);
-        let installed = match snapshot.sync_data().await {
+        let mut snapshot = snapshot;
+        let flushed = match tokio::io::AsyncWriteExt::flush(&mut *snapshot).await {
+            Ok(()) => snapshot.sync_data().await,
+            Err(e) => Err(e),
+        };
+        let installed = match flushed {
             Ok(()) => {
                 drop(snapshot);
                 self.install(meta, &received).await
@@ -862,29 +936,46 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> RaftStateMachine<TypeCon
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.set_current((meta.clone(), size));
+        self.checked = stamp_of(&tree_dir(&self.node_dir));
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> std::result::Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        // Read through first: a damaged file is reported here, not sent.
+        // Read through unless unchanged since it was last: a damaged file
+        // is reported here, not sent.
         let path = tree_dir(&self.node_dir).join(SNAPSHOT_FILE);
+        let checked = self.checked;
         let opened = tokio::task::spawn_blocking(move || {
             let f = match std::fs::File::open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(source) => return Err(Error::Io { path, source }),
             };
-            let parsed = read_snapshot_file(&path, None)?;
-            Ok(Some((parsed.file.meta, f)))
+            let now = f
+                .metadata()
+                .map_err(|source| Error::Io {
+                    path: path.clone(),
+                    source,
+                })
+                .map(|m| stamp(&m))?;
+            let meta = if checked == Some(now) {
+                read_snapshot_meta(&path)?
+            } else {
+                read_snapshot_file(&path, None)?.file.meta
+            };
+            Ok(Some((meta, f, now)))
         })
         .await
         .map_err(|e| snap_err(None, e))?
         .map_err(|e| snap_err(None, e))?;
-        Ok(opened.map(|(meta, f)| Snapshot {
-            meta,
-            snapshot: Box::new(tokio::fs::File::from_std(f)),
+        Ok(opened.map(|(meta, f, now)| {
+            self.checked = Some(now);
+            Snapshot {
+                meta,
+                snapshot: Box::new(tokio::fs::File::from_std(f)),
+            }
         }))
     }
 }
