@@ -1150,4 +1150,47 @@ mod tests {
         a.close().await.unwrap();
         b.close().await.unwrap();
     }
+
+    /// A snapshot file damaged after it was written is reported when
+    /// openraft asks for it to send, not sent.
+    #[tokio::test]
+    async fn a_damaged_snapshot_file_is_not_sent() {
+        use crate::Blake3;
+        use openraft::storage::RaftStateMachine;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::io::open_storage(Config::new(dir.path()).io).unwrap();
+        let log = crate::raft::LogStore::open(
+            storage,
+            &dir.path().join("raft"),
+            &crate::wal::LogConfig::default(),
+        )
+        .unwrap();
+        let mut sm =
+            StateMachine::<Blake3, 4, 32>::open(dir.path(), Config::new(dir.path()), Blake3, &log)
+                .await
+                .unwrap();
+        let entries = (0..5).map(|i| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+            payload: EntryPayload::Normal(Request {
+                leaves: vec![[i as u8 + 1; 32]; 300],
+            }),
+        });
+        sm.apply(entries).await.unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        let built = openraft::RaftSnapshotBuilder::build_snapshot(&mut builder)
+            .await
+            .unwrap();
+        let sent = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(sent.meta, built.meta);
+        let path = tree_dir(dir.path()).join(SNAPSHOT_FILE);
+        let mut b = std::fs::read(&path).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 4;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, &b).unwrap();
+        let e = sm.get_current_snapshot().await.map(|_| ()).unwrap_err();
+        assert!(e.to_string().contains("checksum"), "{e}");
+        sm.tree.read().clone().close().await.unwrap();
+        log.close().unwrap();
+    }
 }
