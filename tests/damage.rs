@@ -366,33 +366,11 @@ impl std::fmt::Display for Damage {
 
 impl Damage {
     fn apply(self, path: &Path, other: Option<&Image>, rng: &mut Rng) {
-        let rw = || {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
-                .unwrap()
-        };
         match self {
             Damage::None => {}
-            Damage::Flip { at, bit } => {
-                let f = rw();
-                let mut b = [0u8];
-                f.read_exact_at(&mut b, at).unwrap();
-                b[0] ^= 1 << bit;
-                f.write_all_at(&b, at).unwrap();
-            }
-            Damage::Garble { at } => {
-                let f = rw();
-                let len = f.metadata().unwrap().len();
-                let mut b = vec![0u8; (len - at).min(64) as usize];
-                f.read_exact_at(&mut b, at).unwrap();
-                for x in &mut b {
-                    *x ^= 1 + rng.below(255) as u8;
-                }
-                f.write_all_at(&b, at).unwrap();
-            }
-            Damage::Truncate { to } => rw().set_len(to).unwrap(),
+            Damage::Flip { at, bit } => common::flip_bit(path, at, bit),
+            Damage::Garble { at } => common::garble(path, at, rng),
+            Damage::Truncate { to } => common::rw(path).set_len(to).unwrap(),
             Damage::Delete => std::fs::remove_file(path).unwrap(),
             Damage::Replace => {
                 std::fs::remove_file(path).unwrap();

@@ -341,34 +341,51 @@ fn write_snapshot_file(tree: &Path, file: &SnapshotFile, root: Option<Hash>) -> 
     sync_dir(tree)
 }
 
+impl<'a> SnapReader<'a> {
+    /// Opens the snapshot file at `path` and reads its header (magic and
+    /// metadata), leaving `TRAILER` bytes at least after each read.
+    fn open(path: &'a Path, buffer: usize) -> Result<(Self, SnapshotFile)> {
+        let io = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let f = std::fs::File::open(path).map_err(io)?;
+        let total = f.metadata().map_err(io)?.len();
+        let mut r = SnapReader {
+            inner: std::io::BufReader::with_capacity(buffer, f),
+            path,
+            total,
+            at: 0,
+            outer: 0,
+            package: 0,
+        };
+        if r.next_bytes(8, TRAILER)? != SNAPSHOT_MAGIC {
+            return Err(r.corrupt(0, "not a raft snapshot file".into()));
+        }
+        let meta_len = r.u32(TRAILER)?;
+        if meta_len > MAX_META {
+            // Damage, found before the checksums can be: no allocation for it.
+            return Err(r.corrupt(8, format!("metadata of {meta_len} bytes")));
+        }
+        let meta = r.next_bytes(meta_len.into(), TRAILER)?;
+        let file = match postcard::take_from_bytes(&meta) {
+            Ok((file, [])) => file,
+            Ok((_, rest)) => {
+                return Err(r.corrupt(12, format!("{} stray bytes in the metadata", rest.len())));
+            }
+            Err(e) => return Err(r.corrupt(12, format!("metadata: {e}"))),
+        };
+        Ok((r, file))
+    }
+}
+
+/// The package's checksum and the file's, the last bytes of a snapshot file.
+const TRAILER: u64 = 8;
+
 /// The metadata of the snapshot file at `path` (its header only: the file
 /// was read through before).
 fn read_snapshot_meta(path: &Path) -> Result<Meta> {
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let f = std::fs::File::open(path).map_err(io)?;
-    let total = f.metadata().map_err(io)?.len();
-    let mut r = SnapReader {
-        inner: std::io::BufReader::with_capacity(64 << 10, f),
-        path,
-        total,
-        at: 0,
-        outer: 0,
-        package: 0,
-    };
-    if r.next_bytes(8, 8)? != SNAPSHOT_MAGIC {
-        return Err(r.corrupt(0, "not a raft snapshot file".into()));
-    }
-    let meta_len = r.u32(8)?;
-    if meta_len > MAX_META {
-        return Err(r.corrupt(8, format!("metadata of {meta_len} bytes")));
-    }
-    let meta = r.next_bytes(meta_len.into(), 8)?;
-    postcard::from_bytes::<SnapshotFile>(&meta)
-        .map(|f| f.meta)
-        .map_err(|e| r.corrupt(12, format!("metadata: {e}")))
+    Ok(SnapReader::open(path, 64 << 10)?.1.meta)
 }
 
 /// What a snapshot file holds, read through.
@@ -383,38 +400,8 @@ struct Parsed {
 /// checksums; with `into`, writes the package's files there (a directory
 /// with `shards/`), each synced. Memory stays small whatever the size.
 fn read_snapshot_file(path: &Path, into: Option<&Path>) -> Result<Parsed> {
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let f = std::fs::File::open(path).map_err(io)?;
-    let total = f.metadata().map_err(io)?.len();
-    let mut r = SnapReader {
-        inner: std::io::BufReader::with_capacity(1 << 20, f),
-        path,
-        total,
-        at: 0,
-        outer: 0,
-        package: 0,
-    };
-    // The package header, its checksum and the file's.
-    const TRAILER: u64 = 8;
-    if r.next_bytes(8, TRAILER)? != SNAPSHOT_MAGIC {
-        return Err(r.corrupt(0, "not a raft snapshot file".into()));
-    }
-    let meta_len = r.u32(TRAILER)?;
-    if meta_len > MAX_META {
-        // Damage, found before the checksums can be: no allocation for it.
-        return Err(r.corrupt(8, format!("metadata of {meta_len} bytes")));
-    }
-    let meta = r.next_bytes(meta_len.into(), TRAILER)?;
-    let file: SnapshotFile = match postcard::take_from_bytes(&meta) {
-        Ok((file, [])) => file,
-        Ok((_, rest)) => {
-            return Err(r.corrupt(12, format!("{} stray bytes in the metadata", rest.len())));
-        }
-        Err(e) => return Err(r.corrupt(12, format!("metadata: {e}"))),
-    };
+    let (mut r, file) = SnapReader::open(path, 1 << 20)?;
+    let total = r.total;
     let start = r.at;
     r.package = 0;
     let head = r.next_bytes(53, TRAILER)?;
@@ -1190,7 +1177,8 @@ mod tests {
         std::fs::write(&path, &b).unwrap();
         let e = sm.get_current_snapshot().await.map(|_| ()).unwrap_err();
         assert!(e.to_string().contains("checksum"), "{e}");
-        sm.tree.read().clone().close().await.unwrap();
+        let tree = sm.tree.read().clone();
+        tree.close().await.unwrap();
         log.close().unwrap();
     }
 }

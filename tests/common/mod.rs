@@ -70,3 +70,36 @@ pub fn sim_config(sim: &ringtree::io::SimStorage, dir: &str) -> ringtree::Config
         .segment_size(64 << 10)
         .buffer_capacity(16 << 10)
 }
+
+/// Inverts bit `bit` of the byte at `at` of the file at `path`.
+pub fn flip_bit(path: &std::path::Path, at: u64, bit: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = rw(path);
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= 1 << bit;
+    f.write_all_at(&b, at).unwrap();
+}
+
+/// Changes each of the 64 bytes from `at` (fewer at the end) of the file
+/// at `path`.
+pub fn garble(path: &std::path::Path, at: u64, rng: &mut Rng) {
+    use std::os::unix::fs::FileExt;
+    let f = rw(path);
+    let len = f.metadata().unwrap().len();
+    let mut b = vec![0u8; (len - at).min(64) as usize];
+    f.read_exact_at(&mut b, at).unwrap();
+    for x in &mut b {
+        *x ^= 1 + rng.below(255) as u8;
+    }
+    f.write_all_at(&b, at).unwrap();
+}
+
+/// The file at `path`, opened to read and write.
+pub fn rw(path: &std::path::Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
+}
