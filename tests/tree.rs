@@ -593,8 +593,11 @@ fn tasks_on_a_current_thread_runtime_share_group_commits() {
             m.fsyncs - before.fsyncs,
         );
         assert_eq!(records, 640);
+        // The defect gives one record a commit; how many more share one
+        // depends on the machine's load (2.7 in a loaded CI run, more when
+        // idle), so the bound only tells sharing from none.
         assert!(
-            records >= 3 * fsyncs,
+            2 * records >= 3 * fsyncs,
             "16 tasks: {records} records in {fsyncs} group commits"
         );
     });
