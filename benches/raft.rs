@@ -1,7 +1,8 @@
 //! A 3-node cluster on loopback (HTTP between the nodes) against one
 //! node, same run: 1000 tasks each inserting one leaf and awaiting it
 //! (committed and applied on the cluster; durable on the single tree),
-//! for a few seconds each; then leader failovers.
+//! for a few seconds each; then leader failovers; then a snapshot built
+//! on the leader while a task inserts.
 //!
 //! ```sh
 //! cargo bench --features raft --bench raft
@@ -213,6 +214,39 @@ async fn main() {
         "failover (leader stopped -> first insert acknowledged), {rounds} rounds: p50 {:?}, max {:?}",
         times[times.len() / 2],
         times.last().unwrap()
+    );
+
+    // A snapshot built on the leader while one task inserts and awaits:
+    // the build's time and the longest insert meanwhile (applies wait for
+    // the checkpoint and the snapshot file's copy of it).
+    let l = c.leader().await;
+    let size = l.size();
+    let before = l.metrics().borrow().snapshot;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s2, l2) = (stop.clone(), l.clone());
+    let writer = tokio::spawn(async move {
+        let (mut worst, mut n) = (Duration::ZERO, 0u64);
+        while !s2.load(Ordering::Relaxed) {
+            let t0 = Instant::now();
+            if l2.insert(leaf(u64::MAX - 1, n)).await.is_ok() {
+                worst = worst.max(t0.elapsed());
+            }
+            n += 1;
+        }
+        (worst, n)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    l.raft().trigger().snapshot().await.unwrap();
+    while l.metrics().borrow().snapshot == before {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let built = t0.elapsed();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (worst, n) = writer.await.unwrap();
+    println!(
+        "snapshot built on the leader at {size} leaves: {built:?}; longest insert meanwhile {worst:?} ({n} inserts by one task)"
     );
     for i in 0..3 {
         c.stop_node(i).await;
