@@ -40,10 +40,16 @@ const MAX_META: u32 = 1 << 20;
 
 /// The current tree, swapped when a snapshot is installed, and the gate
 /// every change of it passes: shut (`true`) once the node shuts down, so
-/// no apply or install outlives it (openraft's state-machine task may).
+/// no apply, install or snapshot build outlives it (openraft's tasks may).
 pub(crate) struct Cell<H: Hasher, const N: usize, const D: usize> {
     tree: parking_lot::RwLock<Tree<H, N, D>>,
     pub(crate) gate: tokio::sync::Mutex<bool>,
+    /// Installs so far (changed under the gate): a snapshot built from
+    /// the tree before one must not replace the installed one's file.
+    installs: std::sync::atomic::AtomicU64,
+    /// The snapshot file as it was when last read through or written:
+    /// while it is unchanged, a send need not read it through again.
+    checked: parking_lot::Mutex<Option<Stamp>>,
 }
 
 impl<H: Hasher, const N: usize, const D: usize> Cell<H, N, D> {
@@ -88,9 +94,6 @@ pub struct StateMachine<H: Hasher, const N: usize, const D: usize> {
     current: Option<(Meta, u64)>,
     /// Tells the raft log which snapshot is on disk (purges wait for it).
     mark: Arc<tokio::sync::watch::Sender<Mark>>,
-    /// The snapshot file as it was when last read through or written:
-    /// while it is unchanged, a send need not read it through again.
-    checked: Option<Stamp>,
 }
 
 /// What identifies a file's contents cheaply: inode, length, change time.
@@ -144,9 +147,10 @@ pub(crate) fn settle_install(node_dir: &Path) -> Result<()> {
             std::fs::remove_dir_all(stale).map_err(io(stale))?;
         }
     }
-    let received = incoming(node_dir);
-    if received.exists() {
-        std::fs::remove_file(&received).map_err(io(&received))?;
+    for stale in [incoming(node_dir), building(node_dir)] {
+        if stale.exists() {
+            std::fs::remove_file(&stale).map_err(io(&stale))?;
+        }
     }
     Ok(())
 }
@@ -247,27 +251,68 @@ fn package_name_ok(name: &str) -> bool {
         && matches!(ext, "shard" | "sums" | "tail")
 }
 
-/// Packs the checkpoint of the tree directory `tree` into `out`, streamed:
-/// `RTRAFTS1`, leaves (u64), root flag (u8) and root (32), file count
-/// (u32), then per file its name length (u16), name, length (u64) and
-/// bytes; a CRC-32C of all before.
-fn pack(tree: &Path, size: u64, root: Option<Hash>, out: &mut impl Write) -> Result<()> {
-    let mut names = vec!["IDENTITY".to_owned(), "MANIFEST".to_owned()];
-    let shards = tree.join("shards");
+/// One file of a checkpoint, held for packing: its bytes, or the open
+/// file and the length it had (later checkpoints only append to a shard
+/// file, and an open file outlives its directory's removal).
+enum Source {
+    Bytes(Vec<u8>),
+    File(std::fs::File, u64),
+}
+
+/// The checkpoint of the tree directory `tree`, held for packing:
+/// `IDENTITY`, `MANIFEST` (given log position 0: the receiver has none of
+/// this tree's log), then the shard files in name order.
+fn capture(tree: &Path) -> Result<Vec<(String, Source)>> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| Error::Io { path, source }
     };
+    let mut out = Vec::new();
+    let identity = tree.join("IDENTITY");
+    out.push((
+        "IDENTITY".to_owned(),
+        Source::Bytes(std::fs::read(&identity).map_err(io(&identity))?),
+    ));
+    let manifest = tree.join("MANIFEST");
+    let data = std::fs::read(&manifest).map_err(io(&manifest))?;
+    out.push((
+        "MANIFEST".to_owned(),
+        Source::Bytes(crate::checkpoint::format::without_log(&manifest, &data)?),
+    ));
+    let shards = tree.join("shards");
     if shards.exists() {
-        let mut levels: Vec<String> = std::fs::read_dir(&shards)
+        let mut names: Vec<String> = std::fs::read_dir(&shards)
             .map_err(io(&shards))?
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .map(|n| format!("shards/{n}"))
             .filter(|n| package_name_ok(n))
             .collect();
-        levels.sort();
-        names.extend(levels);
+        names.sort();
+        for name in names {
+            let path = tree.join(&name);
+            let f = std::fs::File::open(&path).map_err(io(&path))?;
+            let len = f.metadata().map_err(io(&path))?.len();
+            out.push((name, Source::File(f, len)));
+        }
     }
+    Ok(out)
+}
+
+/// Packs captured checkpoint files into `out`, streamed: `RTRAFTS1`,
+/// leaves (u64), root flag (u8) and root (32), file count (u32), then per
+/// file its name length (u16), name, length (u64) and bytes; a CRC-32C of
+/// all before. `at` names the destination in errors.
+fn pack(
+    files: Vec<(String, Source)>,
+    size: u64,
+    root: Option<Hash>,
+    out: &mut impl Write,
+    at: &Path,
+) -> Result<()> {
+    let io = |source| Error::Io {
+        path: at.to_path_buf(),
+        source,
+    };
     let mut w = CrcWrite {
         inner: out,
         crc: 0,
@@ -278,50 +323,49 @@ fn pack(tree: &Path, size: u64, root: Option<Hash>, out: &mut impl Write) -> Res
     head.extend_from_slice(&size.to_le_bytes());
     head.push(root.is_some() as u8);
     head.extend_from_slice(&root.unwrap_or_default());
-    head.extend_from_slice(&(names.len() as u32).to_le_bytes());
-    w.write_all(&head).map_err(io(tree))?;
-    for name in names {
-        let path = tree.join(&name);
-        let mut f = std::fs::File::open(&path).map_err(io(&path))?;
-        let len = f.metadata().map_err(io(&path))?.len();
+    head.extend_from_slice(&(files.len() as u32).to_le_bytes());
+    w.write_all(&head).map_err(io)?;
+    for (name, source) in files {
         w.write_all(&(name.len() as u16).to_le_bytes())
             .and_then(|()| w.write_all(name.as_bytes()))
-            .map_err(io(&path))?;
-        if name == "MANIFEST" {
-            // The receiver has none of this tree's log.
-            let data = std::fs::read(&path).map_err(io(&path))?;
-            let data = crate::checkpoint::format::without_log(&path, &data)?;
-            w.write_all(&(data.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        match source {
+            Source::Bytes(data) => w
+                .write_all(&(data.len() as u64).to_le_bytes())
                 .and_then(|()| w.write_all(&data))
-                .map_err(io(&path))?;
-            continue;
-        }
-        w.write_all(&len.to_le_bytes()).map_err(io(&path))?;
-        let copied = std::io::copy(&mut (&mut f).take(len), &mut w).map_err(io(&path))?;
-        if copied != len {
-            return Err(Error::Replication(format!(
-                "{} shrank while it was packed",
-                path.display()
-            )));
+                .map_err(io)?,
+            Source::File(mut f, len) => {
+                w.write_all(&len.to_le_bytes()).map_err(io)?;
+                let copied = std::io::copy(&mut (&mut f).take(len), &mut w).map_err(io)?;
+                if copied != len {
+                    return Err(Error::Replication(format!(
+                        "{name} shrank while it was packed"
+                    )));
+                }
+            }
         }
     }
     let crc = w.crc;
-    w.write_all(&crc.to_le_bytes()).map_err(io(tree))?;
+    w.write_all(&crc.to_le_bytes()).map_err(io)?;
     Ok(())
 }
 
-/// Writes the snapshot file of the tree directory `tree` durably:
-/// `RTRAFTM1`, the metadata's length (u32) and postcard, the package of
-/// the tree's checkpoint, a CRC-32C of all before.
-fn write_snapshot_file(tree: &Path, file: &SnapshotFile, root: Option<Hash>) -> Result<()> {
-    let path = tree.join(SNAPSHOT_FILE);
-    let tmp = path.with_extension("tmp");
+/// Writes a snapshot file at `path`, durably (the directory is the
+/// caller's to sync after placing it): `RTRAFTM1`, the metadata's length
+/// (u32) and postcard, the package of the captured checkpoint, a CRC-32C
+/// of all before.
+fn write_snapshot_file(
+    path: &Path,
+    file: &SnapshotFile,
+    files: Vec<(String, Source)>,
+    root: Option<Hash>,
+) -> Result<()> {
     let io = |source| Error::Io {
-        path: tmp.clone(),
+        path: path.to_path_buf(),
         source,
     };
     let meta = postcard::to_stdvec(file).map_err(|e| Error::Config(e.to_string()))?;
-    let f = std::fs::File::create(&tmp).map_err(io)?;
+    let f = std::fs::File::create(path).map_err(io)?;
     let mut w = CrcWrite {
         inner: std::io::BufWriter::with_capacity(1 << 20, f),
         crc: 0,
@@ -331,14 +375,11 @@ fn write_snapshot_file(tree: &Path, file: &SnapshotFile, root: Option<Hash>) -> 
         .and_then(|()| w.write_all(&(meta.len() as u32).to_le_bytes()))
         .and_then(|()| w.write_all(&meta))
         .map_err(io)?;
-    pack(tree, file.size, root, &mut w)?;
+    pack(files, file.size, root, &mut w, path)?;
     let crc = w.crc;
     let mut f = w.inner.into_inner().map_err(|e| io(e.into_error()))?;
     f.write_all(&crc.to_le_bytes()).map_err(io)?;
-    f.sync_data().map_err(io)?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    sync_dir(tree)
+    f.sync_data().map_err(io)
 }
 
 impl<'a> SnapReader<'a> {
@@ -628,6 +669,8 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
             tree: Arc::new(Cell {
                 tree: parking_lot::RwLock::new(tree),
                 gate: tokio::sync::Mutex::new(false),
+                installs: Default::default(),
+                checked: parking_lot::Mutex::new(stamp_of(&dir)),
             }),
             node_dir: node_dir.to_path_buf(),
             tree_config,
@@ -636,7 +679,6 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
             membership,
             current,
             mark,
-            checked: stamp_of(&dir),
         })
     }
 
@@ -728,9 +770,97 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
     }
 }
 
-/// Hands openraft a snapshot made when it asked for the builder.
+/// A checkpoint taken between applies, held for openraft's builder task,
+/// which writes the snapshot file from it beside later applies.
 pub struct SnapshotBuilder {
-    made: Option<std::result::Result<(Meta, std::fs::File), String>>,
+    made: Option<std::result::Result<Prepared, String>>,
+}
+
+/// What the builder needs of the state machine.
+struct Prepared {
+    file: SnapshotFile,
+    root: Option<Hash>,
+    files: Vec<(String, Source)>,
+    node_dir: PathBuf,
+    /// The cell's install count when the checkpoint was taken.
+    installs: u64,
+    gate: Arc<dyn Gate>,
+    mark: Arc<tokio::sync::watch::Sender<Mark>>,
+}
+
+/// The parts of a [`Cell`] a builder uses (its type has no tree type).
+trait Gate: Send + Sync {
+    fn gate(&self) -> &tokio::sync::Mutex<bool>;
+    fn installs(&self) -> u64;
+    fn checked(&self) -> &parking_lot::Mutex<Option<Stamp>>;
+}
+
+impl<H: Hasher, const N: usize, const D: usize> Gate for Cell<H, N, D> {
+    fn gate(&self) -> &tokio::sync::Mutex<bool> {
+        &self.gate
+    }
+    fn installs(&self) -> u64 {
+        self.installs.load(std::sync::atomic::Ordering::Acquire)
+    }
+    fn checked(&self) -> &parking_lot::Mutex<Option<Stamp>> {
+        &self.checked
+    }
+}
+
+/// Where a snapshot file is written before it is put in place.
+fn building(node_dir: &Path) -> PathBuf {
+    node_dir.join("snapshot.building")
+}
+
+impl Prepared {
+    /// Writes the snapshot file, then, under the gate and only if no
+    /// install came since the checkpoint, puts it in place and moves the
+    /// mark. After an install the installed snapshot is the answer (newer
+    /// than this one, so openraft keeps it).
+    async fn build(self) -> Result<(Meta, std::fs::File)> {
+        let Prepared {
+            file,
+            root,
+            files,
+            node_dir,
+            installs,
+            gate,
+            mark,
+        } = self;
+        let tmp = building(&node_dir);
+        let meta = file.meta.clone();
+        {
+            let tmp = tmp.clone();
+            tokio::task::spawn_blocking(move || write_snapshot_file(&tmp, &file, files, root))
+                .await
+                .map_err(|e| Error::Replication(format!("snapshot task: {e}")))??;
+        }
+        let shut = gate.gate().lock().await;
+        if *shut {
+            return Err(Error::Closed);
+        }
+        let tree = tree_dir(&node_dir);
+        let path = tree.join(SNAPSHOT_FILE);
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| Error::Io { path: p, source }
+        };
+        if gate.installs() != installs {
+            std::fs::remove_file(&tmp).map_err(io(&tmp))?;
+            let meta = read_snapshot_meta(&path)?;
+            let f = std::fs::File::open(&path).map_err(io(&path))?;
+            return Ok((meta, f));
+        }
+        std::fs::rename(&tmp, &path).map_err(io(&tmp))?;
+        sync_dir(&tree)?;
+        sync_dir(&node_dir)?;
+        let f = std::fs::File::open(&path).map_err(io(&path))?;
+        *gate.checked().lock() = f.metadata().ok().map(|m| stamp(&m));
+        let index = meta.last_log_id.map(|l| l.index);
+        mark.send_modify(|m| m.snapshot = m.snapshot.max(index));
+        drop(shut);
+        Ok((meta, f))
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -738,10 +868,20 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         &mut self,
     ) -> std::result::Result<Snapshot<TypeConfig>, StorageError<u64>> {
         match self.made.take() {
-            Some(Ok((meta, file))) => Ok(Snapshot {
-                meta,
-                snapshot: Box::new(tokio::fs::File::from_std(file)),
-            }),
+            Some(Ok(prepared)) => {
+                let mark = prepared.mark.clone();
+                match prepared.build().await {
+                    Ok((meta, file)) => Ok(Snapshot {
+                        meta,
+                        snapshot: Box::new(tokio::fs::File::from_std(file)),
+                    }),
+                    Err(e) => {
+                        // openraft stops on the builder's error.
+                        mark.send_modify(|m| m.stopped = true);
+                        Err(snap_err(None, e))
+                    }
+                }
+            }
             Some(Err(e)) => Err(snap_err(None, e)),
             None => Err(snap_err(None, "snapshot already taken")),
         }
@@ -750,10 +890,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
 impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
     /// A checkpoint of the tree as it is (every applied entry, nothing
-    /// more), packed and recorded as the current snapshot. openraft builds
-    /// snapshots on a task of their own, beside later applies, so the
-    /// checkpoint is made here, between applies.
-    async fn make_snapshot(&mut self) -> Result<(Meta, std::fs::File)> {
+    /// more), held for the builder. openraft builds snapshots on a task of
+    /// their own, beside later applies, so the checkpoint is taken here,
+    /// between applies; the file is written from it on the builder's task.
+    async fn make_snapshot(&mut self) -> Result<Prepared> {
         let cell = self.tree.clone();
         let gate = cell.gate.lock().await;
         if *gate {
@@ -762,7 +902,7 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
         let tree = self.tree();
         tree.checkpoint().await?;
         let (size, root) = (tree.size(), tree.root());
-        let dir = tree.dir().to_path_buf();
+        let files = capture(tree.dir())?;
         let meta = Meta {
             last_log_id: self.applied,
             last_membership: self.membership.clone(),
@@ -775,20 +915,16 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> StateMachine<H, N, D> {
                 crate::wal::format::hex(&crate::tree::identity::random_id()[..8])
             ),
         };
-        let file = SnapshotFile {
-            meta: meta.clone(),
-            size,
-        };
-        let made = tokio::task::spawn_blocking(move || {
-            write_snapshot_file(&dir, &file, root)?;
-            let path = dir.join(SNAPSHOT_FILE);
-            std::fs::File::open(&path).map_err(|source| Error::Io { path, source })
+        self.current = Some((meta.clone(), size));
+        Ok(Prepared {
+            file: SnapshotFile { meta, size },
+            root,
+            files,
+            node_dir: self.node_dir.clone(),
+            installs: cell.installs.load(std::sync::atomic::Ordering::Acquire),
+            gate: cell.clone(),
+            mark: self.mark.clone(),
         })
-        .await
-        .map_err(|e| Error::Replication(format!("snapshot task: {e}")))??;
-        self.set_current((meta.clone(), size));
-        self.checked = made.metadata().ok().map(|m| stamp(&m));
-        Ok((meta, made))
     }
 }
 
@@ -895,6 +1031,11 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> RaftStateMachine<TypeCon
         if *gate {
             return Err(shut());
         }
+        // From here the tree directory may change: a build under way is
+        // of the tree before.
+        self.tree
+            .installs
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let received = incoming(&self.node_dir);
         let mut snapshot = snapshot;
         let flushed = match tokio::io::AsyncWriteExt::flush(&mut *snapshot).await {
@@ -923,7 +1064,7 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> RaftStateMachine<TypeCon
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.set_current((meta.clone(), size));
-        self.checked = stamp_of(&tree_dir(&self.node_dir));
+        *self.tree.checked.lock() = stamp_of(&tree_dir(&self.node_dir));
         Ok(())
     }
 
@@ -933,7 +1074,7 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> RaftStateMachine<TypeCon
         // Read through unless unchanged since it was last: a damaged file
         // is reported here, not sent.
         let path = tree_dir(&self.node_dir).join(SNAPSHOT_FILE);
-        let checked = self.checked;
+        let checked = *self.tree.checked.lock();
         let opened = tokio::task::spawn_blocking(move || {
             let f = match std::fs::File::open(&path) {
                 Ok(f) => f,
@@ -958,7 +1099,7 @@ impl<H: Hasher + Clone, const N: usize, const D: usize> RaftStateMachine<TypeCon
         .map_err(|e| snap_err(None, e))?
         .map_err(|e| snap_err(None, e))?;
         Ok(opened.map(|(meta, f, now)| {
-            self.checked = Some(now);
+            *self.tree.checked.lock() = Some(now);
             Snapshot {
                 meta,
                 snapshot: Box::new(tokio::fs::File::from_std(f)),
@@ -1064,8 +1205,8 @@ mod tests {
             meta: meta(),
             size: 3,
         };
-        write_snapshot_file(dir.path(), &file, Some([5; 32])).unwrap();
         let path = dir.path().join(SNAPSHOT_FILE);
+        write_snapshot_file(&path, &file, capture(dir.path()).unwrap(), Some([5; 32])).unwrap();
         let out = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(out.path().join("shards")).unwrap();
         let parsed = read_snapshot_file(&path, Some(out.path())).unwrap();
@@ -1121,7 +1262,13 @@ mod tests {
                 meta: meta(),
                 size: 40,
             };
-            write_snapshot_file(dir.path(), &file, tree.root()).unwrap();
+            write_snapshot_file(
+                &dir.path().join(SNAPSHOT_FILE),
+                &file,
+                capture(dir.path()).unwrap(),
+                tree.root(),
+            )
+            .unwrap();
             let parsed = read_snapshot_file(&dir.path().join(SNAPSHOT_FILE), None).unwrap();
             tree.insert_many(&leaves[..5]).await.unwrap();
             (dir, tree, parsed)
@@ -1177,6 +1324,56 @@ mod tests {
         std::fs::write(&path, &b).unwrap();
         let e = sm.get_current_snapshot().await.map(|_| ()).unwrap_err();
         assert!(e.to_string().contains("checksum"), "{e}");
+        let tree = sm.tree.read().clone();
+        tree.close().await.unwrap();
+        log.close().unwrap();
+    }
+
+    /// A snapshot whose checkpoint was taken before an install does not
+    /// replace the installed snapshot's file: the build answers with the
+    /// installed one.
+    #[tokio::test]
+    async fn a_build_overtaken_by_an_install_gives_way() {
+        use crate::Blake3;
+        use openraft::RaftSnapshotBuilder;
+        use openraft::storage::RaftStateMachine;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::io::open_storage(Config::new(dir.path()).io).unwrap();
+        let log = crate::raft::LogStore::open(
+            storage,
+            &dir.path().join("raft"),
+            &crate::wal::LogConfig::default(),
+        )
+        .unwrap();
+        let mut sm =
+            StateMachine::<Blake3, 4, 32>::open(dir.path(), Config::new(dir.path()), Blake3, &log)
+                .await
+                .unwrap();
+        let entry = |i: u64| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+            payload: EntryPayload::Normal(Request {
+                leaves: vec![[i as u8 + 1; 32]; 100],
+            }),
+        };
+        sm.apply((0..3).map(entry)).await.unwrap();
+        let first = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap()
+            .meta;
+        sm.apply((3..6).map(entry)).await.unwrap();
+        let mut second = sm.get_snapshot_builder().await;
+        // An install lands while the second is written.
+        sm.tree
+            .installs
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let answer = second.build_snapshot().await.unwrap().meta;
+        assert_eq!(answer, first, "an older build replaced the installed file");
+        let path = tree_dir(dir.path()).join(SNAPSHOT_FILE);
+        assert_eq!(read_snapshot_meta(&path).unwrap(), first);
+        assert!(!building(dir.path()).exists());
         let tree = sm.tree.read().clone();
         tree.close().await.unwrap();
         log.close().unwrap();
