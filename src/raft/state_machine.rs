@@ -1285,24 +1285,28 @@ mod tests {
         b.close().await.unwrap();
     }
 
+    /// The raft log and state machine of a node in `dir`, default configs.
+    async fn open_node(dir: &Path) -> (crate::raft::LogStore, StateMachine<crate::Blake3, 4, 32>) {
+        let storage = crate::io::open_storage(Config::new(dir).io).unwrap();
+        let log = crate::raft::LogStore::open(
+            storage,
+            &dir.join("raft"),
+            &crate::wal::LogConfig::default(),
+        )
+        .unwrap();
+        let sm = StateMachine::open(dir, Config::new(dir), crate::Blake3, &log)
+            .await
+            .unwrap();
+        (log, sm)
+    }
+
     /// A snapshot file damaged after it was written is reported when
     /// openraft asks for it to send, not sent.
     #[tokio::test]
     async fn a_damaged_snapshot_file_is_not_sent() {
-        use crate::Blake3;
         use openraft::storage::RaftStateMachine;
         let dir = tempfile::tempdir().unwrap();
-        let storage = crate::io::open_storage(Config::new(dir.path()).io).unwrap();
-        let log = crate::raft::LogStore::open(
-            storage,
-            &dir.path().join("raft"),
-            &crate::wal::LogConfig::default(),
-        )
-        .unwrap();
-        let mut sm =
-            StateMachine::<Blake3, 4, 32>::open(dir.path(), Config::new(dir.path()), Blake3, &log)
-                .await
-                .unwrap();
+        let (log, mut sm) = open_node(dir.path()).await;
         let entries = (0..5).map(|i| Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
             payload: EntryPayload::Normal(Request {
@@ -1334,21 +1338,10 @@ mod tests {
     /// installed one.
     #[tokio::test]
     async fn a_build_overtaken_by_an_install_gives_way() {
-        use crate::Blake3;
         use openraft::RaftSnapshotBuilder;
         use openraft::storage::RaftStateMachine;
         let dir = tempfile::tempdir().unwrap();
-        let storage = crate::io::open_storage(Config::new(dir.path()).io).unwrap();
-        let log = crate::raft::LogStore::open(
-            storage,
-            &dir.path().join("raft"),
-            &crate::wal::LogConfig::default(),
-        )
-        .unwrap();
-        let mut sm =
-            StateMachine::<Blake3, 4, 32>::open(dir.path(), Config::new(dir.path()), Blake3, &log)
-                .await
-                .unwrap();
+        let (log, mut sm) = open_node(dir.path()).await;
         let entry = |i: u64| Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
             payload: EntryPayload::Normal(Request {
